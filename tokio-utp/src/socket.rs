@@ -1,0 +1,395 @@
+//! `UtpSocket`: one UDP socket, its driver task, and the state they share.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use tokio::io::ReadBuf;
+use tokio::net::ToSocketAddrs;
+use tokio::time::Sleep;
+use utp_proto::{Config, ConnHandle, Endpoint, EndpointStats};
+
+use crate::listener::UtpListener;
+use crate::stream::UtpStream;
+use crate::udp;
+
+/// Wakers of the tasks waiting on one connection.
+#[derive(Default)]
+pub(crate) struct ConnWakers {
+    pub(crate) read: Option<Waker>,
+    pub(crate) write: Option<Waker>,
+}
+
+impl ConnWakers {
+    fn wake(&mut self) {
+        if let Some(w) = self.read.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write.take() {
+            w.wake();
+        }
+    }
+}
+
+/// State shared by the driver and every handle, behind one lock. The lock is
+/// only held for short, non-blocking steps.
+pub(crate) struct Inner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) wakers: HashMap<ConnHandle, ConnWakers>,
+    driver_waker: Option<Waker>,
+    pub(crate) accept_waker: Option<Waker>,
+    pub(crate) listening: bool,
+    /// Set when the driver stopped; handles fail instead of waiting forever.
+    pub(crate) driver_gone: Option<io::ErrorKind>,
+}
+
+impl Inner {
+    /// Asks the driver to run (after the application queued work).
+    pub(crate) fn wake_driver(&mut self) {
+        if let Some(w) = &self.driver_waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Wakes the driver if the endpoint has datagrams to send.
+    pub(crate) fn wake_driver_if_needed(&mut self) {
+        if self.endpoint.has_transmit() {
+            self.wake_driver();
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    pub(crate) udp: tokio::net::UdpSocket,
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent-enough state for
+        // the remaining handles to fail cleanly; don't cascade the poison.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A uTP socket: one UDP socket carrying any number of inbound and outbound
+/// connections.
+///
+/// [`UtpSocket::bind`] spawns the socket's driver on the current tokio
+/// runtime; [`UtpSocket::bind_with_driver`] hands it to you instead. Clones
+/// share the same socket.
+#[derive(Clone)]
+pub struct UtpSocket {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for UtpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UtpSocket")
+            .field("local_addr", &self.shared.local_addr)
+            .finish()
+    }
+}
+
+async fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "address resolved to nothing",
+        )
+    })
+}
+
+impl UtpSocket {
+    /// Binds a UDP socket with the default [`Config`] and spawns its driver.
+    /// Must be called inside a tokio runtime.
+    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
+        Self::bind_with_config(addr, Config::default()).await
+    }
+
+    /// Binds with a custom configuration and spawns the driver.
+    pub async fn bind_with_config(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
+        let (socket, driver) = Self::bind_with_driver(addr, config).await?;
+        tokio::spawn(driver);
+        Ok(socket)
+    }
+
+    /// Binds and returns the driver future without spawning it. Nothing moves
+    /// until the driver is polled (spawn it, or run it alongside your work).
+    pub async fn bind_with_driver(
+        addr: impl ToSocketAddrs,
+        config: Config,
+    ) -> io::Result<(Self, Driver)> {
+        let addr = resolve(addr).await?;
+        let udp = udp::bind(addr)?;
+        let local_addr = udp.local_addr()?;
+        let endpoint = Endpoint::new(Arc::new(config), Instant::now());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                endpoint,
+                wakers: HashMap::new(),
+                driver_waker: None,
+                accept_waker: None,
+                listening: false,
+                driver_gone: None,
+            }),
+            udp,
+            local_addr,
+        });
+        let driver = Driver::new(shared.clone());
+        Ok((Self { shared }, driver))
+    }
+
+    /// The local address the UDP socket is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.shared.local_addr)
+    }
+
+    /// Opens a connection to `addr` over this socket and completes the
+    /// handshake. Fails with `TimedOut` after [`Config::connect_timeout`] and
+    /// `ConnectionRefused` when the peer answers with a RESET.
+    pub async fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<UtpStream> {
+        let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
+        let h = {
+            let mut inner = self.shared.lock();
+            if let Some(kind) = inner.driver_gone {
+                return Err(io::Error::new(kind, "uTP socket driver stopped"));
+            }
+            let h = inner.endpoint.connect(Instant::now(), target);
+            inner.wakers.insert(h, ConnWakers::default());
+            inner.wake_driver();
+            h
+        };
+        let stream = UtpStream::new(self.shared.clone(), h);
+        stream.wait_connected().await?;
+        Ok(stream)
+    }
+
+    /// Starts accepting incoming connections on this socket. Only one listener
+    /// may exist at a time; without one, incoming SYNs are refused.
+    pub fn listen(&self) -> io::Result<UtpListener> {
+        let mut inner = self.shared.lock();
+        if inner.listening {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "this uTP socket already has a listener",
+            ));
+        }
+        inner.listening = true;
+        inner.endpoint.set_listening(true);
+        Ok(UtpListener::new(self.clone()))
+    }
+
+    /// Socket-wide counters (datagrams, drops by reason, connections).
+    pub fn stats(&self) -> EndpointStats {
+        self.shared.lock().endpoint.stats()
+    }
+}
+
+/// Most datagrams read, and sent, per driver step before yielding.
+const BATCH: usize = 128;
+/// Driver steps per poll before yielding to other tasks.
+const STEPS: usize = 8;
+/// Receive buffer: the largest UDP payload.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// The future that runs a socket: reads datagrams, feeds the protocol core,
+/// sends what it produces and keeps its timers. It completes when every
+/// handle is gone and every connection has finished closing.
+#[must_use = "the driver does nothing unless polled or spawned"]
+pub struct Driver {
+    shared: Arc<Shared>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+    recv_buf: Vec<u8>,
+    send_buf: Vec<u8>,
+    /// A datagram the socket wasn't ready for, waiting in `send_buf`.
+    pending_tx: Option<(SocketAddr, usize)>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("local_addr", &self.shared.local_addr)
+            .finish()
+    }
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
+            timer_at: None,
+            recv_buf: vec![0; MAX_DATAGRAM],
+            send_buf: vec![0; MAX_DATAGRAM],
+            pending_tx: None,
+        }
+    }
+
+    /// One step: receive, run timers, transmit, wake tasks. Returns whether
+    /// more work is probably waiting.
+    fn step(&mut self, cx: &mut Context<'_>, inner: &mut Inner) -> io::Result<bool> {
+        let udp = &self.shared.udp;
+        let mut more = false;
+        let mut received = 0;
+        while received < BATCH {
+            let mut rb = ReadBuf::new(&mut self.recv_buf);
+            match udp.poll_recv_from(cx, &mut rb) {
+                Poll::Ready(Ok(from)) => {
+                    received += 1;
+                    if let Err(e) = inner
+                        .endpoint
+                        .handle_datagram(Instant::now(), from, rb.filled())
+                    {
+                        tracing::trace!(%from, error = %e, "dropped malformed datagram");
+                    }
+                }
+                // ICMP errors surface here on some systems; they concern one
+                // peer, not the socket.
+                Poll::Ready(Err(e)) if is_transient(&e) => {
+                    tracing::debug!(error = %e, "transient receive error");
+                    received += 1;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        more |= received == BATCH;
+
+        let now = Instant::now();
+        inner.endpoint.handle_timeout(now);
+
+        let mut sent = 0;
+        loop {
+            if let Some((to, len)) = self.pending_tx {
+                match udp.poll_send_to(cx, &self.send_buf[..len], to) {
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
+                        tracing::debug!(%to, error = %e, "datagram not sent");
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+                self.pending_tx = None;
+                sent += 1;
+            }
+            if sent >= BATCH {
+                more |= inner.endpoint.has_transmit();
+                break;
+            }
+            match inner.endpoint.poll_transmit(now, &mut self.send_buf) {
+                Some(t) => self.pending_tx = Some((t.destination, t.len)),
+                None => break,
+            }
+        }
+
+        let touched: Vec<ConnHandle> = inner.endpoint.drain_touched().collect();
+        for h in touched {
+            if let Some(w) = inner.wakers.get_mut(&h) {
+                w.wake();
+            }
+        }
+        if inner.endpoint.accept_queue_len() > 0 {
+            if let Some(w) = inner.accept_waker.take() {
+                w.wake();
+            }
+        }
+        Ok(more)
+    }
+
+    fn fail_all(&mut self, inner: &mut Inner, kind: io::ErrorKind) {
+        inner.driver_gone = Some(kind);
+        for w in inner.wakers.values_mut() {
+            w.wake();
+        }
+        if let Some(w) = inner.accept_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory
+    ) || e.raw_os_error() == Some(105) // ENOBUFS: the kernel dropped it, like the network would
+}
+
+/// Errors about one destination (unreachable, refused, too big): drop the
+/// datagram, the protocol's retransmission and timeouts handle the rest.
+fn is_peer_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::InvalidInput
+    ) || e.raw_os_error() == Some(90) // EMSGSIZE
+}
+
+impl Future for Driver {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let shared = this.shared.clone();
+        let mut inner = shared.lock();
+        if !inner
+            .driver_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inner.driver_waker = Some(cx.waker().clone());
+        }
+        let mut steps = 0;
+        loop {
+            match this.step(cx, &mut inner) {
+                Ok(true) if steps + 1 < STEPS => steps += 1,
+                Ok(true) => {
+                    // Yield so streams on this runtime get to run, then go on.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "uTP socket failed");
+                    this.fail_all(&mut inner, e.kind());
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+
+        // Nobody holds a handle and every connection has wound down.
+        if Arc::strong_count(&this.shared) <= 2 && inner.endpoint.is_idle() {
+            this.fail_all(&mut inner, io::ErrorKind::NotConnected);
+            return Poll::Ready(Ok(()));
+        }
+
+        match inner.endpoint.poll_timeout() {
+            Some(t) => {
+                if this.timer_at != Some(t) {
+                    this.timer_at = Some(t);
+                    this.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(t));
+                }
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    this.timer_at = None;
+                    cx.waker().wake_by_ref();
+                }
+            }
+            None => this.timer_at = None,
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,392 @@
+//! `UtpStream`: one reliable, ordered byte stream over uTP.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::ToSocketAddrs;
+use utp_proto::{Config, ConnHandle, ConnectionError, ConnectionStats, WriteError};
+
+use crate::socket::{Driver, Inner, Shared, UtpSocket};
+
+/// Maps a protocol error to the `std::io` error users match on.
+pub(crate) fn io_error(e: ConnectionError) -> io::Error {
+    let kind = match e {
+        ConnectionError::Refused => io::ErrorKind::ConnectionRefused,
+        ConnectionError::Reset => io::ErrorKind::ConnectionReset,
+        ConnectionError::TimedOut => io::ErrorKind::TimedOut,
+    };
+    io::Error::new(kind, e)
+}
+
+fn driver_gone(kind: io::ErrorKind) -> io::Error {
+    io::Error::new(kind, "uTP socket driver stopped")
+}
+
+/// The part both halves share; dropping the last one releases the connection
+/// (a FIN goes out if none was sent).
+pub(crate) struct StreamInner {
+    shared: Arc<Shared>,
+    handle: ConnHandle,
+    peer: SocketAddr,
+}
+
+impl Drop for StreamInner {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.wakers.remove(&self.handle);
+        inner.endpoint.release(self.handle, Instant::now());
+        inner.wake_driver_if_needed();
+    }
+}
+
+impl StreamInner {
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.shared.lock();
+        let h = self.handle;
+        let dst = buf.initialize_unfilled();
+        if dst.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let r = inner
+            .endpoint
+            .with_conn(h, Instant::now(), |c| c.read(dst).map(|n| (n, c.is_eof())));
+        match r {
+            Ok((0, true)) => Poll::Ready(Ok(())),
+            Ok((0, false)) => {
+                if let Some(kind) = inner.driver_gone {
+                    return Poll::Ready(Err(driver_gone(kind)));
+                }
+                register(&mut inner, h, cx, true);
+                Poll::Pending
+            }
+            Ok((n, _)) => {
+                buf.advance(n);
+                inner.wake_driver_if_needed();
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut inner = self.shared.lock();
+        let h = self.handle;
+        if let Some(kind) = inner.driver_gone {
+            return Poll::Ready(Err(driver_gone(kind)));
+        }
+        match inner.endpoint.with_conn(h, Instant::now(), |c| c.write(data)) {
+            Ok(0) => {
+                register(&mut inner, h, cx, false);
+                Poll::Pending
+            }
+            Ok(n) => {
+                inner.wake_driver_if_needed();
+                Poll::Ready(Ok(n))
+            }
+            Err(WriteError::Failed(e)) => Poll::Ready(Err(io_error(e))),
+            Err(WriteError::Closed) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            ))),
+        }
+    }
+
+    /// Sends FIN after the queued data and completes once it is acknowledged.
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.shared.lock();
+        let h = self.handle;
+        let (acked, err) = inner.endpoint.with_conn(h, Instant::now(), |c| {
+            c.close();
+            (c.is_fin_acked(), c.error())
+        });
+        if acked {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = err {
+            return Poll::Ready(Err(io_error(e)));
+        }
+        if let Some(kind) = inner.driver_gone {
+            return Poll::Ready(Err(driver_gone(kind)));
+        }
+        register(&mut inner, h, cx, false);
+        inner.wake_driver_if_needed();
+        Poll::Pending
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        self.shared.lock().endpoint.conn(self.handle).stats()
+    }
+}
+
+fn register(inner: &mut Inner, h: ConnHandle, cx: &mut Context<'_>, read: bool) {
+    let w = inner.wakers.entry(h).or_default();
+    let slot = if read { &mut w.read } else { &mut w.write };
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
+/// A uTP connection: a reliable, ordered byte stream implementing tokio's
+/// [`AsyncRead`] and [`AsyncWrite`].
+///
+/// `shutdown()` (or [`UtpStream::close`]) sends FIN and waits until the peer
+/// acknowledged it; reading goes on after that (half-close). Dropping the
+/// stream without closing still sends the queued data and a FIN from the
+/// socket's driver.
+pub struct UtpStream {
+    inner: Arc<StreamInner>,
+}
+
+impl std::fmt::Debug for UtpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UtpStream")
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl UtpStream {
+    pub(crate) fn new(shared: Arc<Shared>, handle: ConnHandle) -> Self {
+        let peer = shared.lock().endpoint.peer_addr(handle);
+        Self {
+            inner: Arc::new(StreamInner {
+                shared,
+                handle,
+                peer,
+            }),
+        }
+    }
+
+    /// Connects to `addr` from a new socket on an ephemeral port and returns
+    /// the stream with the socket's driver, which the caller must spawn:
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// use tokio::io::AsyncWriteExt;
+    /// let (mut stream, driver) = tokio_utp::UtpStream::connect("127.0.0.1:4000").await?;
+    /// tokio::spawn(driver);
+    /// stream.write_all(b"Hi there!").await?;
+    /// stream.close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<(UtpStream, Driver)> {
+        Self::connect_with_config(addr, Config::default()).await
+    }
+
+    /// Like [`UtpStream::connect`] with a custom configuration.
+    pub async fn connect_with_config(
+        addr: impl ToSocketAddrs,
+        config: Config,
+    ) -> io::Result<(UtpStream, Driver)> {
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let local: SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let (socket, mut driver) = UtpSocket::bind_with_driver(local, config).await?;
+        let connect = socket.connect(target);
+        tokio::pin!(connect);
+        // Run the driver by hand until the handshake is done; the caller
+        // spawns it afterwards.
+        let stream = poll_fn(|cx| {
+            if let Poll::Ready(r) = connect.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            match Pin::new(&mut driver).poll(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Err(driver_gone(io::ErrorKind::NotConnected))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+        Ok((stream, driver))
+    }
+
+    pub(crate) async fn wait_connected(&self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut inner = self.inner.shared.lock();
+            let h = self.inner.handle;
+            let c = inner.endpoint.conn(h);
+            if let Some(e) = c.error() {
+                return Poll::Ready(Err(io_error(e)));
+            }
+            if c.is_established() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(kind) = inner.driver_gone {
+                return Poll::Ready(Err(driver_gone(kind)));
+            }
+            register(&mut inner, h, cx, false);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends FIN after all queued data, waits until the peer acknowledged it,
+    /// then releases the stream. Data the peer still sends is discarded.
+    pub async fn close(self) -> io::Result<()> {
+        poll_fn(|cx| self.inner.poll_shutdown(cx)).await
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.peer)
+    }
+
+    /// The local address of the underlying UDP socket.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.shared.local_addr)
+    }
+
+    /// Counters and current figures of this connection.
+    pub fn stats(&self) -> ConnectionStats {
+        self.inner.stats()
+    }
+
+    /// Splits into owned halves that can move to different tasks. Dropping the
+    /// write half sends FIN; the connection is released when both are gone.
+    pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        (
+            OwnedReadHalf {
+                inner: self.inner.clone(),
+            },
+            OwnedWriteHalf {
+                inner: self.inner,
+                shutdown_on_drop: true,
+            },
+        )
+    }
+}
+
+impl AsyncRead for UtpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UtpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Bytes are with the driver as soon as write returns, like TCP's.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown(cx)
+    }
+}
+
+/// The reading half of a [`UtpStream`].
+pub struct OwnedReadHalf {
+    inner: Arc<StreamInner>,
+}
+
+impl std::fmt::Debug for OwnedReadHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedReadHalf")
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl OwnedReadHalf {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.peer)
+    }
+
+    /// Counters of the connection.
+    pub fn stats(&self) -> ConnectionStats {
+        self.inner.stats()
+    }
+}
+
+impl AsyncRead for OwnedReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_read(cx, buf)
+    }
+}
+
+/// The writing half of a [`UtpStream`]; dropping it sends FIN.
+pub struct OwnedWriteHalf {
+    inner: Arc<StreamInner>,
+    shutdown_on_drop: bool,
+}
+
+impl std::fmt::Debug for OwnedWriteHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedWriteHalf")
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl OwnedWriteHalf {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.peer)
+    }
+
+    /// Counters of the connection.
+    pub fn stats(&self) -> ConnectionStats {
+        self.inner.stats()
+    }
+}
+
+impl Drop for OwnedWriteHalf {
+    fn drop(&mut self) {
+        if self.shutdown_on_drop {
+            let mut inner = self.inner.shared.lock();
+            inner
+                .endpoint
+                .with_conn(self.inner.handle, Instant::now(), |c| c.close());
+            inner.wake_driver_if_needed();
+        }
+    }
+}
+
+impl AsyncWrite for OwnedWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,262 @@
+//! Loopback tests over real UDP sockets and the real tokio stack.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_utp::{Config, UtpListener, UtpSocket, UtpStream};
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can check data.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Streams `len` bytes of `pattern(seed)` without holding them all at once.
+async fn write_pattern<W: AsyncWriteExt + Unpin>(w: &mut W, seed: u64, len: usize) {
+    let chunk = 1 << 20;
+    let mut x = seed | 1;
+    let mut left = len;
+    let mut buf = vec![0u8; chunk];
+    while left > 0 {
+        let n = left.min(chunk);
+        for b in buf[..n].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        w.write_all(&buf[..n]).await.unwrap();
+        left -= n;
+    }
+}
+
+/// Reads to EOF and checks the bytes against `pattern(seed)` incrementally.
+async fn read_and_check<R: AsyncReadExt + Unpin>(r: &mut R, seed: u64, len: usize) {
+    let mut x = seed | 1;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 18];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            assert_eq!(b, (x >> 24) as u8, "byte {total} differs");
+            total += 1;
+        }
+    }
+    assert_eq!(total, len, "stream length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_snippet_sends_and_closes() {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let (mut stream, driver) = UtpStream::connect(addr).await.unwrap();
+    let driver = tokio::spawn(driver);
+    stream.write_all(b"Hi there!").await.unwrap();
+    stream.close().await.unwrap();
+    let got = timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+    assert_eq!(got, b"Hi there!");
+    // With every handle gone and both FINs exchanged, the driver finishes.
+    timeout(Duration::from_secs(30), driver)
+        .await
+        .expect("driver should finish after time-wait")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_256_mib_one_way_bit_exact() {
+    let len = 256 << 20;
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_and_check(&mut s, 7, len).await;
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = sock.connect(addr).await.unwrap();
+    let start = Instant::now();
+    write_pattern(&mut c, 7, len).await;
+    c.shutdown().await.unwrap();
+    timeout(Duration::from_secs(120), server).await.unwrap().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let st = c.stats();
+    eprintln!(
+        "256 MiB in {secs:.2} s = {:.1} MB/s, retransmitted {} of {} packets, max cwnd {}",
+        len as f64 / secs / 1e6,
+        st.packets_retransmitted,
+        st.packets_sent,
+        st.max_cwnd
+    );
+    assert_eq!(st.bytes_sent, len as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_at_once() {
+    let len = 16 << 20;
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let reader = tokio::spawn(async move { read_and_check(&mut r, 1, len).await });
+        write_pattern(&mut w, 2, len).await;
+        w.shutdown().await.unwrap();
+        reader.await.unwrap();
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c = sock.connect(addr).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let reader = tokio::spawn(async move { read_and_check(&mut r, 2, len).await });
+    write_pattern(&mut w, 1, len).await;
+    w.shutdown().await.unwrap();
+    timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
+    timeout(Duration::from_secs(60), server).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_connections_on_one_listener_socket() {
+    let n = 1000;
+    let len = 64 << 10;
+    let cfg = Config::default().accept_backlog(n);
+    let listener = UtpListener::bind_with_config("127.0.0.1:0", cfg)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                // The client sends its index first, then the pattern for it.
+                let mut idx = [0u8; 8];
+                s.read_exact(&mut idx).await.unwrap();
+                let seed = u64::from_be_bytes(idx);
+                read_and_check(&mut s, seed, len).await;
+                s.write_all(&idx).await.unwrap();
+                s.close().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut clients = Vec::new();
+    for i in 0..n as u64 {
+        let sock = sock.clone();
+        clients.push(tokio::spawn(async move {
+            let mut c = sock.connect(addr).await.unwrap();
+            c.write_all(&(i + 100).to_be_bytes()).await.unwrap();
+            write_pattern(&mut c, i + 100, len).await;
+            c.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, (i + 100).to_be_bytes());
+        }));
+    }
+    timeout(Duration::from_secs(120), async {
+        for c in clients {
+            c.await.unwrap();
+        }
+        server.await.unwrap();
+    })
+    .await
+    .expect("1000 connections should finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_without_close_gives_peer_eof_after_all_data() {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let data = pattern(3, 3 << 20);
+    let expect = data.clone();
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::spawn(async move {
+        let mut c = sock.connect(addr).await.unwrap();
+        c.write_all(&data).await.unwrap();
+        // Dropped here without close: the driver still delivers and FINs.
+    });
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut got = Vec::new();
+    timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("EOF after drop")
+        .unwrap();
+    client.await.unwrap();
+    assert!(got == expect, "data before the FIN must all arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_closed_port_fails_in_bounded_time() {
+    // A bound UDP socket nobody reads: no RESET, no ICMP, just silence.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let cfg = Config::default().connect_timeout(Duration::from_secs(3));
+    let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg).await.unwrap();
+    let start = Instant::now();
+    let err = timeout(Duration::from_secs(10), sock.connect(addr))
+        .await
+        .expect("connect must give up by itself")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    assert!(start.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_socket_without_listener_is_refused() {
+    // A uTP socket without a listener answers SYNs with RESET.
+    let other = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = other.local_addr().unwrap();
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let err = timeout(Duration::from_secs(5), sock.connect(addr))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_keeps_reading_after_own_fin() {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).await.unwrap();
+        // Answer after the client's FIN.
+        s.write_all(&req.repeat(3)).await.unwrap();
+        s.close().await.unwrap();
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = sock.connect(addr).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut resp = Vec::new();
+    timeout(Duration::from_secs(10), c.read_to_end(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp, b"pingpingping");
+    server.await.unwrap();
+}

@@ -1,0 +1,125 @@
+//! Configuration with documented defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::congestion::{AimdFactory, SharedControllerFactory};
+
+/// Settings for connections and the endpoint that owns them.
+///
+/// Every field has a documented default (see [`Config::default`]); the
+/// builder-style setters return `self` so a configuration reads as one
+/// expression.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest payload per packet, in bytes. Default 1400: fits a 1500-byte
+    /// Ethernet MTU with IPv6 and a SACK extension.
+    pub max_payload: usize,
+    /// Bytes the application may queue for sending before `write` blocks
+    /// (unsent plus unacknowledged). Default 1 MiB.
+    pub send_buffer: usize,
+    /// Receive buffer: bounds the advertised window and the bytes held for a
+    /// slow reader (in-order plus out-of-order). Default 1 MiB.
+    pub recv_buffer: usize,
+    /// How long `connect` may take before failing with a timeout. Default 10 s.
+    pub connect_timeout: Duration,
+    /// RTO before the first RTT sample. Default 1 s.
+    pub initial_rto: Duration,
+    /// Lower bound of the RTO. Default 500 ms.
+    pub min_rto: Duration,
+    /// Upper bound of the RTO after backoff. Default 30 s.
+    pub max_rto: Duration,
+    /// Consecutive retransmission timeouts, with no packet from the peer in
+    /// between, after which the connection fails with a timeout. Default 6
+    /// (about 30 s with the 500 ms floor).
+    pub max_timeouts: u32,
+    /// How long a fully closed connection's id stays reserved, so late
+    /// packets (a re-sent FIN) are answered instead of mistaken. Default 10 s.
+    pub time_wait: Duration,
+    /// After the application dropped a connection and our FIN is acked, how
+    /// long to wait for the peer's FIN while the peer is silent. Default 10 s.
+    pub linger: Duration,
+    /// Highest number of out-of-order packets held past a hole. Default 1024.
+    pub max_reorder_packets: usize,
+    /// Connections accepted by the endpoint but not yet taken by the
+    /// application; SYNs beyond it are dropped. Default 128.
+    pub accept_backlog: usize,
+    /// RESET replies to packets of unknown connections, per second. Default 100.
+    pub reset_rate: u32,
+    /// Congestion controller factory. Default [`AimdFactory`].
+    pub controller: SharedControllerFactory,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_payload: 1400,
+            send_buffer: 1 << 20,
+            recv_buffer: 1 << 20,
+            connect_timeout: Duration::from_secs(10),
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(500),
+            max_rto: Duration::from_secs(30),
+            max_timeouts: 6,
+            time_wait: Duration::from_secs(10),
+            linger: Duration::from_secs(10),
+            max_reorder_packets: 1024,
+            accept_backlog: 128,
+            reset_rate: 100,
+            controller: Arc::new(AimdFactory::default()),
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        impl Config {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, v: $ty) -> Self {
+                    self.$name = v;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Config::max_payload`] (clamped to 64..=65_000 when used).
+    max_payload: usize;
+    /// Sets [`Config::send_buffer`].
+    send_buffer: usize;
+    /// Sets [`Config::recv_buffer`].
+    recv_buffer: usize;
+    /// Sets [`Config::connect_timeout`].
+    connect_timeout: Duration;
+    /// Sets [`Config::initial_rto`].
+    initial_rto: Duration;
+    /// Sets [`Config::min_rto`].
+    min_rto: Duration;
+    /// Sets [`Config::max_rto`].
+    max_rto: Duration;
+    /// Sets [`Config::max_timeouts`].
+    max_timeouts: u32;
+    /// Sets [`Config::time_wait`].
+    time_wait: Duration;
+    /// Sets [`Config::linger`].
+    linger: Duration;
+    /// Sets [`Config::max_reorder_packets`].
+    max_reorder_packets: usize;
+    /// Sets [`Config::accept_backlog`].
+    accept_backlog: usize;
+    /// Sets [`Config::reset_rate`].
+    reset_rate: u32;
+    /// Sets [`Config::controller`].
+    controller: SharedControllerFactory;
+}
+
+impl Config {
+    /// The payload size actually used: the configured one within sane bounds.
+    pub fn payload_size(&self) -> usize {
+        self.max_payload.clamp(64, 65_000)
+    }
+}

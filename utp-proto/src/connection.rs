@@ -1,0 +1,1175 @@
+//! One uTP connection as a sans-IO state machine.
+//!
+//! Inputs: [`Connection::handle_packet`], [`Connection::write`],
+//! [`Connection::read`], [`Connection::close`], [`Connection::handle_timeout`].
+//! Outputs: [`Connection::poll_transmit`] and [`Connection::poll_timeout`].
+//! Time is always passed in; nothing here touches a socket or a clock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::congestion::{AckInfo, Controller};
+use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
+use crate::rtt::RttEstimator;
+use crate::seq;
+
+/// Why a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ConnectionError {
+    /// The peer answered our SYN with a RESET.
+    #[error("connection refused by peer")]
+    Refused,
+    /// The peer reset an established connection.
+    #[error("connection reset by peer")]
+    Reset,
+    /// The handshake or a retransmission gave up.
+    #[error("connection timed out")]
+    TimedOut,
+}
+
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We sent the SYN.
+    Initiator,
+    /// We answered a SYN.
+    Responder,
+}
+
+/// Coarse connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// SYN sent, waiting for the SYN-ACK.
+    SynSent,
+    /// SYN answered, the initiator has not spoken since.
+    SynRecv,
+    /// Established (either direction may be finished).
+    Connected,
+    /// Both directions finished; the id stays reserved until the deadline.
+    TimeWait,
+    /// Failed with an error.
+    Failed(ConnectionError),
+    /// Nothing left to do; the endpoint may free it.
+    Done,
+}
+
+/// Per-connection counters, readable at any time.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Payload bytes handed to the network (first transmissions only).
+    pub bytes_sent: u64,
+    /// In-order payload bytes received.
+    pub bytes_received: u64,
+    /// Datagrams sent (all types, retransmissions included).
+    pub packets_sent: u64,
+    /// Datagrams received for this connection.
+    pub packets_received: u64,
+    /// Packets sent again (fast retransmit or timeout).
+    pub packets_retransmitted: u64,
+    /// Retransmission timeouts that fired.
+    pub timeouts: u64,
+    /// Fast retransmits (duplicate acks or SACK evidence).
+    pub fast_retransmits: u64,
+    /// Data packets received that were already held or delivered.
+    pub duplicates_received: u64,
+    /// Packets ignored because they acked data never sent.
+    pub invalid_acks: u64,
+    /// Data packets dropped: outside the receive window or buffer full.
+    pub dropped_out_of_window: u64,
+    /// Smoothed round-trip time.
+    pub rtt: Option<Duration>,
+    /// Current congestion window in bytes.
+    pub cwnd: usize,
+    /// Largest congestion window seen.
+    pub max_cwnd: usize,
+    /// Payload size in use (bytes per full packet).
+    pub payload_size: usize,
+    /// Largest payload actually sent in one packet.
+    pub max_payload_sent: usize,
+    /// Peer's last advertised receive window.
+    pub peer_window: u32,
+    /// Bytes currently in flight.
+    pub bytes_in_flight: usize,
+    /// Close reason reported by the peer (libtorrent extension 3).
+    pub peer_close_reason: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FinState {
+    None,
+    /// Requested; goes out once all queued data is packetized.
+    Queued,
+    Sent,
+    Acked,
+}
+
+#[derive(Debug)]
+struct Sent {
+    seq: u16,
+    ty: PacketType,
+    payload: Bytes,
+    last_sent: Instant,
+    transmissions: u32,
+    /// Monotonic transmission counter of the latest send (a packet number).
+    tx_index: u64,
+    sacked: bool,
+    /// Counted in `in_flight` (sent and neither acked nor declared lost).
+    in_flight: bool,
+    /// Declared lost and queued for retransmission.
+    lost: bool,
+}
+
+/// One uTP connection.
+pub struct Connection {
+    cfg: Arc<Config>,
+    role: Role,
+    state: State,
+    epoch: Instant,
+    recv_id: u16,
+    send_id: u16,
+    mss: usize,
+
+    // Handshake.
+    syn_seq: u16,
+    syn_send: bool,
+    syn_sent_at: Option<Instant>,
+    syn_transmissions: u32,
+    syn_retx_at: Option<Instant>,
+    connect_deadline: Option<Instant>,
+    /// Responder: our SYN-ACK's seq (our ISN) and whether it is due. The
+    /// SYN-ACK always goes out as its own ST_STATE carrying this seq, even
+    /// when re-sent after data: the initiator's ack_nr starts at seq - 1.
+    synack_seq: u16,
+    synack_pending: bool,
+    /// Initiator: DATA/FIN that overtook the SYN-ACK, replayed after it.
+    early: Vec<(Header, Bytes)>,
+
+    // Send side.
+    seq_nr: u16,
+    pending: BytesMut,
+    outstanding: VecDeque<Sent>,
+    resend: VecDeque<u16>,
+    in_flight: usize,
+    peer_wnd: u32,
+    peer_wnd_known: bool,
+    cc: Box<dyn Controller>,
+    rtt: RttEstimator,
+    rto_deadline: Option<Instant>,
+    consecutive_timeouts: u32,
+    dup_acks: u32,
+    last_ack_seen: u16,
+    tx_counter: u64,
+    largest_acked_tx: u64,
+    recovery_point: Option<u16>,
+    probe_allowed: bool,
+    fin: FinState,
+
+    // Receive side.
+    ack_nr: u16,
+    reorder: VecDeque<Option<Bytes>>,
+    reorder_bytes: usize,
+    ready: VecDeque<Bytes>,
+    ready_bytes: usize,
+    peer_fin: Option<u16>,
+    eof: bool,
+    ack_pending: bool,
+    last_wnd_sent: u32,
+    reply_micro: u32,
+    last_recv: Instant,
+
+    // Teardown.
+    released: bool,
+    time_wait_until: Option<Instant>,
+    linger_until: Option<Instant>,
+
+    stats: ConnectionStats,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("recv_id", &self.recv_id)
+            .field("send_id", &self.send_id)
+            .field("seq_nr", &self.seq_nr)
+            .field("ack_nr", &self.ack_nr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn new(
+        cfg: Arc<Config>,
+        role: Role,
+        now: Instant,
+        epoch: Instant,
+        recv_id: u16,
+        send_id: u16,
+        seq_nr: u16,
+    ) -> Self {
+        let mss = cfg.payload_size();
+        let cc = cfg.controller.build(mss);
+        let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto);
+        Self {
+            role,
+            state: State::SynSent,
+            epoch,
+            recv_id,
+            send_id,
+            mss,
+            syn_seq: 0,
+            syn_send: false,
+            syn_sent_at: None,
+            syn_transmissions: 0,
+            syn_retx_at: None,
+            connect_deadline: None,
+            synack_seq: seq_nr,
+            synack_pending: false,
+            early: Vec::new(),
+            seq_nr,
+            pending: BytesMut::new(),
+            outstanding: VecDeque::new(),
+            resend: VecDeque::new(),
+            in_flight: 0,
+            peer_wnd: 0,
+            peer_wnd_known: false,
+            cc,
+            rtt,
+            rto_deadline: None,
+            consecutive_timeouts: 0,
+            dup_acks: 0,
+            last_ack_seen: 0,
+            tx_counter: 0,
+            largest_acked_tx: 0,
+            recovery_point: None,
+            probe_allowed: false,
+            fin: FinState::None,
+            ack_nr: 0,
+            reorder: VecDeque::new(),
+            reorder_bytes: 0,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            peer_fin: None,
+            eof: false,
+            ack_pending: false,
+            last_wnd_sent: cfg.recv_buffer as u32,
+            reply_micro: 0,
+            last_recv: now,
+            released: false,
+            time_wait_until: None,
+            linger_until: None,
+            stats: ConnectionStats {
+                payload_size: mss,
+                ..Default::default()
+            },
+            cfg,
+        }
+    }
+
+    /// A connection that will send a SYN with connection id `recv_id` and
+    /// sequence number `isn`.
+    pub fn connect(cfg: Arc<Config>, now: Instant, epoch: Instant, recv_id: u16, isn: u16) -> Self {
+        let deadline = now + cfg.connect_timeout;
+        let mut c = Self::new(
+            cfg,
+            Role::Initiator,
+            now,
+            epoch,
+            recv_id,
+            recv_id.wrapping_add(1),
+            isn.wrapping_add(1),
+        );
+        c.syn_seq = isn;
+        c.syn_send = true;
+        c.connect_deadline = Some(deadline);
+        c.last_ack_seen = isn;
+        c
+    }
+
+    /// A connection answering `syn` (which must be an ST_SYN); our first
+    /// sequence number is `isn`. The SYN-ACK is queued for transmission.
+    pub fn accept(cfg: Arc<Config>, now: Instant, epoch: Instant, syn: &Header, isn: u16) -> Self {
+        let mut c = Self::new(
+            cfg,
+            Role::Responder,
+            now,
+            epoch,
+            syn.conn_id.wrapping_add(1),
+            syn.conn_id,
+            isn,
+        );
+        c.state = State::SynRecv;
+        c.syn_seq = syn.seq_nr;
+        c.ack_nr = syn.seq_nr;
+        c.synack_pending = true;
+        c.last_ack_seen = isn.wrapping_sub(1);
+        c.reply_micro = c.micros(now).wrapping_sub(syn.timestamp);
+        c.stats.packets_received = 1;
+        c
+    }
+
+    fn micros(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_micros() as u32
+    }
+
+    /// Which side opened the connection.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The connection id we receive on.
+    pub fn recv_id(&self) -> u16 {
+        self.recv_id
+    }
+
+    /// The connection id we send with.
+    pub fn send_id(&self) -> u16 {
+        self.send_id
+    }
+
+    /// The error the connection failed with, if any.
+    pub fn error(&self) -> Option<ConnectionError> {
+        match self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the handshake is complete (from our side's view).
+    pub fn is_established(&self) -> bool {
+        !matches!(self.state, State::SynSent | State::Failed(_))
+    }
+
+    /// Counters and current figures.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats.clone();
+        s.rtt = self.rtt.srtt();
+        s.cwnd = self.cc.window();
+        s.peer_window = self.peer_wnd;
+        s.bytes_in_flight = self.in_flight;
+        s
+    }
+
+    // ---------------------------------------------------------------- app side
+
+    /// Queues bytes for sending; returns how many were accepted (0 when the
+    /// send buffer is full). Fails once the connection failed or was closed.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        if let Some(e) = self.error() {
+            return Err(WriteError::Failed(e));
+        }
+        if self.fin != FinState::None || matches!(self.state, State::TimeWait | State::Done) {
+            return Err(WriteError::Closed);
+        }
+        let queued = self.pending.len() + self.outstanding_bytes();
+        let room = self.cfg.send_buffer.saturating_sub(queued);
+        let n = room.min(data.len());
+        self.pending.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn outstanding_bytes(&self) -> usize {
+        // Approximation that is exact enough for buffer accounting: the
+        // bytes of every unacked packet, sacked ones included.
+        self.outstanding.iter().map(|p| p.payload.len()).sum()
+    }
+
+    /// Whether `write` would accept at least one byte now.
+    pub fn is_writable(&self) -> bool {
+        self.error().is_some()
+            || self.fin != FinState::None
+            || self.pending.len() + self.outstanding_bytes() < self.cfg.send_buffer
+    }
+
+    /// Copies received in-order bytes into `buf`. `Ok(0)` with a non-empty
+    /// `buf` means end of stream only when [`Connection::is_eof`]; otherwise
+    /// nothing is available yet.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = self.ready.front_mut() else {
+                break;
+            };
+            let take = front.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&front[..take]);
+            n += take;
+            if take == front.len() {
+                self.ready.pop_front();
+            } else {
+                let _ = front.split_to(take);
+            }
+        }
+        self.ready_bytes -= n;
+        if n == 0 {
+            if let Some(e) = self.error() {
+                if !self.eof {
+                    return Err(e);
+                }
+            }
+        }
+        // Tell a sender stalled on our window that room opened up.
+        let wnd = self.recv_window();
+        let half = (self.cfg.recv_buffer / 2) as u32;
+        if n > 0 && self.last_wnd_sent < half && wnd >= half && self.is_established() {
+            self.ack_pending = true;
+        }
+        Ok(n)
+    }
+
+    /// Bytes ready to be read.
+    pub fn readable_bytes(&self) -> usize {
+        self.ready_bytes
+    }
+
+    /// Whether all data up to the peer's FIN has been read.
+    pub fn is_eof(&self) -> bool {
+        self.eof && self.ready_bytes == 0
+    }
+
+    /// Whether `read` has something to report (data, EOF or an error).
+    pub fn is_readable(&self) -> bool {
+        self.ready_bytes > 0 || self.eof || self.error().is_some()
+    }
+
+    /// Finishes our direction: a FIN follows the queued data. Idempotent.
+    pub fn close(&mut self) {
+        if self.fin == FinState::None && !matches!(self.state, State::Failed(_) | State::Done) {
+            self.fin = FinState::Queued;
+        }
+    }
+
+    /// Whether our FIN has been acknowledged (all our data was delivered).
+    pub fn is_fin_acked(&self) -> bool {
+        self.fin == FinState::Acked
+    }
+
+    /// The application let go of the connection: finish it gracefully and
+    /// discard what arrives from now on.
+    pub fn release(&mut self, now: Instant) {
+        self.released = true;
+        self.ready.clear();
+        self.ready_bytes = 0;
+        match self.state {
+            // Nothing was agreed yet: just forget it.
+            State::SynSent | State::Failed(_) => self.state = State::Done,
+            _ => {
+                self.close();
+                self.update_teardown(now);
+            }
+        }
+    }
+
+    /// Whether the endpoint may forget this connection.
+    pub fn is_done(&self) -> bool {
+        self.released && matches!(self.state, State::Done | State::Failed(_))
+    }
+
+    // ------------------------------------------------------------- network side
+
+    /// Processes one packet addressed to this connection.
+    pub fn handle_packet(&mut self, now: Instant, pkt: &Packet<'_>) {
+        let h = &pkt.header;
+        self.stats.packets_received += 1;
+        if matches!(self.state, State::Failed(_) | State::Done) {
+            return;
+        }
+        if h.ty == PacketType::Reset {
+            self.fail(if self.state == State::SynSent {
+                ConnectionError::Refused
+            } else {
+                ConnectionError::Reset
+            });
+            return;
+        }
+        if h.ty == PacketType::Syn {
+            // A retransmitted SYN: our SYN-ACK was lost, answer again.
+            if self.role == Role::Responder && h.seq_nr == self.syn_seq {
+                if self.state == State::SynRecv {
+                    self.synack_pending = true;
+                } else {
+                    self.ack_pending = true;
+                }
+            }
+            return;
+        }
+        if self.state == State::SynSent {
+            if h.ty == PacketType::State && h.ack_nr == self.syn_seq {
+                self.state = State::Connected;
+                self.connect_deadline = None;
+                self.syn_retx_at = None;
+                // The SYN-ACK does not consume a sequence number. A re-sent
+                // SYN-ACK (libutp) may carry a later seq than data we hold.
+                let mut first = h.seq_nr;
+                for (e, _) in &self.early {
+                    if seq::lt(e.seq_nr, first) {
+                        first = e.seq_nr;
+                    }
+                }
+                self.ack_nr = first.wrapping_sub(1);
+                if let (Some(at), 1) = (self.syn_sent_at, self.syn_transmissions) {
+                    self.rtt.on_sample(now.saturating_duration_since(at));
+                }
+                self.reply_micro = self.micros(now).wrapping_sub(h.timestamp);
+                self.last_recv = now;
+                // libtorrent's SYN-ACK may advertise little: the window is
+                // known from the first real packet on.
+                for (eh, payload) in std::mem::take(&mut self.early) {
+                    self.stats.packets_received -= 1; // counted on arrival
+                    let p = Packet {
+                        header: eh,
+                        sack: None,
+                        close_reason: None,
+                        payload: &payload,
+                    };
+                    self.handle_packet(now, &p);
+                }
+            } else if matches!(h.ty, PacketType::Data | PacketType::Fin)
+                && h.ack_nr == self.syn_seq
+                && self.early.len() < 64
+            {
+                // Data that overtook (or outlived) the SYN-ACK: keep it for
+                // later, and ask for the SYN-ACK again at once (a 20-byte
+                // SYN per data packet received, so no amplification).
+                self.early.push((*h, Bytes::copy_from_slice(pkt.payload)));
+                self.syn_send = true;
+            }
+            // Anything else before the SYN-ACK is dropped; the peer resends.
+            return;
+        }
+
+        // Acks for data never sent are not trusted: drop the whole packet,
+        // as libtorrent does.
+        let highest_sent = self.seq_nr.wrapping_sub(1);
+        if seq::lt(highest_sent, h.ack_nr) {
+            self.stats.invalid_acks += 1;
+            return;
+        }
+        self.last_recv = now;
+        self.consecutive_timeouts = 0;
+        self.reply_micro = self.micros(now).wrapping_sub(h.timestamp);
+        if self.state == State::SynRecv {
+            self.state = State::Connected;
+        }
+        if let Some(r) = pkt.close_reason {
+            self.stats.peer_close_reason = Some(r);
+        }
+        let old_wnd = self.peer_wnd;
+        self.peer_wnd = h.wnd_size;
+        self.peer_wnd_known = true;
+        if self.peer_wnd > old_wnd {
+            self.probe_allowed = false;
+        }
+
+        self.process_ack(now, h, pkt.sack);
+
+        match h.ty {
+            PacketType::Data | PacketType::Fin => self.process_data(h, pkt.payload),
+            _ => {}
+        }
+        if self.state == State::TimeWait && h.ty == PacketType::Fin {
+            // The peer re-sent its FIN: our ack was lost. Keep answering for
+            // another full period (RFC 793 restarts TIME-WAIT here too).
+            self.time_wait_until = Some(now + self.cfg.time_wait);
+        }
+        self.update_teardown(now);
+    }
+
+    fn process_ack(&mut self, now: Instant, h: &Header, sack: Option<&[u8]>) {
+        let first_unacked = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+        let base = first_unacked.wrapping_sub(1);
+        let in_flight_before = self.in_flight;
+        let mut bytes_acked = 0usize;
+        let mut rtt_sample = None;
+        let mut progressed = false;
+
+        if seq::lt(base, h.ack_nr) {
+            let n = seq::ahead(h.ack_nr, base) as usize;
+            for _ in 0..n.min(self.outstanding.len()) {
+                let p = self.outstanding.pop_front().expect("counted above");
+                self.on_packet_acked(&p, now, &mut bytes_acked, &mut rtt_sample);
+            }
+            progressed = true;
+        }
+
+        let mut sacked_any = false;
+        if let Some(bits) = sack {
+            // Bit i means ack_nr + 2 + i; outstanding[0] is ack_nr + 1 when
+            // the cumulative ack reached it, so bit i is index i + 1 + shift.
+            let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+            for i in 0..bits.len() * 8 {
+                if !packet::sack_bit(bits, i) {
+                    continue;
+                }
+                let s = h.ack_nr.wrapping_add(2).wrapping_add(i as u16);
+                if !seq::lt(s, self.seq_nr) {
+                    // SACK bits beyond what we sent are ignored.
+                    break;
+                }
+                if seq::lt(s, front) {
+                    continue;
+                }
+                let idx = seq::ahead(s, front) as usize;
+                let Some(p) = self.outstanding.get_mut(idx) else {
+                    break;
+                };
+                if p.sacked {
+                    continue;
+                }
+                p.sacked = true;
+                sacked_any = true;
+                bytes_acked += p.payload.len();
+                if p.in_flight {
+                    p.in_flight = false;
+                    self.in_flight -= p.payload.len();
+                }
+                if p.lost {
+                    p.lost = false;
+                }
+                self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
+                if p.transmissions == 1 {
+                    rtt_sample = Some(now.saturating_duration_since(p.last_sent));
+                }
+            }
+        }
+
+        if let Some(rtt) = rtt_sample {
+            self.rtt.on_sample(rtt);
+        }
+        if progressed || sacked_any {
+            self.rtt.reset_backoff();
+            self.dup_acks = 0;
+            // Restart the timer: the path delivers.
+            self.rto_deadline = if self.outstanding.is_empty() {
+                None
+            } else {
+                Some(now + self.rtt.rto())
+            };
+        } else if h.ty == PacketType::State
+            && h.ack_nr == self.last_ack_seen
+            && !self.outstanding.is_empty()
+        {
+            self.dup_acks += 1;
+        }
+        self.last_ack_seen = h.ack_nr;
+
+        if bytes_acked > 0 {
+            self.cc.on_ack(
+                now,
+                &AckInfo {
+                    bytes_acked,
+                    bytes_in_flight: in_flight_before,
+                    srtt: self.rtt.srtt(),
+                    peer_delay_us: h.timestamp_diff,
+                },
+            );
+            let w = self.cc.window();
+            self.stats.max_cwnd = self.stats.max_cwnd.max(w);
+        }
+
+        self.detect_losses(now, sacked_any);
+    }
+
+    fn on_packet_acked(
+        &mut self,
+        p: &Sent,
+        now: Instant,
+        bytes_acked: &mut usize,
+        rtt_sample: &mut Option<Duration>,
+    ) {
+        if p.in_flight {
+            self.in_flight -= p.payload.len();
+        }
+        if !p.sacked {
+            *bytes_acked += p.payload.len();
+            if p.transmissions == 1 {
+                *rtt_sample = Some(now.saturating_duration_since(p.last_sent));
+            }
+        }
+        self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
+        if p.ty == PacketType::Fin {
+            self.fin = FinState::Acked;
+        }
+        // Queued resends of acked packets are skipped lazily in poll_transmit.
+    }
+
+    fn detect_losses(&mut self, now: Instant, sacked_any: bool) {
+        let mut lost_any = false;
+        if self.dup_acks >= 3 {
+            self.dup_acks = 0;
+            if let Some(p) = self.outstanding.front_mut() {
+                if !p.sacked && !p.lost {
+                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                    lost_any = true;
+                }
+            }
+        }
+        if sacked_any {
+            // A packet is lost when a packet sent three transmissions after it
+            // was acknowledged (packet threshold, as in QUIC/RACK); using the
+            // transmission counter keeps retransmissions from being re-declared.
+            for p in self.outstanding.iter_mut() {
+                if p.tx_index.saturating_add(3) > self.largest_acked_tx {
+                    continue;
+                }
+                if !p.sacked && !p.lost && p.in_flight {
+                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                    lost_any = true;
+                }
+            }
+        }
+        if lost_any {
+            self.stats.fast_retransmits += 1;
+            let first_lost = self
+                .resend
+                .iter()
+                .copied()
+                .next()
+                .unwrap_or(self.seq_nr);
+            let new_episode = match self.recovery_point {
+                None => true,
+                Some(rp) => seq::lt(rp, first_lost),
+            };
+            if new_episode {
+                self.cc.on_loss(now);
+                self.recovery_point = Some(self.seq_nr.wrapping_sub(1));
+            }
+        }
+    }
+
+    fn mark_lost(p: &mut Sent, in_flight: &mut usize, resend: &mut VecDeque<u16>) {
+        p.lost = true;
+        if p.in_flight {
+            p.in_flight = false;
+            *in_flight -= p.payload.len();
+        }
+        resend.push_back(p.seq);
+    }
+
+    fn recv_window(&self) -> u32 {
+        self.cfg
+            .recv_buffer
+            .saturating_sub(self.ready_bytes + self.reorder_bytes)
+            .min(u32::MAX as usize) as u32
+    }
+
+    fn process_data(&mut self, h: &Header, payload: &[u8]) {
+        let s = h.seq_nr;
+        // Every data packet gets an ack, duplicates too (the peer may have
+        // lost our earlier one).
+        self.ack_pending = true;
+        if let Some(fin) = self.peer_fin {
+            if seq::lt(fin, s) || (h.ty == PacketType::Fin && fin != s) {
+                // Past the FIN, or a FIN contradicting the first: ignore.
+                return;
+            }
+        }
+        if seq::le(s, self.ack_nr) {
+            self.stats.duplicates_received += 1;
+            return;
+        }
+        let offset = seq::ahead(s, self.ack_nr) as usize - 1;
+        if offset >= self.cfg.max_reorder_packets {
+            self.stats.dropped_out_of_window += 1;
+            return;
+        }
+        if self.released {
+            // Nobody will read it; accept it only to keep the stream moving.
+        } else if self.ready_bytes + self.reorder_bytes + payload.len() > self.cfg.recv_buffer {
+            self.stats.dropped_out_of_window += 1;
+            return;
+        }
+        if self.reorder.len() <= offset {
+            self.reorder.resize(offset + 1, None);
+        }
+        if self.reorder[offset].is_some() {
+            self.stats.duplicates_received += 1;
+            return;
+        }
+        if h.ty == PacketType::Fin {
+            self.peer_fin = Some(s);
+        }
+        let data = if self.released {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(payload)
+        };
+        self.reorder_bytes += data.len();
+        self.reorder[offset] = Some(data);
+        while let Some(Some(_)) = self.reorder.front() {
+            let data = self.reorder.pop_front().flatten().expect("checked Some");
+            self.ack_nr = self.ack_nr.wrapping_add(1);
+            self.reorder_bytes -= data.len();
+            if !data.is_empty() {
+                self.stats.bytes_received += data.len() as u64;
+                self.ready_bytes += data.len();
+                self.ready.push_back(data);
+            }
+            if self.peer_fin == Some(self.ack_nr) {
+                self.eof = true;
+                self.reorder.clear();
+                self.reorder_bytes = 0;
+                break;
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ConnectionError) {
+        self.state = State::Failed(e);
+        self.pending.clear();
+        self.outstanding.clear();
+        self.resend.clear();
+        self.in_flight = 0;
+        self.ack_pending = false;
+        self.syn_send = false;
+        // A failure is final: no handshake timer may fire (and overwrite
+        // the error with TimedOut) afterwards.
+        self.syn_retx_at = None;
+        self.connect_deadline = None;
+        self.rto_deadline = None;
+        self.reorder.clear();
+        self.reorder_bytes = 0;
+    }
+
+    /// Moves to TIME_WAIT / Done when both directions are finished.
+    fn update_teardown(&mut self, now: Instant) {
+        if self.state != State::Connected {
+            return;
+        }
+        let ours_done = self.fin == FinState::Acked;
+        if ours_done && self.eof {
+            self.state = State::TimeWait;
+            self.time_wait_until = Some(now + self.cfg.time_wait);
+            self.linger_until = None;
+        } else if ours_done && self.released {
+            self.linger_until = Some(self.last_recv + self.cfg.linger);
+        }
+    }
+
+    /// The earliest moment [`Connection::handle_timeout`] needs to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.syn_retx_at,
+            self.connect_deadline,
+            self.rto_deadline,
+            self.time_wait_until,
+            self.linger_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(d) = self.connect_deadline {
+            if now >= d {
+                self.fail(ConnectionError::TimedOut);
+                self.connect_deadline = None;
+                self.syn_retx_at = None;
+                return;
+            }
+        }
+        if let Some(t) = self.syn_retx_at {
+            if now >= t {
+                self.syn_retx_at = None;
+                self.rtt.back_off();
+                self.syn_send = true;
+            }
+        }
+        if let Some(t) = self.time_wait_until {
+            if now >= t {
+                self.time_wait_until = None;
+                self.state = State::Done;
+            }
+        }
+        if let Some(t) = self.linger_until {
+            if now >= t && self.released {
+                self.linger_until = None;
+                if self.last_recv + self.cfg.linger <= now {
+                    self.state = State::Done;
+                } else {
+                    self.linger_until = Some(self.last_recv + self.cfg.linger);
+                }
+            }
+        }
+        if let Some(t) = self.rto_deadline {
+            if now >= t {
+                self.on_rto(now);
+            }
+        }
+    }
+
+    fn on_rto(&mut self, now: Instant) {
+        self.rto_deadline = None;
+        let unacked = self.outstanding.iter().any(|p| !p.sacked);
+        if !unacked {
+            // Persist timer: the peer's window is closed; allow one probe.
+            if self.peer_wnd_known && !self.pending.is_empty() {
+                self.probe_allowed = true;
+            }
+            return;
+        }
+        self.consecutive_timeouts += 1;
+        self.stats.timeouts += 1;
+        if self.consecutive_timeouts >= self.cfg.max_timeouts {
+            self.fail(ConnectionError::TimedOut);
+            return;
+        }
+        self.rtt.back_off();
+        self.cc.on_timeout(now);
+        self.dup_acks = 0;
+        // Everything unacked is presumed lost; cwnd of one packet lets the
+        // oldest go first. Losses from before the timeout don't halve again.
+        self.resend.clear();
+        for p in self.outstanding.iter_mut() {
+            if !p.sacked {
+                p.lost = false;
+                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            }
+        }
+        self.recovery_point = Some(self.seq_nr.wrapping_sub(1));
+    }
+
+    /// Whether a call to [`Connection::poll_transmit`] may produce a datagram.
+    pub fn wants_transmit(&self) -> bool {
+        match self.state {
+            State::Failed(_) | State::Done => false,
+            State::SynSent => self.syn_send,
+            _ => {
+                self.ack_pending
+                    || self.synack_pending
+                    || !self.resend.is_empty()
+                    || self.fin == FinState::Queued
+                    || (!self.pending.is_empty() && self.send_allowance() > 0)
+                    // Closed peer window, nothing in flight: poll_transmit
+                    // arms the persist timer (else the sender stalls).
+                    || (!self.pending.is_empty()
+                        && self.in_flight == 0
+                        && self.rto_deadline.is_none()
+                        && self.peer_wnd_known)
+            }
+        }
+    }
+
+    fn send_window(&self) -> usize {
+        let cwnd = self.cc.window();
+        if self.peer_wnd_known {
+            cwnd.min(self.peer_wnd as usize)
+        } else {
+            cwnd
+        }
+    }
+
+    /// Bytes of new data that may be sent now.
+    fn send_allowance(&self) -> usize {
+        let wnd = self.send_window();
+        let room = wnd.saturating_sub(self.in_flight);
+        if room >= self.mss.min(self.pending.len()) {
+            return room.min(self.mss);
+        }
+        if self.in_flight == 0 {
+            // A tiny window must not stall us; a closed one waits for a probe.
+            if room > 0 {
+                return room;
+            }
+            if self.probe_allowed {
+                return self.mss;
+            }
+        }
+        0
+    }
+
+    fn header(&self, ty: PacketType, seq_nr: u16, now: Instant) -> Header {
+        Header {
+            ty,
+            conn_id: if ty == PacketType::Syn {
+                self.recv_id
+            } else {
+                self.send_id
+            },
+            timestamp: self.micros(now),
+            timestamp_diff: if ty == PacketType::Syn {
+                0
+            } else {
+                self.reply_micro
+            },
+            wnd_size: self.recv_window(),
+            seq_nr,
+            ack_nr: if ty == PacketType::Syn { 0 } else { self.ack_nr },
+        }
+    }
+
+    fn sack_bytes(&self, out: &mut [u8; MAX_SACK_BYTES]) -> usize {
+        // reorder[0] is ack_nr + 1 (the hole); bit i is ack_nr + 2 + i.
+        let n = self.reorder.len().saturating_sub(1).min(MAX_SACK_BYTES * 8);
+        if n == 0 {
+            return 0;
+        }
+        out.fill(0);
+        for i in 0..n {
+            if self.reorder[i + 1].is_some() {
+                out[i / 8] |= 1 << (i % 8);
+            }
+        }
+        // libutp requires a multiple of four bytes.
+        (n.div_ceil(8)).div_ceil(4) * 4
+    }
+
+    /// Writes the next datagram into `buf` (at least `max_payload + 60`
+    /// bytes) and returns its length, or `None` when nothing is due.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        match self.state {
+            State::Failed(_) | State::Done => return None,
+            State::SynSent => {
+                if !self.syn_send {
+                    return None;
+                }
+                self.syn_send = false;
+                self.syn_transmissions += 1;
+                self.syn_sent_at = Some(now);
+                self.syn_retx_at = Some(now + self.rtt.rto());
+                let h = self.header(PacketType::Syn, self.syn_seq, now);
+                self.stats.packets_sent += 1;
+                return Some(packet::encode(&h, &[], &[], buf));
+            }
+            _ => {}
+        }
+
+        // 0. A (re-sent) SYN-ACK, always ahead of our first data.
+        if self.synack_pending {
+            self.synack_pending = false;
+            let seq = self.synack_seq;
+            return Some(self.send_state(now, seq, buf));
+        }
+
+        // 1. Retransmissions first.
+        while let Some(s) = self.resend.pop_front() {
+            let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+            if seq::lt(s, front) {
+                continue; // acked meanwhile
+            }
+            let idx = seq::ahead(s, front) as usize;
+            let cwnd = self.cc.window().max(self.mss);
+            let Some(p) = self.outstanding.get(idx) else {
+                continue;
+            };
+            if !p.lost || p.sacked {
+                continue;
+            }
+            if self.in_flight > 0 && self.in_flight + p.payload.len() > cwnd {
+                self.resend.push_front(s);
+                break;
+            }
+            return Some(self.send_outstanding(now, idx, buf, true));
+        }
+
+        // 2. New data.
+        if !self.pending.is_empty() {
+            let allowance = self.send_allowance();
+            if allowance > 0 {
+                self.probe_allowed = false;
+                let n = allowance.min(self.pending.len());
+                let payload = self.pending.split_to(n).freeze();
+                self.stats.bytes_sent += n as u64;
+                self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
+                return Some(self.send_new(now, PacketType::Data, payload, buf));
+            }
+            if self.in_flight == 0 && self.rto_deadline.is_none() && self.peer_wnd_known {
+                // Closed window, nothing in flight: arm the persist timer.
+                self.rto_deadline = Some(now + self.rtt.rto());
+            }
+        }
+
+        // 3. FIN once all data is packetized.
+        if self.fin == FinState::Queued && self.pending.is_empty() {
+            self.fin = FinState::Sent;
+            return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf));
+        }
+
+        // 4. A pure ack.
+        if self.ack_pending {
+            let seq = self.seq_nr;
+            return Some(self.send_state(now, seq, buf));
+        }
+        None
+    }
+
+    fn send_state(&mut self, now: Instant, seq_nr: u16, buf: &mut [u8]) -> usize {
+        self.ack_pending = false;
+        let mut sack = [0u8; MAX_SACK_BYTES];
+        let sn = self.sack_bytes(&mut sack);
+        let h = self.header(PacketType::State, seq_nr, now);
+        self.last_wnd_sent = h.wnd_size;
+        self.stats.packets_sent += 1;
+        packet::encode(&h, &sack[..sn], &[], buf)
+    }
+
+    fn send_new(&mut self, now: Instant, ty: PacketType, payload: Bytes, buf: &mut [u8]) -> usize {
+        let s = self.seq_nr;
+        self.seq_nr = self.seq_nr.wrapping_add(1);
+        self.outstanding.push_back(Sent {
+            seq: s,
+            ty,
+            payload,
+            last_sent: now,
+            transmissions: 0,
+            tx_index: 0,
+            sacked: false,
+            in_flight: false,
+            lost: false,
+        });
+        let idx = self.outstanding.len() - 1;
+        self.send_outstanding(now, idx, buf, false)
+    }
+
+    fn send_outstanding(&mut self, now: Instant, idx: usize, buf: &mut [u8], retx: bool) -> usize {
+        self.tx_counter += 1;
+        let tx = self.tx_counter;
+        let p = &mut self.outstanding[idx];
+        p.last_sent = now;
+        p.transmissions += 1;
+        p.tx_index = tx;
+        p.lost = false;
+        p.in_flight = true;
+        self.in_flight += p.payload.len();
+        let (ty, s) = (p.ty, p.seq);
+        if retx {
+            self.stats.packets_retransmitted += 1;
+        }
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rtt.rto());
+        }
+        // Data carries the ack; a separate STATE is only needed for SACKs.
+        if self.reorder.is_empty() {
+            self.ack_pending = false;
+        }
+        let h = self.header(ty, s, now);
+        self.last_wnd_sent = h.wnd_size;
+        self.stats.packets_sent += 1;
+        let p = &self.outstanding[idx];
+        packet::encode(&h, &[], &p.payload, buf)
+    }
+}
+
+/// Why [`Connection::write`] refused data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum WriteError {
+    /// The connection failed.
+    #[error(transparent)]
+    Failed(#[from] ConnectionError),
+    /// Our direction was already closed.
+    #[error("write after close")]
+    Closed,
+}

@@ -1,0 +1,442 @@
+//! Many connections behind one UDP socket: demultiplexing on (peer address,
+//! connection id), a bounded accept queue, rate-limited RESET replies and
+//! connection-id allocation.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
+
+/// Identifies a connection inside an [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnHandle(pub usize);
+
+/// A datagram to send, written by [`Endpoint::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Length of the datagram at the start of the caller's buffer.
+    pub len: usize,
+}
+
+/// Endpoint-wide counters, including every reason a datagram was dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Datagrams handed to [`Endpoint::handle_datagram`].
+    pub datagrams_received: u64,
+    /// Datagrams produced by [`Endpoint::poll_transmit`].
+    pub datagrams_sent: u64,
+    /// Datagrams that failed to parse as uTP.
+    pub invalid_datagrams: u64,
+    /// Packets for no known connection.
+    pub unknown_connection: u64,
+    /// RESETs sent in reply to unknown connections.
+    pub resets_sent: u64,
+    /// RESET replies suppressed by the rate limit.
+    pub resets_suppressed: u64,
+    /// SYNs dropped because the accept backlog was full.
+    pub syn_backlog_full: u64,
+    /// SYNs refused (with RESET) because nobody listens.
+    pub syn_refused: u64,
+    /// Connections accepted into the backlog.
+    pub connections_accepted: u64,
+    /// Connections opened by us.
+    pub connections_initiated: u64,
+    /// Connections currently tracked.
+    pub connections_open: u64,
+}
+
+struct Entry {
+    conn: Connection,
+    addr: SocketAddr,
+    dirty: bool,
+    touched: bool,
+    scheduled: Option<Instant>,
+}
+
+/// The sans-IO endpoint: owns every connection of one socket.
+pub struct Endpoint {
+    cfg: Arc<Config>,
+    epoch: Instant,
+    conns: Slab<Entry>,
+    by_key: HashMap<(SocketAddr, u16), usize>,
+    accept_queue: VecDeque<ConnHandle>,
+    listening: bool,
+    dirty: VecDeque<usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    touched: Vec<ConnHandle>,
+    resets: VecDeque<(SocketAddr, Header)>,
+    reset_tokens: f64,
+    reset_refill: Instant,
+    rng: StdRng,
+    stats: EndpointStats,
+}
+
+/// Most RESET replies queued at once; more are dropped (and counted).
+const MAX_QUEUED_RESETS: usize = 64;
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("connections", &self.conns.len())
+            .field("listening", &self.listening)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A new endpoint with connection ids and sequence numbers from the OS's
+    /// random source (predictable ids invite off-path RESET injection).
+    pub fn new(cfg: Arc<Config>, now: Instant) -> Self {
+        Self::with_rng(cfg, now, StdRng::from_entropy())
+    }
+
+    /// A new endpoint whose randomness comes from `seed` (for replayable tests).
+    pub fn with_seed(cfg: Arc<Config>, now: Instant, seed: u64) -> Self {
+        Self::with_rng(cfg, now, StdRng::seed_from_u64(seed))
+    }
+
+    fn with_rng(cfg: Arc<Config>, now: Instant, rng: StdRng) -> Self {
+        Self {
+            reset_tokens: cfg.reset_rate as f64,
+            cfg,
+            epoch: now,
+            conns: Slab::new(),
+            by_key: HashMap::new(),
+            accept_queue: VecDeque::new(),
+            listening: false,
+            dirty: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
+            resets: VecDeque::new(),
+            reset_refill: now,
+            rng,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// Whether incoming SYNs are accepted (otherwise answered with RESET).
+    pub fn set_listening(&mut self, on: bool) {
+        self.listening = on;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        let mut s = self.stats.clone();
+        s.connections_open = self.conns.len() as u64;
+        s
+    }
+
+    /// Number of connections tracked (including closing ones).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Opens a connection to `addr`; the SYN goes out on the next
+    /// [`Endpoint::poll_transmit`].
+    pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> ConnHandle {
+        let recv_id = loop {
+            let id: u16 = self.rng.gen();
+            if !self.by_key.contains_key(&(addr, id)) {
+                break id;
+            }
+        };
+        let isn = self.rng.gen();
+        let conn = Connection::connect(self.cfg.clone(), now, self.epoch, recv_id, isn);
+        self.stats.connections_initiated += 1;
+        self.insert(now, addr, conn)
+    }
+
+    fn insert(&mut self, now: Instant, addr: SocketAddr, conn: Connection) -> ConnHandle {
+        let key = (addr, conn.recv_id());
+        let idx = self.conns.insert(Entry {
+            conn,
+            addr,
+            dirty: false,
+            touched: false,
+            scheduled: None,
+        });
+        self.by_key.insert(key, idx);
+        self.after_change(idx, now);
+        ConnHandle(idx)
+    }
+
+    /// Takes the next connection from the accept queue.
+    pub fn accept(&mut self) -> Option<ConnHandle> {
+        self.accept_queue.pop_front()
+    }
+
+    /// Connections waiting in the accept queue.
+    pub fn accept_queue_len(&self) -> usize {
+        self.accept_queue.len()
+    }
+
+    /// The connection behind `h`. Panics on a handle that was released and freed.
+    pub fn conn(&self, h: ConnHandle) -> &Connection {
+        &self.conns[h.0].conn
+    }
+
+    /// The peer address of `h`.
+    pub fn peer_addr(&self, h: ConnHandle) -> SocketAddr {
+        self.conns[h.0].addr
+    }
+
+    /// Runs `f` on the connection behind `h`, then reschedules its timers and
+    /// transmissions. Use this for every application-side operation.
+    pub fn with_conn<R>(
+        &mut self,
+        h: ConnHandle,
+        now: Instant,
+        f: impl FnOnce(&mut Connection) -> R,
+    ) -> R {
+        let r = f(&mut self.conns[h.0].conn);
+        self.after_change(h.0, now);
+        r
+    }
+
+    /// The application is done with `h`: the connection finishes gracefully
+    /// in the background and is freed afterwards. The handle is invalid after.
+    pub fn release(&mut self, h: ConnHandle, now: Instant) {
+        if let Some(e) = self.conns.get_mut(h.0) {
+            e.conn.release(now);
+            e.touched = false;
+            self.after_change(h.0, now);
+        }
+    }
+
+    /// Whether anything is waiting for [`Endpoint::poll_transmit`].
+    pub fn has_transmit(&self) -> bool {
+        !self.dirty.is_empty() || !self.resets.is_empty()
+    }
+
+    /// Connections whose state changed through the network or a timer since
+    /// the last call (the async layer wakes their tasks).
+    pub fn drain_touched(&mut self) -> std::vec::Drain<'_, ConnHandle> {
+        for h in &self.touched {
+            if let Some(e) = self.conns.get_mut(h.0) {
+                e.touched = false;
+            }
+        }
+        self.touched.drain(..)
+    }
+
+    fn touch(&mut self, idx: usize) {
+        let e = &mut self.conns[idx];
+        if !e.touched && !e.conn.is_done() {
+            e.touched = true;
+            self.touched.push(ConnHandle(idx));
+        }
+    }
+
+    fn after_change(&mut self, idx: usize, now: Instant) {
+        let e = &mut self.conns[idx];
+        if e.conn.is_done() {
+            let key = (e.addr, e.conn.recv_id());
+            if self.by_key.get(&key) == Some(&idx) {
+                self.by_key.remove(&key);
+            }
+            self.conns.remove(idx);
+            return;
+        }
+        let _ = now;
+        if !e.dirty && e.conn.wants_transmit() {
+            e.dirty = true;
+            self.dirty.push_back(idx);
+        }
+        self.schedule(idx);
+    }
+
+    fn schedule(&mut self, idx: usize) {
+        let e = &mut self.conns[idx];
+        if let Some(t) = e.conn.poll_timeout() {
+            if e.scheduled.map_or(true, |s| t < s) {
+                e.scheduled = Some(t);
+                self.timers.push(Reverse((t, idx)));
+            }
+        }
+    }
+
+    /// The earliest moment [`Endpoint::handle_timeout`] needs to run.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Drop stale heap entries so the caller isn't woken for nothing.
+        while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
+            match self.conns.get(idx) {
+                Some(e) if e.scheduled == Some(t) => return Some(t),
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(e) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            if e.scheduled != Some(t) {
+                continue;
+            }
+            e.scheduled = None;
+            e.conn.handle_timeout(now);
+            self.touch(idx);
+            self.after_change(idx, now);
+        }
+    }
+
+    /// Processes one datagram from `from`. Malformed datagrams and packets for
+    /// unknown connections are dropped and counted, never trusted.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), packet::ParseError> {
+        self.stats.datagrams_received += 1;
+        let pkt = match Packet::parse(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.invalid_datagrams += 1;
+                return Err(e);
+            }
+        };
+        let h = pkt.header;
+        let idx = match h.ty {
+            PacketType::Syn => {
+                if let Some(&idx) = self.by_key.get(&(from, h.conn_id.wrapping_add(1))) {
+                    Some(idx)
+                } else {
+                    self.new_incoming(now, from, &h);
+                    return Ok(());
+                }
+            }
+            PacketType::Reset => self.find_reset_target(from, h.conn_id),
+            _ => self.by_key.get(&(from, h.conn_id)).copied(),
+        };
+        match idx {
+            Some(idx) => {
+                self.conns[idx].conn.handle_packet(now, &pkt);
+                self.touch(idx);
+                self.after_change(idx, now);
+            }
+            None => {
+                self.stats.unknown_connection += 1;
+                if h.ty != PacketType::Reset {
+                    self.queue_reset(now, from, &h);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A RESET echoes either our receive id or our send id (libutp echoes the
+    /// id of the packet it answers), so accept both.
+    fn find_reset_target(&self, from: SocketAddr, id: u16) -> Option<usize> {
+        if let Some(&idx) = self.by_key.get(&(from, id)) {
+            return Some(idx);
+        }
+        [id.wrapping_sub(1), id.wrapping_add(1)]
+            .into_iter()
+            .filter_map(|k| self.by_key.get(&(from, k)).copied())
+            .find(|&idx| self.conns[idx].conn.send_id() == id)
+    }
+
+    fn new_incoming(&mut self, now: Instant, from: SocketAddr, syn: &Header) {
+        if !self.listening {
+            self.stats.syn_refused += 1;
+            self.queue_reset(now, from, syn);
+            return;
+        }
+        if self.accept_queue.len() >= self.cfg.accept_backlog {
+            self.stats.syn_backlog_full += 1;
+            return;
+        }
+        let isn = self.rng.gen();
+        let conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        self.stats.connections_accepted += 1;
+        let h = self.insert(now, from, conn);
+        self.accept_queue.push_back(h);
+    }
+
+    fn queue_reset(&mut self, now: Instant, to: SocketAddr, probe: &Header) {
+        let elapsed = now.saturating_duration_since(self.reset_refill).as_secs_f64();
+        self.reset_refill = now;
+        let cap = self.cfg.reset_rate as f64;
+        self.reset_tokens = (self.reset_tokens + elapsed * cap).min(cap);
+        if self.reset_tokens < 1.0 || self.resets.len() >= MAX_QUEUED_RESETS {
+            self.stats.resets_suppressed += 1;
+            return;
+        }
+        self.reset_tokens -= 1.0;
+        // Same shape as libutp's: the probe's id echoed, its seq acked, and
+        // never larger than the packet that caused it (20 bytes).
+        let h = Header {
+            ty: PacketType::Reset,
+            conn_id: probe.conn_id,
+            timestamp: now.saturating_duration_since(self.epoch).as_micros() as u32,
+            timestamp_diff: 0,
+            wnd_size: 0,
+            seq_nr: self.rng.gen(),
+            ack_nr: probe.seq_nr,
+        };
+        self.resets.push_back((to, h));
+    }
+
+    /// Writes the next datagram into `buf` (at least `max_payload + 64`
+    /// bytes). Connections take turns so one bulk sender can't starve others.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((to, h)) = self.resets.pop_front() {
+            self.stats.resets_sent += 1;
+            self.stats.datagrams_sent += 1;
+            let len = packet::encode(&h, &[], &[], buf);
+            debug_assert_eq!(len, HEADER_LEN);
+            return Some(Transmit {
+                destination: to,
+                len,
+            });
+        }
+        while let Some(idx) = self.dirty.pop_front() {
+            let Some(e) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            e.dirty = false;
+            let Some(len) = e.conn.poll_transmit(now, buf) else {
+                // Nothing sent, but a timer may have been armed (persist).
+                self.schedule(idx);
+                continue;
+            };
+            let destination = e.addr;
+            self.stats.datagrams_sent += 1;
+            self.after_change(idx, now);
+            return Some(Transmit { destination, len });
+        }
+        None
+    }
+
+    /// Whether no connection is tracked at all.
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty()
+    }
+}

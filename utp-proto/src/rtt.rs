@@ -1,0 +1,123 @@
+//! Smoothed RTT, variance and retransmission timeout (RFC 6298).
+
+use std::time::Duration;
+
+/// RTT estimator with the RFC 6298 rules and exponential backoff.
+#[derive(Debug, Clone)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    latest: Duration,
+    min_rto: Duration,
+    max_rto: Duration,
+    initial_rto: Duration,
+    backoff: u32,
+}
+
+impl RttEstimator {
+    /// A new estimator; `initial_rto` is used until the first sample.
+    pub fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> Self {
+        Self {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            latest: Duration::ZERO,
+            min_rto,
+            max_rto,
+            initial_rto,
+            backoff: 0,
+        }
+    }
+
+    /// Feeds one RTT sample (only from packets sent once: Karn's rule is the caller's).
+    pub fn on_sample(&mut self, rtt: Duration) {
+        self.latest = rtt;
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                // Duration::abs_diff needs Rust 1.81; the MSRV is 1.80.
+                let err = if srtt > rtt { srtt - rtt } else { rtt - srtt };
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+        // A fresh sample proves the path works again.
+        self.backoff = 0;
+    }
+
+    /// Smoothed RTT, if any sample was taken.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Most recent sample.
+    pub fn latest(&self) -> Duration {
+        self.latest
+    }
+
+    /// Current retransmission timeout including backoff.
+    pub fn rto(&self) -> Duration {
+        let base = match self.srtt {
+            None => self.initial_rto,
+            Some(srtt) => (srtt + self.rttvar * 4).max(self.min_rto),
+        };
+        base.saturating_mul(1u32 << self.backoff.min(16)).min(self.max_rto)
+    }
+
+    /// Doubles the timeout after a retransmission timeout.
+    pub fn back_off(&mut self) {
+        self.backoff = self.backoff.saturating_add(1);
+    }
+
+    /// Clears backoff (new data acknowledged).
+    pub fn reset_backoff(&mut self) {
+        self.backoff = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est() -> RttEstimator {
+        RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn initial_rto_is_one_second_and_doubles() {
+        let mut e = est();
+        assert_eq!(e.rto(), Duration::from_secs(1));
+        e.back_off();
+        assert_eq!(e.rto(), Duration::from_secs(2));
+        e.back_off();
+        assert_eq!(e.rto(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn rto_has_a_500ms_floor_and_a_cap() {
+        let mut e = est();
+        e.on_sample(Duration::from_millis(10));
+        assert_eq!(e.rto(), Duration::from_millis(500));
+        for _ in 0..40 {
+            e.back_off();
+        }
+        assert_eq!(e.rto(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn rto_follows_rfc6298() {
+        let mut e = est();
+        e.on_sample(Duration::from_millis(400));
+        // srtt 400, rttvar 200 -> 1200 ms
+        assert_eq!(e.rto(), Duration::from_millis(1200));
+        e.on_sample(Duration::from_millis(400));
+        // rttvar = 150, srtt = 400 -> 1000
+        assert_eq!(e.rto(), Duration::from_millis(1000));
+    }
+}
