@@ -76,6 +76,8 @@ pub struct ConnectionStats {
     pub timeouts: u64,
     /// Fast retransmits (duplicate acks or SACK evidence).
     pub fast_retransmits: u64,
+    /// Tail loss probes sent (the newest packet resent after ~2 RTTs of silence).
+    pub tail_loss_probes: u64,
     /// Data packets received that were already held or delivered.
     pub duplicates_received: u64,
     /// Packets ignored because they acked data never sent.
@@ -161,9 +163,15 @@ pub struct Connection {
     cc: Box<dyn Controller>,
     rtt: RttEstimator,
     rto_deadline: Option<Instant>,
+    /// Tail loss probe: resend the newest packet after ~2 RTTs of silence so
+    /// the peer's SACK reveals losses at the tail, long before the RTO.
+    tlp_deadline: Option<Instant>,
+    tlp_fired: bool,
     consecutive_timeouts: u32,
     dup_acks: u32,
     last_ack_seen: u16,
+    /// The packet last resent on duplicate acks; not resent again that way.
+    dup_ack_resent: Option<u16>,
     tx_counter: u64,
     largest_acked_tx: u64,
     recovery_point: Option<u16>,
@@ -243,9 +251,12 @@ impl Connection {
             cc,
             rtt,
             rto_deadline: None,
+            tlp_deadline: None,
+            tlp_fired: false,
             consecutive_timeouts: 0,
             dup_acks: 0,
             last_ack_seen: 0,
+            dup_ack_resent: None,
             tx_counter: 0,
             largest_acked_tx: 0,
             recovery_point: None,
@@ -309,6 +320,8 @@ impl Connection {
         c.syn_seq = syn.seq_nr;
         c.ack_nr = syn.seq_nr;
         c.synack_pending = true;
+        // An initiator that never speaks again must not pin us forever.
+        c.connect_deadline = Some(now + c.cfg.connect_timeout);
         c.last_ack_seen = isn.wrapping_sub(1);
         c.reply_micro = c.micros(now).wrapping_sub(syn.timestamp);
         c.stats.packets_received = 1;
@@ -561,6 +574,7 @@ impl Connection {
         self.reply_micro = self.micros(now).wrapping_sub(h.timestamp);
         if self.state == State::SynRecv {
             self.state = State::Connected;
+            self.connect_deadline = None;
         }
         if let Some(r) = pkt.close_reason {
             self.stats.peer_close_reason = Some(r);
@@ -591,14 +605,15 @@ impl Connection {
         let base = first_unacked.wrapping_sub(1);
         let in_flight_before = self.in_flight;
         let mut bytes_acked = 0usize;
-        let mut rtt_sample = None;
+        // The newest transmission this ack covers: (sent at, sent once).
+        let mut newest: Option<(Instant, bool)> = None;
         let mut progressed = false;
 
         if seq::lt(base, h.ack_nr) {
             let n = seq::ahead(h.ack_nr, base) as usize;
             for _ in 0..n.min(self.outstanding.len()) {
                 let p = self.outstanding.pop_front().expect("counted above");
-                self.on_packet_acked(&p, now, &mut bytes_acked, &mut rtt_sample);
+                self.on_packet_acked(&p, &mut bytes_acked, &mut newest);
             }
             progressed = true;
         }
@@ -638,29 +653,38 @@ impl Connection {
                     p.lost = false;
                 }
                 self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
-                if p.transmissions == 1 {
-                    rtt_sample = Some(now.saturating_duration_since(p.last_sent));
-                }
+                note_newest(&mut newest, p);
             }
         }
 
-        if let Some(rtt) = rtt_sample {
-            self.rtt.on_sample(rtt);
+        // Sample only when the newest packet acked was sent once (Karn). An
+        // ack that fills a hole with a retransmission also covers packets
+        // that waited behind it; their age is not a round trip.
+        if let Some((sent, true)) = newest {
+            self.rtt.on_sample(now.saturating_duration_since(sent));
         }
         if progressed || sacked_any {
             self.rtt.reset_backoff();
             self.dup_acks = 0;
-            // Restart the timer: the path delivers.
+            // Restart the timers: the path delivers.
+            self.tlp_fired = false;
             self.rto_deadline = if self.outstanding.is_empty() {
                 None
             } else {
                 Some(now + self.rtt.rto())
             };
+            self.tlp_deadline = self.rto_deadline.and_then(|_| self.pto().map(|d| now + d));
         } else if h.ty == PacketType::State
             && h.ack_nr == self.last_ack_seen
             && !self.outstanding.is_empty()
         {
             self.dup_acks += 1;
+            // The answer to a tail loss probe that still doesn't move the
+            // ack: the receiver is past the hole (libutp's 32-bit SACK may not
+            // reach far enough to say so), so the oldest packet is lost.
+            if self.tlp_fired {
+                self.dup_acks = self.dup_acks.max(3);
+            }
         }
         self.last_ack_seen = h.ack_nr;
 
@@ -684,18 +708,15 @@ impl Connection {
     fn on_packet_acked(
         &mut self,
         p: &Sent,
-        now: Instant,
         bytes_acked: &mut usize,
-        rtt_sample: &mut Option<Duration>,
+        newest: &mut Option<(Instant, bool)>,
     ) {
         if p.in_flight {
             self.in_flight -= p.payload.len();
         }
         if !p.sacked {
             *bytes_acked += p.payload.len();
-            if p.transmissions == 1 {
-                *rtt_sample = Some(now.saturating_duration_since(p.last_sent));
-            }
+            note_newest(newest, p);
         }
         self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
         if p.ty == PacketType::Fin {
@@ -709,7 +730,10 @@ impl Connection {
         if self.dup_acks >= 3 {
             self.dup_acks = 0;
             if let Some(p) = self.outstanding.front_mut() {
-                if !p.sacked && !p.lost {
+                // Duplicate acks keep coming while the resent packet travels;
+                // resending it again is the RTO's job (or SACK evidence's).
+                if !p.sacked && !p.lost && self.dup_ack_resent != Some(p.seq) {
+                    self.dup_ack_resent = Some(p.seq);
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     lost_any = true;
                 }
@@ -826,6 +850,7 @@ impl Connection {
     }
 
     fn fail(&mut self, e: ConnectionError) {
+        tracing::debug!(recv_id = self.recv_id, error = %e, state = ?self.state, "connection failed");
         self.state = State::Failed(e);
         self.pending.clear();
         self.outstanding.clear();
@@ -838,6 +863,7 @@ impl Connection {
         self.syn_retx_at = None;
         self.connect_deadline = None;
         self.rto_deadline = None;
+        self.tlp_deadline = None;
         self.reorder.clear();
         self.reorder_bytes = 0;
     }
@@ -857,12 +883,28 @@ impl Connection {
         }
     }
 
+    /// Re-arms derived timers after any change (the endpoint calls it after
+    /// every input): a closed peer window with data waiting and nothing in
+    /// flight starts the persist timer, whose expiry allows one probe.
+    pub fn refresh(&mut self, now: Instant) {
+        if self.rto_deadline.is_none()
+            && matches!(self.state, State::Connected | State::SynRecv)
+            && !self.pending.is_empty()
+            && self.in_flight == 0
+            && self.resend.is_empty()
+            && self.send_allowance() == 0
+        {
+            self.rto_deadline = Some(now + self.rtt.rto());
+        }
+    }
+
     /// The earliest moment [`Connection::handle_timeout`] needs to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.syn_retx_at,
             self.connect_deadline,
             self.rto_deadline,
+            self.tlp_deadline,
             self.time_wait_until,
             self.linger_until,
         ]
@@ -906,8 +948,38 @@ impl Connection {
         }
         if let Some(t) = self.rto_deadline {
             if now >= t {
+                self.tlp_deadline = None;
                 self.on_rto(now);
             }
+        }
+        if let Some(t) = self.tlp_deadline {
+            if now >= t {
+                self.on_tail_loss_probe();
+            }
+        }
+    }
+
+    /// Probe timeout for the tail loss probe: two smoothed RTTs, at least
+    /// 10 ms; none before the first RTT sample.
+    fn pto(&self) -> Option<Duration> {
+        self.rtt
+            .srtt()
+            .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
+    }
+
+    fn on_tail_loss_probe(&mut self) {
+        self.tlp_deadline = None;
+        self.tlp_fired = true;
+        // Resend the newest unacknowledged packet: not a congestion signal,
+        // just a way to get a fresh (selective) ack.
+        if let Some(p) = self
+            .outstanding
+            .iter_mut()
+            .rev()
+            .find(|p| !p.sacked && p.in_flight)
+        {
+            self.stats.tail_loss_probes += 1;
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
         }
     }
 
@@ -1086,10 +1158,6 @@ impl Connection {
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf));
             }
-            if self.in_flight == 0 && self.rto_deadline.is_none() && self.peer_wnd_known {
-                // Closed window, nothing in flight: arm the persist timer.
-                self.rto_deadline = Some(now + self.rtt.rto());
-            }
         }
 
         // 3. FIN once all data is packetized.
@@ -1151,6 +1219,9 @@ impl Connection {
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
         }
+        if !self.tlp_fired && !retx {
+            self.tlp_deadline = self.pto().map(|d| now + d);
+        }
         // Data carries the ack; a separate STATE is only needed for SACKs.
         if self.reorder.is_empty() {
             self.ack_pending = false;
@@ -1160,6 +1231,13 @@ impl Connection {
         self.stats.packets_sent += 1;
         let p = &self.outstanding[idx];
         packet::encode(&h, &[], &p.payload, buf)
+    }
+}
+
+/// Keeps the most recently sent of the packets an ack covers.
+fn note_newest(newest: &mut Option<(Instant, bool)>, p: &Sent) {
+    if newest.is_none_or(|(t, _)| p.last_sent >= t) {
+        *newest = Some((p.last_sent, p.transmissions == 1));
     }
 }
 

@@ -159,6 +159,7 @@ impl Endpoint {
         };
         let isn = self.rng.gen();
         let conn = Connection::connect(self.cfg.clone(), now, self.epoch, recv_id, isn);
+        tracing::debug!(peer = %addr, recv_id, "connecting");
         self.stats.connections_initiated += 1;
         self.insert(now, addr, conn)
     }
@@ -254,7 +255,7 @@ impl Endpoint {
             self.conns.remove(idx);
             return;
         }
-        let _ = now;
+        e.conn.refresh(now);
         if !e.dirty && e.conn.wants_transmit() {
             e.dirty = true;
             self.dirty.push_back(idx);
@@ -371,10 +372,12 @@ impl Endpoint {
         }
         if self.accept_queue.len() >= self.cfg.accept_backlog {
             self.stats.syn_backlog_full += 1;
+            tracing::debug!(peer = %from, "accept backlog full, SYN dropped");
             return;
         }
         let isn = self.rng.gen();
         let conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        tracing::debug!(peer = %from, conn_id = syn.conn_id, "incoming connection");
         self.stats.connections_accepted += 1;
         let h = self.insert(now, from, conn);
         self.accept_queue.push_back(h);
