@@ -98,12 +98,10 @@ impl std::fmt::Debug for UtpSocket {
 }
 
 async fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
-    tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "address resolved to nothing",
-        )
-    })
+    tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing"))
 }
 
 impl UtpSocket {
@@ -244,9 +242,10 @@ impl Driver {
             match udp.poll_recv_from(cx, &mut rb) {
                 Poll::Ready(Ok(from)) => {
                     received += 1;
-                    if let Err(e) = inner
-                        .endpoint
-                        .handle_datagram(Instant::now(), from, rb.filled())
+                    if let Err(e) =
+                        inner
+                            .endpoint
+                            .handle_datagram(Instant::now(), from, rb.filled())
                     {
                         tracing::trace!(%from, error = %e, "dropped malformed datagram");
                     }
@@ -379,9 +378,7 @@ impl Future for Driver {
             Some(t) => {
                 if this.timer_at != Some(t) {
                     this.timer_at = Some(t);
-                    this.timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(t));
+                    this.timer.as_mut().reset(tokio::time::Instant::from_std(t));
                 }
                 if this.timer.as_mut().poll(cx).is_ready() {
                     this.timer_at = None;

@@ -83,7 +83,10 @@ impl StreamInner {
         if let Some(kind) = inner.driver_gone {
             return Poll::Ready(Err(driver_gone(kind)));
         }
-        match inner.endpoint.with_conn(h, Instant::now(), |c| c.write(data)) {
+        match inner
+            .endpoint
+            .with_conn(h, Instant::now(), |c| c.write(data))
+        {
             Ok(0) => {
                 register(&mut inner, h, cx, false);
                 Poll::Pending

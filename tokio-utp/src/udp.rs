@@ -29,10 +29,9 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
 /// socket become IPv4-mapped addresses).
 pub(crate) fn map_target(local: SocketAddr, target: SocketAddr) -> io::Result<SocketAddr> {
     match (local, target) {
-        (SocketAddr::V6(_), SocketAddr::V4(v4)) => Ok(SocketAddr::new(
-            v4.ip().to_ipv6_mapped().into(),
-            v4.port(),
-        )),
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            Ok(SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()))
+        }
         (SocketAddr::V4(_), SocketAddr::V6(v6)) => match v6.ip().to_ipv4_mapped() {
             Some(ip) => Ok(SocketAddr::new(ip.into(), v6.port())),
             None => Err(io::Error::new(

@@ -73,7 +73,10 @@ async fn readme_snippet_sends_and_closes() {
     let driver = tokio::spawn(driver);
     stream.write_all(b"Hi there!").await.unwrap();
     stream.close().await.unwrap();
-    let got = timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+    let got = timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, b"Hi there!");
     // With every handle gone and both FINs exchanged, the driver finishes.
     timeout(Duration::from_secs(30), driver)
@@ -97,7 +100,10 @@ async fn bulk_256_mib_one_way_bit_exact() {
     let start = Instant::now();
     write_pattern(&mut c, 7, len).await;
     c.shutdown().await.unwrap();
-    timeout(Duration::from_secs(120), server).await.unwrap().unwrap();
+    timeout(Duration::from_secs(120), server)
+        .await
+        .unwrap()
+        .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let st = c.stats();
     eprintln!(
@@ -129,8 +135,14 @@ async fn both_directions_at_once() {
     let reader = tokio::spawn(async move { read_and_check(&mut r, 2, len).await });
     write_pattern(&mut w, 1, len).await;
     w.shutdown().await.unwrap();
-    timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
-    timeout(Duration::from_secs(60), server).await.unwrap().unwrap();
+    timeout(Duration::from_secs(60), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(Duration::from_secs(60), server)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +224,9 @@ async fn connect_to_closed_port_fails_in_bounded_time() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
     let cfg = Config::default().connect_timeout(Duration::from_secs(3));
-    let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg).await.unwrap();
+    let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg)
+        .await
+        .unwrap();
     let start = Instant::now();
     let err = timeout(Duration::from_secs(10), sock.connect(addr))
         .await

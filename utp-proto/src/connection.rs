@@ -160,6 +160,10 @@ pub struct Connection {
     in_flight: usize,
     peer_wnd: u32,
     peer_wnd_known: bool,
+    /// ack_nr and timestamp of the packet whose window we use: a reordered
+    /// older packet must not bring back a stale (larger) window.
+    wnd_ack: u16,
+    wnd_ts: u32,
     cc: Box<dyn Controller>,
     rtt: RttEstimator,
     rto_deadline: Option<Instant>,
@@ -248,6 +252,8 @@ impl Connection {
             in_flight: 0,
             peer_wnd: 0,
             peer_wnd_known: false,
+            wnd_ack: 0,
+            wnd_ts: 0,
             cc,
             rtt,
             rto_deadline: None,
@@ -580,7 +586,16 @@ impl Connection {
             self.stats.peer_close_reason = Some(r);
         }
         let old_wnd = self.peer_wnd;
-        self.peer_wnd = h.wnd_size;
+        // Take the window only from a packet at least as new as the one we
+        // took it from (TCP's SND.WL1/WL2 rule; same ack: the peer's clock).
+        let newer = !self.peer_wnd_known
+            || seq::lt(self.wnd_ack, h.ack_nr)
+            || (h.ack_nr == self.wnd_ack && h.timestamp.wrapping_sub(self.wnd_ts) as i32 >= 0);
+        if newer {
+            self.peer_wnd = h.wnd_size;
+            self.wnd_ack = h.ack_nr;
+            self.wnd_ts = h.timestamp;
+        }
         self.peer_wnd_known = true;
         if self.peer_wnd > old_wnd {
             self.probe_allowed = false;
@@ -755,12 +770,7 @@ impl Connection {
         }
         if lost_any {
             self.stats.fast_retransmits += 1;
-            let first_lost = self
-                .resend
-                .iter()
-                .copied()
-                .next()
-                .unwrap_or(self.seq_nr);
+            let first_lost = self.resend.iter().copied().next().unwrap_or(self.seq_nr);
             let new_episode = match self.recovery_point {
                 None => true,
                 Some(rp) => seq::lt(rp, first_lost),
@@ -808,6 +818,12 @@ impl Connection {
             self.stats.dropped_out_of_window += 1;
             return;
         }
+        // A duplicate of a packet held out of order is a duplicate, even
+        // when the buffer is too full for a new packet.
+        if self.reorder.get(offset).is_some_and(Option::is_some) {
+            self.stats.duplicates_received += 1;
+            return;
+        }
         if self.released {
             // Nobody will read it; accept it only to keep the stream moving.
         } else if self.ready_bytes + self.reorder_bytes + payload.len() > self.cfg.recv_buffer {
@@ -816,10 +832,6 @@ impl Connection {
         }
         if self.reorder.len() <= offset {
             self.reorder.resize(offset + 1, None);
-        }
-        if self.reorder[offset].is_some() {
-            self.stats.duplicates_received += 1;
-            return;
         }
         if h.ty == PacketType::Fin {
             self.peer_fin = Some(s);
@@ -1025,12 +1037,6 @@ impl Connection {
                     || !self.resend.is_empty()
                     || self.fin == FinState::Queued
                     || (!self.pending.is_empty() && self.send_allowance() > 0)
-                    // Closed peer window, nothing in flight: poll_transmit
-                    // arms the persist timer (else the sender stalls).
-                    || (!self.pending.is_empty()
-                        && self.in_flight == 0
-                        && self.rto_deadline.is_none()
-                        && self.peer_wnd_known)
             }
         }
     }
@@ -1079,7 +1085,11 @@ impl Connection {
             },
             wnd_size: self.recv_window(),
             seq_nr,
-            ack_nr: if ty == PacketType::Syn { 0 } else { self.ack_nr },
+            ack_nr: if ty == PacketType::Syn {
+                0
+            } else {
+                self.ack_nr
+            },
         }
     }
 

@@ -384,7 +384,9 @@ impl Endpoint {
     }
 
     fn queue_reset(&mut self, now: Instant, to: SocketAddr, probe: &Header) {
-        let elapsed = now.saturating_duration_since(self.reset_refill).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.reset_refill)
+            .as_secs_f64();
         self.reset_refill = now;
         let cap = self.cfg.reset_rate as f64;
         self.reset_tokens = (self.reset_tokens + elapsed * cap).min(cap);

@@ -125,7 +125,9 @@ impl<'a> Packet<'a> {
         let mut pos = HEADER_LEN;
         // Every extension consumes at least two bytes, so this loop ends.
         while ext != 0 {
-            let hdr = buf.get(pos..pos + 2).ok_or(ParseError::ExtensionTruncated)?;
+            let hdr = buf
+                .get(pos..pos + 2)
+                .ok_or(ParseError::ExtensionTruncated)?;
             let (next, len) = (hdr[0], hdr[1] as usize);
             let body = buf
                 .get(pos + 2..pos + 2 + len)
@@ -255,15 +257,24 @@ mod tests {
         encode(&header(PacketType::State), &[], &[], &mut buf);
         buf[1] = EXT_SACK;
         // Extension header missing entirely.
-        assert_eq!(Packet::parse(&buf[..21]), Err(ParseError::ExtensionTruncated));
+        assert_eq!(
+            Packet::parse(&buf[..21]),
+            Err(ParseError::ExtensionTruncated)
+        );
         // Length runs past the end.
         buf[20] = 0;
         buf[21] = 4;
-        assert_eq!(Packet::parse(&buf[..24]), Err(ParseError::ExtensionTruncated));
+        assert_eq!(
+            Packet::parse(&buf[..24]),
+            Err(ParseError::ExtensionTruncated)
+        );
         // Chain continues past the end.
         buf[21] = 2;
         buf[20] = 9;
-        assert_eq!(Packet::parse(&buf[..24]), Err(ParseError::ExtensionTruncated));
+        assert_eq!(
+            Packet::parse(&buf[..24]),
+            Err(ParseError::ExtensionTruncated)
+        );
     }
 
     #[test]

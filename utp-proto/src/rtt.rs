@@ -63,7 +63,8 @@ impl RttEstimator {
             None => self.initial_rto,
             Some(srtt) => (srtt + self.rttvar * 4).max(self.min_rto),
         };
-        base.saturating_mul(1u32 << self.backoff.min(16)).min(self.max_rto)
+        base.saturating_mul(1u32 << self.backoff.min(16))
+            .min(self.max_rto)
     }
 
     /// Doubles the timeout after a retransmission timeout.

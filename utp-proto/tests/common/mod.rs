@@ -1,0 +1,398 @@
+//! Shared helpers for the integration tests: packet building and parsing,
+//! draining an endpoint, and a deterministic in-memory network in virtual time.
+//!
+//! Every test file uses a different subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use utp_proto::packet::{self, Header, Packet, PacketType};
+use utp_proto::{Config, Endpoint};
+
+/// Address of the endpoint under test.
+pub fn me() -> SocketAddr {
+    "10.0.0.1:6881".parse().unwrap()
+}
+
+/// Address of the crafted (or simulated) peer.
+pub fn peer() -> SocketAddr {
+    "10.0.0.2:6882".parse().unwrap()
+}
+
+/// Size of every transmit buffer used by the tests.
+pub const BUF: usize = 70_000;
+
+/// A parsed outgoing datagram, owning its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Out {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Header.
+    pub h: Header,
+    /// SACK bitmask, if any.
+    pub sack: Option<Vec<u8>>,
+    /// close_reason extension, if any.
+    pub close_reason: Option<u16>,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// The whole datagram.
+    pub raw: Vec<u8>,
+}
+
+impl Out {
+    /// Parses a datagram; panics when it is not valid uTP (we never emit such).
+    pub fn parse(to: SocketAddr, raw: &[u8]) -> Out {
+        let p = Packet::parse(raw).expect("endpoint emitted an unparseable datagram");
+        Out {
+            to,
+            h: p.header,
+            sack: p.sack.map(<[u8]>::to_vec),
+            close_reason: p.close_reason,
+            payload: p.payload.to_vec(),
+            raw: raw.to_vec(),
+        }
+    }
+
+    /// Whether SACK bit `i` (packet `ack_nr + 2 + i`) is set.
+    pub fn sacked(&self, i: usize) -> bool {
+        self.sack.as_deref().is_some_and(|s| packet::sack_bit(s, i))
+    }
+
+    /// Sequence numbers the SACK reports as received.
+    pub fn sacked_seqs(&self) -> Vec<u16> {
+        let Some(s) = self.sack.as_deref() else {
+            return Vec::new();
+        };
+        (0..s.len() * 8)
+            .filter(|&i| packet::sack_bit(s, i))
+            .map(|i| self.h.ack_nr.wrapping_add(2).wrapping_add(i as u16))
+            .collect()
+    }
+}
+
+/// Everything the endpoint wants to send now, parsed.
+pub fn drain(ep: &mut Endpoint, now: Instant) -> Vec<Out> {
+    let mut buf = vec![0u8; BUF];
+    let mut out = Vec::new();
+    while let Some(t) = ep.poll_transmit(now, &mut buf) {
+        out.push(Out::parse(t.destination, &buf[..t.len]));
+        assert!(out.len() < 100_000, "poll_transmit never returns None");
+    }
+    out
+}
+
+/// A header with the given fields, a 1 MiB window and zero timestamps.
+pub fn hdr(ty: PacketType, conn_id: u16, seq_nr: u16, ack_nr: u16) -> Header {
+    Header {
+        ty,
+        conn_id,
+        timestamp: 0,
+        timestamp_diff: 0,
+        wnd_size: 1 << 20,
+        seq_nr,
+        ack_nr,
+    }
+}
+
+/// Encodes a datagram.
+pub fn datagram(h: &Header, sack: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; packet::encoded_len(sack.len(), payload.len())];
+    let n = packet::encode(h, sack, payload, &mut buf);
+    assert_eq!(n, buf.len());
+    buf
+}
+
+/// Builds a SACK bitmask (4-byte multiple) from sequence numbers past `ack`.
+pub fn sack_of(ack: u16, seqs: &[u16]) -> Vec<u8> {
+    let mut bits = vec![0u8; 4];
+    for &s in seqs {
+        let i = s.wrapping_sub(ack).wrapping_sub(2) as usize;
+        while bits.len() <= i / 8 {
+            bits.extend_from_slice(&[0; 4]);
+        }
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
+}
+
+/// Deterministic byte pattern that differs per stream and per position.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+// ---------------------------------------------------------------- simnet
+
+/// Properties of the simulated path (both directions).
+#[derive(Debug, Clone)]
+pub struct LinkParams {
+    /// One-way propagation delay.
+    pub delay: Duration,
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a datagram is delivered twice.
+    pub dup: f64,
+    /// Probability a datagram gets an extra random delay (reordering).
+    pub reorder: f64,
+    /// Largest extra delay for a reordered datagram.
+    pub reorder_max: Duration,
+    /// Bottleneck rate in bytes per second (`None`: unlimited).
+    pub rate: Option<u64>,
+    /// Longest queue (as waiting time) at the bottleneck before drop-tail.
+    pub queue_limit: Duration,
+}
+
+impl LinkParams {
+    /// A clean path: 10 ms one way, no loss, no reordering, unlimited rate.
+    pub fn clean() -> Self {
+        Self {
+            delay: Duration::from_millis(10),
+            loss: 0.0,
+            dup: 0.0,
+            reorder: 0.0,
+            reorder_max: Duration::ZERO,
+            rate: None,
+            queue_limit: Duration::from_millis(100),
+        }
+    }
+
+    /// 5% loss, 10% of datagrams delayed by up to 30 ms, 1% duplicated,
+    /// 100 Mbit/s bottleneck with a 50 ms drop-tail queue.
+    pub fn lossy() -> Self {
+        Self {
+            delay: Duration::from_millis(15),
+            loss: 0.05,
+            dup: 0.01,
+            reorder: 0.10,
+            reorder_max: Duration::from_millis(30),
+            rate: Some(12_500_000),
+            queue_limit: Duration::from_millis(50),
+        }
+    }
+}
+
+struct InFlight {
+    at: Instant,
+    id: u64,
+    to: usize,
+    data: Vec<u8>,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.id) == (o.at, o.id)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for InFlight {
+    // Reversed: BinaryHeap is a max-heap, we want the earliest first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.id).cmp(&(self.at, self.id))
+    }
+}
+
+/// Counters of what the network did.
+#[derive(Debug, Default, Clone)]
+pub struct NetStats {
+    /// Datagrams handed to the network.
+    pub sent: u64,
+    /// Datagrams delivered (duplicates count twice).
+    pub delivered: u64,
+    /// Random losses.
+    pub lost: u64,
+    /// Drop-tail losses at the bottleneck.
+    pub queue_drops: u64,
+    /// Extra copies made.
+    pub duplicated: u64,
+    /// Datagrams given an extra delay.
+    pub reordered: u64,
+}
+
+/// Two endpoints joined by a lossy, reordering, duplicating path, run in
+/// virtual time by a deterministic event loop.
+pub struct SimNet {
+    /// Virtual time now.
+    pub now: Instant,
+    /// Virtual time at the start.
+    pub start: Instant,
+    /// The two endpoints: index 0 at [`me`], index 1 at [`peer`].
+    pub eps: [Endpoint; 2],
+    /// Their addresses.
+    pub addrs: [SocketAddr; 2],
+    /// Path properties.
+    pub params: LinkParams,
+    /// Event-loop iterations so far.
+    pub iterations: u64,
+    /// What the network did.
+    pub stats: NetStats,
+    /// The application asks to be called again at this time (a reader that
+    /// reads on a schedule); cleared when reached.
+    pub app_wake: Option<Instant>,
+    rng: StdRng,
+    queue: BinaryHeap<InFlight>,
+    link_free: [Instant; 2],
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+impl SimNet {
+    /// Two endpoints with `cfg`; endpoint 1 listens.
+    pub fn new(cfg: Config, params: LinkParams, seed: u64) -> Self {
+        let start = Instant::now();
+        let cfg = Arc::new(cfg);
+        let a = Endpoint::with_seed(cfg.clone(), start, seed.wrapping_mul(3).wrapping_add(1));
+        let mut b = Endpoint::with_seed(cfg, start, seed.wrapping_mul(7).wrapping_add(2));
+        b.set_listening(true);
+        Self {
+            now: start,
+            start,
+            eps: [a, b],
+            addrs: [me(), peer()],
+            params,
+            iterations: 0,
+            stats: NetStats::default(),
+            app_wake: None,
+            rng: StdRng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            link_free: [start; 2],
+            next_id: 0,
+            buf: vec![0u8; BUF],
+        }
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn send(&mut self, from: usize, dest: SocketAddr, data: &[u8]) {
+        let to = 1 - from;
+        assert_eq!(dest, self.addrs[to], "datagram to an unknown address");
+        self.stats.sent += 1;
+        let p = self.params.clone();
+        if p.loss > 0.0 && self.rng.gen_bool(p.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let copies = if p.dup > 0.0 && self.rng.gen_bool(p.dup) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut at = self.now;
+            if let Some(rate) = p.rate {
+                let start = self.link_free[from].max(self.now);
+                if start - self.now > p.queue_limit {
+                    self.stats.queue_drops += 1;
+                    continue;
+                }
+                let tx = Duration::from_nanos(data.len() as u64 * 1_000_000_000 / rate);
+                self.link_free[from] = start + tx;
+                at = start + tx;
+            }
+            at += p.delay;
+            if p.reorder > 0.0 && self.rng.gen_bool(p.reorder) {
+                self.stats.reordered += 1;
+                let extra = self.rng.gen_range(0..=p.reorder_max.as_micros() as u64);
+                at += Duration::from_micros(extra);
+            }
+            self.next_id += 1;
+            self.queue.push(InFlight {
+                at,
+                id: self.next_id,
+                to,
+                data: data.to_vec(),
+            });
+        }
+    }
+
+    /// Runs the event loop until `app` returns true. Each iteration delivers
+    /// due datagrams, runs due timers, calls `app`, drains both endpoints'
+    /// transmissions, then jumps to the next event. Panics (with context)
+    /// when virtual time or iterations exceed the bounds, or when nothing is
+    /// scheduled while `app` is not done (a stall).
+    pub fn run(
+        &mut self,
+        max_virtual: Duration,
+        max_iters: u64,
+        mut app: impl FnMut(&mut SimNet) -> bool,
+    ) {
+        let first = self.iterations;
+        loop {
+            self.iterations += 1;
+            assert!(
+                self.iterations - first <= max_iters,
+                "simnet: more than {max_iters} iterations (at {:?} virtual, {:?})",
+                self.elapsed(),
+                self.stats
+            );
+            assert!(
+                self.elapsed() <= max_virtual,
+                "simnet: virtual time bound {max_virtual:?} exceeded ({:?})",
+                self.stats
+            );
+            while self.queue.peek().is_some_and(|d| d.at <= self.now) {
+                let d = self.queue.pop().expect("peeked");
+                let from = self.addrs[1 - d.to];
+                self.stats.delivered += 1;
+                self.eps[d.to]
+                    .handle_datagram(self.now, from, &d.data)
+                    .expect("endpoints only send valid uTP");
+            }
+            let now = self.now;
+            for ep in &mut self.eps {
+                ep.handle_timeout(now);
+            }
+            if app(self) {
+                return;
+            }
+            for i in 0..2 {
+                let mut n = 0;
+                while let Some(t) = self.eps[i].poll_transmit(now, &mut self.buf) {
+                    let data = self.buf[..t.len].to_vec();
+                    self.send(i, t.destination, &data);
+                    n += 1;
+                    assert!(n < 1_000_000, "poll_transmit never returns None");
+                }
+            }
+            if self.app_wake.is_some_and(|t| t <= self.now) {
+                self.app_wake = None;
+            }
+            let next = [
+                self.app_wake,
+                self.queue.peek().map(|d| d.at),
+                self.eps[0].poll_timeout(),
+                self.eps[1].poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(t) if t > self.now => self.now = t,
+                Some(_) => {}
+                None => panic!(
+                    "simnet stalled at {:?}: no datagram in flight and no timer armed ({:?}, {} + {} connections)",
+                    self.elapsed(),
+                    self.stats,
+                    self.eps[0].connection_count(),
+                    self.eps[1].connection_count()
+                ),
+            }
+        }
+    }
+}

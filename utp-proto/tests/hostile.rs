@@ -1,0 +1,162 @@
+//! Hostile input: arbitrary datagrams never panic the endpoint and never
+//! grow its state without bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use utp_proto::packet::{self, Header, PacketType};
+use utp_proto::{Config, Endpoint};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn header(ty: PacketType, conn_id: u16, seq_nr: u16, ack_nr: u16, wnd: u32) -> Header {
+    Header {
+        ty,
+        conn_id,
+        timestamp: 0,
+        timestamp_diff: 0,
+        wnd_size: wnd,
+        seq_nr,
+        ack_nr,
+    }
+}
+
+/// A listening endpoint with one established inbound connection from port 1000
+/// (SYN conn id 100, seq 500), returned with the responder's first seq.
+fn endpoint_with_connection(now: Instant) -> (Endpoint, u16) {
+    let cfg = Config::default().accept_backlog(8);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 1);
+    ep.set_listening(true);
+    let mut buf = vec![0u8; 2048];
+    let n = packet::encode(
+        &header(PacketType::Syn, 100, 500, 0, 1 << 20),
+        &[],
+        &[],
+        &mut buf,
+    );
+    ep.handle_datagram(now, addr(1000), &buf[..n]).unwrap();
+    let t = ep.poll_transmit(now, &mut buf).expect("SYN-ACK");
+    let synack = utp_proto::Packet::parse(&buf[..t.len]).unwrap().header;
+    assert_eq!(synack.ty, PacketType::State);
+    (ep, synack.seq_nr)
+}
+
+fn drain(ep: &mut Endpoint, now: Instant) -> usize {
+    let mut buf = vec![0u8; 70_000];
+    let mut n = 0;
+    while let Some(t) = ep.poll_transmit(now, &mut buf) {
+        // Replies are never larger than a full data packet.
+        assert!(t.len <= 20 + 2 + packet::MAX_SACK_BYTES + 1400);
+        n += 1;
+        assert!(n < 100_000, "endless transmit loop");
+    }
+    n
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(datagrams in proptest::collection::vec(
+        proptest::collection::vec(any::<u8>(), 0..200), 1..50)) {
+        let now = Instant::now();
+        let (mut ep, _) = endpoint_with_connection(now);
+        for (i, d) in datagrams.iter().enumerate() {
+            let _ = ep.handle_datagram(now, addr(1000 + (i % 3) as u16), d);
+        }
+        drain(&mut ep, now);
+        prop_assert!(ep.connection_count() <= 1 + 8);
+    }
+
+    #[test]
+    fn arbitrary_packets_for_a_live_connection_never_panic(
+        pkts in proptest::collection::vec(
+            (0u8..5, any::<u16>(), any::<u16>(), any::<u32>(),
+             proptest::option::of(proptest::collection::vec(any::<u8>(), 1..40)),
+             0usize..3000, 0u64..2000),
+            1..60)
+    ) {
+        let start = Instant::now();
+        let (mut ep, y) = endpoint_with_connection(start);
+        let h = ep.accept().expect("accepted");
+        ep.with_conn(h, start, |c| c.write(&[7u8; 50_000]).unwrap());
+        let mut now = start;
+        let mut buf = vec![0u8; 8192];
+        for (ty, dseq, dack, wnd, sack, len, dt) in pkts {
+            now += Duration::from_millis(dt);
+            let ty = [PacketType::Data, PacketType::Fin, PacketType::State,
+                      PacketType::Reset, PacketType::Syn][ty as usize];
+            // Sequence numbers near and far from the live window.
+            let seq_nr = 501u16.wrapping_add(dseq % 64).wrapping_add(if dseq > 60000 { dseq } else { 0 });
+            let ack_nr = y.wrapping_add(dack % 64).wrapping_sub(1);
+            let hdr = header(ty, 101, seq_nr, ack_nr, wnd);
+            let payload = vec![1u8; len];
+            let n = packet::encode(&hdr, sack.as_deref().unwrap_or(&[]), &payload, &mut buf);
+            let _ = ep.handle_datagram(now, addr(1000), &buf[..n]);
+            ep.handle_timeout(now);
+            drain(&mut ep, now);
+            if ep.connection_count() == 0 {
+                break;
+            }
+            let c = ep.conn(h);
+            let st = c.stats();
+            // Memory stays within the configured receive buffer.
+            prop_assert!(c.readable_bytes() <= 1 << 20);
+            prop_assert!(st.bytes_in_flight <= 50_000);
+        }
+        // Time moves on: every timer eventually settles, nothing spins.
+        for _ in 0..200 {
+            match ep.poll_timeout() {
+                Some(t) => { now = now.max(t); ep.handle_timeout(now); drain(&mut ep, now); }
+                None => break,
+            }
+        }
+    }
+}
+
+#[test]
+fn syn_flood_is_bounded_by_the_backlog() {
+    let now = Instant::now();
+    let cfg = Config::default().accept_backlog(16);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 2);
+    ep.set_listening(true);
+    let mut buf = vec![0u8; 64];
+    for i in 0..100_000u32 {
+        let n = packet::encode(
+            &header(PacketType::Syn, i as u16, i as u16, 0, 0),
+            &[],
+            &[],
+            &mut buf,
+        );
+        let from = SocketAddr::from(([127, 0, (i >> 16) as u8 + 1, (i >> 8) as u8], i as u16));
+        ep.handle_datagram(now, from, &buf[..n]).unwrap();
+    }
+    assert_eq!(ep.connection_count(), 16);
+    assert_eq!(ep.stats().syn_backlog_full, 100_000 - 16);
+}
+
+#[test]
+fn reset_replies_are_rate_limited_and_never_larger_than_the_probe() {
+    let now = Instant::now();
+    let cfg = Config::default().reset_rate(10);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 3);
+    let mut buf = vec![0u8; 64];
+    for i in 0..1000u16 {
+        let n = packet::encode(&header(PacketType::Data, i, i, 0, 0), &[], &[], &mut buf);
+        ep.handle_datagram(now, addr(2000), &buf[..n]).unwrap();
+    }
+    let mut out = vec![0u8; 2048];
+    let mut resets = 0;
+    while let Some(t) = ep.poll_transmit(now, &mut out) {
+        assert_eq!(t.len, packet::HEADER_LEN);
+        let p = utp_proto::Packet::parse(&out[..t.len]).unwrap();
+        assert_eq!(p.header.ty, PacketType::Reset);
+        resets += 1;
+    }
+    assert_eq!(resets, 10);
+    assert_eq!(ep.stats().resets_suppressed, 990);
+}
