@@ -505,6 +505,11 @@ impl Connection {
             return;
         }
         if h.ty == PacketType::Reset {
+            if self.state == State::TimeWait {
+                // Everything was delivered both ways; a late RESET (the peer's
+                // own hold ended) changes nothing.
+                return;
+            }
             self.fail(if self.state == State::SynSent {
                 ConnectionError::Refused
             } else {
@@ -703,7 +708,10 @@ impl Connection {
         }
         self.last_ack_seen = h.ack_nr;
 
-        if bytes_acked > 0 {
+        // Loss first: an ack that reveals a loss must not grow the window
+        // it is about to halve.
+        let congestion = self.detect_losses(now, sacked_any);
+        if bytes_acked > 0 && !congestion {
             self.cc.on_ack(
                 now,
                 &AckInfo {
@@ -716,8 +724,6 @@ impl Connection {
             let w = self.cc.window();
             self.stats.max_cwnd = self.stats.max_cwnd.max(w);
         }
-
-        self.detect_losses(now, sacked_any);
     }
 
     fn on_packet_acked(
@@ -740,7 +746,8 @@ impl Connection {
         // Queued resends of acked packets are skipped lazily in poll_transmit.
     }
 
-    fn detect_losses(&mut self, now: Instant, sacked_any: bool) {
+    /// Declares packets lost; returns whether a new congestion episode began.
+    fn detect_losses(&mut self, now: Instant, sacked_any: bool) -> bool {
         let mut lost_any = false;
         if self.dup_acks >= 3 {
             self.dup_acks = 0;
@@ -779,7 +786,9 @@ impl Connection {
                 self.cc.on_loss(now);
                 self.recovery_point = Some(self.seq_nr.wrapping_sub(1));
             }
+            return new_episode;
         }
+        false
     }
 
     fn mark_lost(p: &mut Sent, in_flight: &mut usize, resend: &mut VecDeque<u16>) {
