@@ -31,5 +31,5 @@ mod udp;
 
 pub use listener::{Incoming, UtpListener};
 pub use socket::{Driver, UtpSocket};
-pub use stream::{OwnedReadHalf, OwnedWriteHalf, UtpStream};
+pub use stream::{OwnedReadHalf, OwnedWriteHalf, UtpStream, CLOSE_GRACE};
 pub use utp_proto::{Config, ConnectionStats, EndpointStats};

@@ -250,9 +250,10 @@ impl Driver {
                         tracing::trace!(%from, error = %e, "dropped malformed datagram");
                     }
                 }
-                // ICMP errors surface here on some systems; they concern one
-                // peer, not the socket.
-                Poll::Ready(Err(e)) if is_transient(&e) => {
+                // ICMP errors surface here on some systems (Windows reports
+                // "port unreachable" as a reset); they concern one peer, not
+                // the socket.
+                Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
                     tracing::debug!(error = %e, "transient receive error");
                     received += 1;
                 }

@@ -14,6 +14,11 @@ use utp_proto::{Config, ConnHandle, ConnectionError, ConnectionStats, WriteError
 
 use crate::socket::{Driver, Inner, Shared, UtpSocket};
 
+/// How long [`UtpStream::close`] waits for the peer's FIN after ours was
+/// acknowledged. A peer that answers a FIN with its own does so within a
+/// round trip; one that keeps sending is not waited for longer than this.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Maps a protocol error to the `std::io` error users match on.
 pub(crate) fn io_error(e: ConnectionError) -> io::Error {
     let kind = match e {
@@ -122,6 +127,17 @@ impl StreamInner {
         }
         register(&mut inner, h, cx, false);
         inner.wake_driver_if_needed();
+        Poll::Pending
+    }
+
+    /// Completes once the peer's FIN arrived or the connection failed.
+    fn poll_peer_finished(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.shared.lock();
+        let c = inner.endpoint.conn(self.handle);
+        if c.is_peer_finished() || c.error().is_some() || inner.driver_gone.is_some() {
+            return Poll::Ready(());
+        }
+        register(&mut inner, self.handle, cx, true);
         Poll::Pending
     }
 
@@ -238,10 +254,15 @@ impl UtpStream {
         .await
     }
 
-    /// Sends FIN after all queued data, waits until the peer acknowledged it,
-    /// then releases the stream. Data the peer still sends is discarded.
+    /// Sends FIN after all queued data and waits until the peer acknowledged
+    /// it. Then it waits a little (at most [`CLOSE_GRACE`]) for the peer's own
+    /// FIN, so that it gets acknowledged even if the program exits right
+    /// after `close` returns; data the peer still sends is discarded.
     pub async fn close(self) -> io::Result<()> {
-        poll_fn(|cx| self.inner.poll_shutdown(cx)).await
+        poll_fn(|cx| self.inner.poll_shutdown(cx)).await?;
+        let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| self.inner.poll_peer_finished(cx)))
+            .await;
+        Ok(())
     }
 
     /// The peer's address.

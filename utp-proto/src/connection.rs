@@ -98,6 +98,9 @@ pub struct ConnectionStats {
     pub peer_window: u32,
     /// Bytes currently in flight.
     pub bytes_in_flight: usize,
+    /// Bytes written by the application and not yet acknowledged by the
+    /// peer (queued, in flight, or waiting for retransmission).
+    pub bytes_unacked: usize,
     /// Close reason reported by the peer (libtorrent extension 3).
     pub peer_close_reason: Option<u16>,
 }
@@ -378,6 +381,8 @@ impl Connection {
         s.cwnd = self.cc.window();
         s.peer_window = self.peer_wnd;
         s.bytes_in_flight = self.in_flight;
+        s.bytes_unacked = self.pending.len() + self.outstanding_bytes();
+        s.max_cwnd = s.max_cwnd.max(s.cwnd);
         s
     }
 
@@ -472,6 +477,12 @@ impl Connection {
     /// Whether our FIN has been acknowledged (all our data was delivered).
     pub fn is_fin_acked(&self) -> bool {
         self.fin == FinState::Acked
+    }
+
+    /// Whether the peer's FIN and all data before it have arrived (unread
+    /// data may remain).
+    pub fn is_peer_finished(&self) -> bool {
+        self.eof
     }
 
     /// The application let go of the connection: finish it gracefully and

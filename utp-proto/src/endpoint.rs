@@ -266,7 +266,7 @@ impl Endpoint {
     fn schedule(&mut self, idx: usize) {
         let e = &mut self.conns[idx];
         if let Some(t) = e.conn.poll_timeout() {
-            if e.scheduled.map_or(true, |s| t < s) {
+            if e.scheduled.is_none_or(|s| t < s) {
                 e.scheduled = Some(t);
                 self.timers.push(Reverse((t, idx)));
             }

@@ -38,7 +38,7 @@ impl RttEstimator {
             }
             Some(srtt) => {
                 // Duration::abs_diff needs Rust 1.81; the MSRV is 1.80.
-                let err = if srtt > rtt { srtt - rtt } else { rtt - srtt };
+                let err = srtt.abs_diff(rtt);
                 self.rttvar = (self.rttvar * 3 + err) / 4;
                 self.srtt = Some((srtt * 7 + rtt) / 8);
             }

@@ -1,0 +1,75 @@
+//! The `--stats-json` report.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio_utp::ConnectionStats;
+
+/// What `--stats-json` writes: one JSON object describing the connection.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    /// `"listen"`, `"connect"`, or `"demo-client"`.
+    pub role: &'static str,
+    pub peer: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_retransmitted: u64,
+    pub timeouts: u64,
+    pub fast_retransmits: u64,
+    pub duplicates_received: u64,
+    /// Smoothed RTT in milliseconds; `null` without a sample.
+    pub rtt_ms: Option<f64>,
+    pub max_cwnd_bytes: usize,
+    /// Largest payload in use: the largest one actually sent, or the
+    /// configured size when nothing was sent.
+    pub payload_size: usize,
+    pub duration_s: f64,
+}
+
+impl StatsReport {
+    pub fn new(
+        role: &'static str,
+        peer: String,
+        stats: &ConnectionStats,
+        duration: Duration,
+    ) -> Self {
+        Self {
+            role,
+            peer,
+            bytes_sent: stats.bytes_sent,
+            bytes_received: stats.bytes_received,
+            packets_sent: stats.packets_sent,
+            packets_received: stats.packets_received,
+            packets_retransmitted: stats.packets_retransmitted,
+            timeouts: stats.timeouts,
+            fast_retransmits: stats.fast_retransmits,
+            duplicates_received: stats.duplicates_received,
+            rtt_ms: stats.rtt.map(|d| d.as_secs_f64() * 1e3),
+            max_cwnd_bytes: stats.max_cwnd,
+            payload_size: payload_in_use(stats),
+            duration_s: duration.as_secs_f64(),
+        }
+    }
+
+    /// Writes the report as pretty JSON (with a trailing newline) to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut json = serde_json::to_string_pretty(self)?;
+        json.push('\n');
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write stats to {}", path.display()))
+    }
+}
+
+/// The largest payload in use: what was actually sent if anything was,
+/// otherwise the configured per-packet size.
+pub fn payload_in_use(stats: &ConnectionStats) -> usize {
+    if stats.max_payload_sent > 0 {
+        stats.max_payload_sent
+    } else {
+        stats.payload_size
+    }
+}
