@@ -235,6 +235,9 @@ where
             }
             data = &data[w..];
         }
+        // Interactive peers (request/response) need every chunk delivered
+        // now: std's stdout is line-buffered and binary data has no lines.
+        dst.flush().await.map_err(CopyError::Write)?;
         total += n as u64;
         status.update(|| stats(src, dst));
     }

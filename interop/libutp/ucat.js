@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// netcat over libutp (utp-native bundles libutp's C code), with half-close:
+// stdin EOF sends FIN, the peer's data keeps flowing to stdout; exits 0 once
+// both directions are finished.
+//   node ucat.js -l HOST:PORT    listen for one connection
+//   node ucat.js HOST:PORT       connect
+const utp = require('utp-native')
+
+const args = process.argv.slice(2)
+const listen = args.includes('-l')
+const target = args.find(a => a[0] !== '-')
+if (!target) {
+  console.error('usage: ucat.js [-l] HOST:PORT')
+  process.exit(2)
+}
+const [host, port] = target.split(':')
+const socket = utp({ allowHalfOpen: true })
+let finished = 0
+function done () {
+  // Leave libutp a moment to ack the last FIN before the process goes.
+  if (++finished === 2) setTimeout(() => process.exit(0), 300)
+}
+function run (conn) {
+  process.stdin.pipe(conn)
+  process.stdin.on('end', done)
+  conn.pipe(process.stdout)
+  conn.on('end', done)
+  conn.on('error', e => { console.error('ucat: ' + e.message); process.exit(1) })
+}
+if (listen) {
+  socket.listen(Number(port), host)
+  socket.once('connection', run)
+} else {
+  run(socket.connect(Number(port), host))
+}
