@@ -274,3 +274,92 @@ async fn half_close_keeps_reading_after_own_fin() {
     assert_eq!(resp, b"pingpingping");
     server.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_transfer_bit_exact() {
+    let listener = match UtpListener::bind("[::1]:0").await {
+        Ok(l) => l,
+        // A machine without IPv6 cannot run this test; say so loudly.
+        Err(e) => panic!("binding [::1] failed: {e}"),
+    };
+    let addr = listener.local_addr().unwrap();
+    assert!(addr.is_ipv6());
+    let server = tokio::spawn(async move {
+        let (mut s, peer) = listener.accept().await.unwrap();
+        assert!(peer.is_ipv6());
+        read_and_check(&mut s, 11, 2 << 20).await;
+    });
+    let (mut c, driver) = UtpStream::connect(addr).await.unwrap();
+    tokio::spawn(driver);
+    write_pattern(&mut c, 11, 2 << 20).await;
+    c.close().await.unwrap();
+    timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_socket_accepts_ipv4_peer() {
+    let listener = UtpListener::bind("[::]:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = sock.connect(("127.0.0.1", port)).await.unwrap();
+    c.write_all(b"over v4 to a v6 socket").await.unwrap();
+    c.close().await.unwrap();
+    let got = timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"over v4 to a v6 socket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_stream_yields_each_connection_and_socket_connects_out_too() {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    let a = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let listener = a.listen().unwrap();
+    assert_eq!(
+        a.listen().unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse,
+        "one listener per socket"
+    );
+    let addr = listener.local_addr().unwrap();
+    let b = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b_listener = b.listen().unwrap();
+    let b_addr = b.local_addr().unwrap();
+    for i in 0..3u8 {
+        let mut c = b.connect(addr).await.unwrap();
+        c.write_all(&[i]).await.unwrap();
+        c.close().await.unwrap();
+    }
+    let mut inc = listener.incoming();
+    for i in 0..3u8 {
+        let mut s = poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut inc), cx))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [i]);
+    }
+    // The listening socket also opens connections outward.
+    let mut out = a.connect(b_addr).await.unwrap();
+    out.write_all(b"back").await.unwrap();
+    out.close().await.unwrap();
+    let (mut s, peer) = b_listener.accept().await.unwrap();
+    assert_eq!(peer, addr);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"back");
+    assert!(a.stats().connections_accepted >= 3);
+    assert!(a.stats().connections_initiated >= 1);
+}
