@@ -18,6 +18,9 @@ use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
 use crate::seq;
 
+/// Most unacknowledged packets a connection keeps in flight.
+const MAX_OUTSTANDING_PACKETS: usize = 16_384;
+
 /// Why a connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ConnectionError {
@@ -1072,6 +1075,11 @@ impl Connection {
 
     /// Bytes of new data that may be sent now.
     fn send_allowance(&self) -> usize {
+        // Sequence comparisons work over half the 16-bit space; stay well
+        // inside it whatever the buffers and payload size.
+        if self.outstanding.len() >= MAX_OUTSTANDING_PACKETS {
+            return 0;
+        }
         let wnd = self.send_window();
         let room = wnd.saturating_sub(self.in_flight);
         if room >= self.mss.min(self.pending.len()) {
