@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) listening: bool,
     /// Set when the driver stopped; handles fail instead of waiting forever.
     pub(crate) driver_gone: Option<io::ErrorKind>,
+    /// When the driver's timer fires next (None: no timer).
+    driver_timer: Option<Instant>,
 }
 
 impl Inner {
@@ -56,9 +58,16 @@ impl Inner {
         }
     }
 
-    /// Wakes the driver if the endpoint has datagrams to send.
+    /// Wakes the driver if the endpoint has datagrams to send or an
+    /// application call armed a timer earlier than the driver's (a persist
+    /// probe, a linger deadline after release).
     pub(crate) fn wake_driver_if_needed(&mut self) {
-        if self.endpoint.has_transmit() {
+        let earlier_timer = match (self.endpoint.poll_timeout(), self.driver_timer) {
+            (Some(t), Some(d)) => t < d,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if earlier_timer || self.endpoint.has_transmit() {
             self.wake_driver();
         }
     }
@@ -78,6 +87,43 @@ impl Shared {
     }
 }
 
+/// A user handle on the shared state. Dropping it wakes the driver *after*
+/// the reference is gone, so the driver sees the new count when it checks
+/// whether everybody left (waking it before would race with that check).
+pub(crate) struct SharedRef(Option<Arc<Shared>>);
+
+impl SharedRef {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self(Some(shared))
+    }
+}
+
+impl Clone for SharedRef {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl std::ops::Deref for SharedRef {
+    type Target = Arc<Shared>;
+
+    fn deref(&self) -> &Arc<Shared> {
+        self.0.as_ref().expect("only taken in drop")
+    }
+}
+
+impl Drop for SharedRef {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            let waker = shared.lock().driver_waker.clone();
+            drop(shared);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
 /// A uTP socket: one UDP socket carrying any number of inbound and outbound
 /// connections.
 ///
@@ -86,7 +132,7 @@ impl Shared {
 /// share the same socket.
 #[derive(Clone)]
 pub struct UtpSocket {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: SharedRef,
 }
 
 impl std::fmt::Debug for UtpSocket {
@@ -136,12 +182,18 @@ impl UtpSocket {
                 accept_waker: None,
                 listening: false,
                 driver_gone: None,
+                driver_timer: None,
             }),
             udp,
             local_addr,
         });
         let driver = Driver::new(shared.clone());
-        Ok((Self { shared }, driver))
+        Ok((
+            Self {
+                shared: SharedRef::new(shared),
+            },
+            driver,
+        ))
     }
 
     /// The local address the UDP socket is bound to.
@@ -159,12 +211,15 @@ impl UtpSocket {
             if let Some(kind) = inner.driver_gone {
                 return Err(io::Error::new(kind, "uTP socket driver stopped"));
             }
-            let h = inner.endpoint.connect(Instant::now(), target);
+            let h = inner
+                .endpoint
+                .connect(Instant::now(), target)
+                .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
             inner.wakers.insert(h, ConnWakers::default());
             inner.wake_driver();
             h
         };
-        let stream = UtpStream::new(self.shared.clone(), h);
+        let stream = UtpStream::new(SharedRef::clone(&self.shared), h);
         stream.wait_connected().await?;
         Ok(stream)
     }
@@ -375,7 +430,9 @@ impl Future for Driver {
             return Poll::Ready(Ok(()));
         }
 
-        match inner.endpoint.poll_timeout() {
+        let next = inner.endpoint.poll_timeout();
+        inner.driver_timer = next;
+        match next {
             Some(t) => {
                 if this.timer_at != Some(t) {
                     this.timer_at = Some(t);

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::ToSocketAddrs;
 use utp_proto::{Config, ConnHandle, ConnectionError, ConnectionStats, WriteError};
 
-use crate::socket::{Driver, Inner, Shared, UtpSocket};
+use crate::socket::{Driver, Inner, SharedRef, UtpSocket};
 
 /// How long [`UtpStream::close`] waits for the peer's FIN after ours was
 /// acknowledged. A peer that answers a FIN with its own does so within a
@@ -36,7 +36,7 @@ fn driver_gone(kind: io::ErrorKind) -> io::Error {
 /// The part both halves share; dropping the last one releases the connection
 /// (a FIN goes out if none was sent).
 pub(crate) struct StreamInner {
-    shared: Arc<Shared>,
+    shared: SharedRef,
     handle: ConnHandle,
     peer: SocketAddr,
 }
@@ -174,7 +174,7 @@ impl std::fmt::Debug for UtpStream {
 }
 
 impl UtpStream {
-    pub(crate) fn new(shared: Arc<Shared>, handle: ConnHandle) -> Self {
+    pub(crate) fn new(shared: SharedRef, handle: ConnHandle) -> Self {
         let peer = shared.lock().endpoint.peer_addr(handle);
         Self {
             inner: Arc::new(StreamInner {

@@ -363,3 +363,19 @@ async fn incoming_stream_yields_each_connection_and_socket_connects_out_too() {
     assert!(a.stats().connections_accepted >= 3);
     assert!(a.stats().connections_initiated >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_finishes_when_an_idle_socket_is_dropped() {
+    let (sock, driver) = UtpSocket::bind_with_driver("127.0.0.1:0", Config::default())
+        .await
+        .unwrap();
+    let driver = tokio::spawn(driver);
+    // Let the driver park first, so only the drop can wake it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(sock);
+    timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("driver must notice the last handle is gone")
+        .unwrap()
+        .unwrap();
+}

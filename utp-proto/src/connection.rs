@@ -193,6 +193,8 @@ pub struct Connection {
     reorder: VecDeque<Option<Bytes>>,
     reorder_bytes: usize,
     ready: VecDeque<Bytes>,
+    /// In-order bytes after `ready`, from small packets (see `push_ready`).
+    ready_tail: BytesMut,
     ready_bytes: usize,
     peer_fin: Option<u16>,
     eof: bool,
@@ -278,6 +280,7 @@ impl Connection {
             reorder: VecDeque::new(),
             reorder_bytes: 0,
             ready: VecDeque::new(),
+            ready_tail: BytesMut::new(),
             ready_bytes: 0,
             peer_fin: None,
             eof: false,
@@ -438,6 +441,12 @@ impl Connection {
                 let _ = front.split_to(take);
             }
         }
+        if n < buf.len() && self.ready.is_empty() && !self.ready_tail.is_empty() {
+            let take = self.ready_tail.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&self.ready_tail[..take]);
+            bytes::Buf::advance(&mut self.ready_tail, take);
+            n += take;
+        }
         self.ready_bytes -= n;
         if n == 0 {
             if let Some(e) = self.error() {
@@ -493,6 +502,7 @@ impl Connection {
     pub fn release(&mut self, now: Instant) {
         self.released = true;
         self.ready.clear();
+        self.ready_tail = BytesMut::new();
         self.ready_bytes = 0;
         match self.state {
             // Nothing was agreed yet: just forget it.
@@ -595,7 +605,13 @@ impl Connection {
             return;
         }
         self.last_recv = now;
-        self.consecutive_timeouts = 0;
+        if !self.released {
+            // A live peer is not a dead path. Once the application let go,
+            // only progress counts, so a peer holding its window at zero
+            // can't pin an orphaned connection forever (like TCP's orphan
+            // retries).
+            self.consecutive_timeouts = 0;
+        }
         self.reply_micro = self.micros(now).wrapping_sub(h.timestamp);
         if self.state == State::SynRecv {
             self.state = State::Connected;
@@ -698,6 +714,7 @@ impl Connection {
             self.rtt.on_sample(now.saturating_duration_since(sent));
         }
         if progressed || sacked_any {
+            self.consecutive_timeouts = 0;
             self.rtt.reset_backoff();
             self.dup_acks = 0;
             // Restart the timers: the path delivers.
@@ -762,7 +779,8 @@ impl Connection {
 
     /// Declares packets lost; returns whether a new congestion episode began.
     fn detect_losses(&mut self, now: Instant, sacked_any: bool) -> bool {
-        let mut lost_any = false;
+        // Oldest packet newly declared lost (outstanding is in seq order).
+        let mut first_lost: Option<u16> = None;
         if self.dup_acks >= 3 {
             self.dup_acks = 0;
             if let Some(p) = self.outstanding.front_mut() {
@@ -771,7 +789,7 @@ impl Connection {
                 if !p.sacked && !p.lost && self.dup_ack_resent != Some(p.seq) {
                     self.dup_ack_resent = Some(p.seq);
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    lost_any = true;
+                    first_lost.get_or_insert(p.seq);
                 }
             }
         }
@@ -785,13 +803,12 @@ impl Connection {
                 }
                 if !p.sacked && !p.lost && p.in_flight {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    lost_any = true;
+                    first_lost.get_or_insert(p.seq);
                 }
             }
         }
-        if lost_any {
+        if let Some(first_lost) = first_lost {
             self.stats.fast_retransmits += 1;
-            let first_lost = self.resend.iter().copied().next().unwrap_or(self.seq_nr);
             let new_episode = match self.recovery_point {
                 None => true,
                 Some(rp) => seq::lt(rp, first_lost),
@@ -873,7 +890,7 @@ impl Connection {
             if !data.is_empty() {
                 self.stats.bytes_received += data.len() as u64;
                 self.ready_bytes += data.len();
-                self.ready.push_back(data);
+                self.push_ready(data);
             }
             if self.peer_fin == Some(self.ack_nr) {
                 self.eof = true;
@@ -881,6 +898,25 @@ impl Connection {
                 self.reorder_bytes = 0;
                 break;
             }
+        }
+    }
+
+    /// Queues in-order data for the reader. Small payloads are copied into
+    /// one shared tail buffer: a peer sending 1-byte packets must not cost a
+    /// heap allocation (and ~40 bytes of bookkeeping) per byte.
+    fn push_ready(&mut self, data: Bytes) {
+        const SMALL: usize = 512;
+        const TAIL_CHUNK: usize = 16 * 1024;
+        if data.len() < SMALL {
+            self.ready_tail.extend_from_slice(&data);
+            if self.ready_tail.len() >= TAIL_CHUNK {
+                self.ready.push_back(self.ready_tail.split().freeze());
+            }
+        } else {
+            if !self.ready_tail.is_empty() {
+                self.ready.push_back(self.ready_tail.split().freeze());
+            }
+            self.ready.push_back(data);
         }
     }
 

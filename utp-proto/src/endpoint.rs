@@ -20,6 +20,11 @@ use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnHandle(pub usize);
 
+/// Every connection id towards one peer address is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no free connection id towards this peer")]
+pub struct NoFreeIds;
+
 /// A datagram to send, written by [`Endpoint::poll_transmit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
@@ -149,19 +154,20 @@ impl Endpoint {
     }
 
     /// Opens a connection to `addr`; the SYN goes out on the next
-    /// [`Endpoint::poll_transmit`].
-    pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> ConnHandle {
-        let recv_id = loop {
-            let id: u16 = self.rng.gen();
-            if !self.by_key.contains_key(&(addr, id)) {
-                break id;
-            }
-        };
+    /// [`Endpoint::poll_transmit`]. Fails only when every connection id
+    /// towards `addr` is in use.
+    pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> Result<ConnHandle, NoFreeIds> {
+        // Random start, then a bounded scan: never spins, even when full.
+        let start: u16 = self.rng.gen();
+        let recv_id = (0..=u16::MAX)
+            .map(|i| start.wrapping_add(i))
+            .find(|id| !self.by_key.contains_key(&(addr, *id)))
+            .ok_or(NoFreeIds)?;
         let isn = self.rng.gen();
         let conn = Connection::connect(self.cfg.clone(), now, self.epoch, recv_id, isn);
         tracing::debug!(peer = %addr, recv_id, "connecting");
         self.stats.connections_initiated += 1;
-        self.insert(now, addr, conn)
+        Ok(self.insert(now, addr, conn))
     }
 
     fn insert(&mut self, now: Instant, addr: SocketAddr, conn: Connection) -> ConnHandle {

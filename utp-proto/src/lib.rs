@@ -19,5 +19,5 @@ pub mod seq;
 pub use config::Config;
 pub use congestion::{Aimd, AimdFactory, Controller, ControllerFactory};
 pub use connection::{Connection, ConnectionError, ConnectionStats, Role, State, WriteError};
-pub use endpoint::{ConnHandle, Endpoint, EndpointStats, Transmit};
+pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};

@@ -169,7 +169,7 @@ fn data_seqs(out: &[Out]) -> Vec<u16> {
 /// Our side connects; the peer answers with a SYN-ACK (seq `y`) 10 ms later.
 fn initiator_with(cfg: Config, y: u16, synack_wnd: u32) -> (Harness, Out) {
     let (mut ep, t0) = endpoint(cfg, 1);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let r = syn.h.conn_id;
     let mut hs = Harness {
@@ -243,7 +243,7 @@ fn established_responder(cfg: Config) -> Harness {
 #[test]
 fn initiator_syn_carries_recv_id_isn_zero_ack_and_zero_ts_diff() {
     let (mut ep, t0) = endpoint(Config::default(), 11);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let c = ep.conn(h);
     assert_eq!(syn.to, peer());
@@ -260,7 +260,7 @@ fn initiator_syn_carries_recv_id_isn_zero_ack_and_zero_ts_diff() {
     let mut ids = std::collections::HashSet::new();
     for seed in 0..8 {
         let (mut ep, t0) = endpoint(Config::default(), seed);
-        ep.connect(t0, peer());
+        ep.connect(t0, peer()).unwrap();
         let s = only(drain(&mut ep, t0));
         ids.insert((s.h.conn_id, s.h.seq_nr));
     }
@@ -895,7 +895,7 @@ fn responder_gives_up_when_the_initiator_never_speaks() {
 #[test]
 fn syn_is_retransmitted_with_backoff_and_connect_times_out() {
     let (mut ep, t0) = endpoint(Config::default(), 5);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let mut times = vec![Duration::ZERO];
     loop {
@@ -929,7 +929,7 @@ fn syn_is_retransmitted_with_backoff_and_connect_times_out() {
 #[test]
 fn reset_in_reply_to_syn_is_connection_refused() {
     let (mut ep, t0) = endpoint(Config::default(), 6);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     // libutp echoes the SYN's connection id and acks its seq.
     let rst = hdr(PacketType::Reset, syn.h.conn_id, 1234, syn.h.seq_nr);
@@ -957,7 +957,7 @@ fn reset_in_reply_to_syn_is_connection_refused() {
 fn syn_to_a_non_listening_endpoint_is_refused_end_to_end() {
     let (mut a, t0) = endpoint(Config::default(), 7);
     let mut b = Endpoint::with_seed(Arc::new(Config::default()), t0, 8);
-    let h = a.connect(t0, peer());
+    let h = a.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut a, t0));
     b.handle_datagram(t0, me(), &syn.raw).unwrap();
     let rst = only(drain(&mut b, t0));
@@ -1347,7 +1347,7 @@ fn zero_window_sender_probes_and_recovers_when_window_opens() {
 #[test]
 fn release_before_handshake_forgets_the_connection() {
     let (mut ep, t0) = endpoint(Config::default(), 13);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     drain(&mut ep, t0);
     ep.release(h, t0);
     assert_eq!(ep.connection_count(), 0);
@@ -1393,7 +1393,7 @@ fn duplicate_syn_after_responder_data_is_answered_with_the_synack_seq() {
 #[test]
 fn data_overtaking_the_synack_is_buffered_and_delivered() {
     let (mut ep, t0) = endpoint(Config::default(), 21);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let (r, s, y) = (syn.h.conn_id, syn.h.seq_nr, 700u16);
     // libutp sends data right behind the SYN-ACK; here it arrives first.
@@ -1416,7 +1416,7 @@ fn lost_synack_reanswered_with_next_seq_keeps_buffered_data() {
     // libutp answers a re-sent SYN with its next unused seq (Y + 1 here);
     // the data Y that did arrive must not be skipped.
     let (mut ep, t0) = endpoint(Config::default(), 22);
-    let h = ep.connect(t0, peer());
+    let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let (r, s, y) = (syn.h.conn_id, syn.h.seq_nr, 65535u16);
     let d = hdr(PacketType::Data, r, y, s);
@@ -1453,7 +1453,7 @@ fn lost_synack_and_lost_first_data_lose_nothing_end_to_end() {
     let (mut a, t0) = endpoint(Config::default(), 23);
     let mut b = Endpoint::with_seed(Arc::new(Config::default()), t0, 24);
     b.set_listening(true);
-    let ha = a.connect(t0, peer());
+    let ha = a.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut a, t0));
     b.handle_datagram(t0, me(), &syn.raw).unwrap();
     let hb = b.accept().unwrap();

@@ -86,7 +86,7 @@ fn run_flows(
         .collect();
     let now = net.now;
     for f in &mut flows {
-        f.sides[0].h = Some(net.eps[0].connect(now, net.addrs[1]));
+        f.sides[0].h = Some(net.eps[0].connect(now, net.addrs[1]).unwrap());
     }
     let mut next_read = net.now;
     let mut buf = vec![0u8; 1 << 16];

@@ -1,0 +1,109 @@
+//! Review tests for the async layer (see the report).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+use tokio_utp::{Config, UtpListener, UtpSocket, UtpStream};
+use utp_proto::packet::{self, Header, Packet, PacketType};
+
+fn encode(h: &Header) -> Vec<u8> {
+    let mut buf = vec![0u8; packet::encoded_len(0, 0)];
+    packet::encode(h, &[], &[], &mut buf);
+    buf
+}
+
+async fn recv(raw: &UdpSocket, wait: Duration) -> Option<(Header, usize, SocketAddr)> {
+    let mut buf = vec![0u8; 70_000];
+    match timeout(wait, raw.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => {
+            let p = Packet::parse(&buf[..n]).unwrap();
+            Some((p.header, p.payload.len(), from))
+        }
+        _ => None,
+    }
+}
+
+/// BUG: an application call that only arms a timer (no datagram due) does
+/// not wake the driver, so the driver keeps sleeping on its old (or no)
+/// timer. Here: the peer acked everything with a zero window; the app then
+/// writes. The core arms the persist timer (refresh), but `poll_write` only
+/// wakes the driver when `has_transmit()`, so no probe is ever sent: if the
+/// peer's window update is lost, the stream stalls forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_into_closed_window_probes_via_driver() {
+    let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::spawn({
+        let sock = sock.clone();
+        async move { sock.connect(raw_addr).await.unwrap() }
+    });
+    let (syn, _, from) = recv(&raw, Duration::from_secs(5)).await.expect("SYN");
+    assert_eq!(syn.ty, PacketType::Syn);
+    let r = syn.conn_id;
+    let y = 1000u16;
+    let mk = |ty, seq_nr, ack_nr, wnd_size| Header {
+        ty,
+        conn_id: r,
+        timestamp: 1,
+        timestamp_diff: 0,
+        wnd_size,
+        seq_nr,
+        ack_nr,
+    };
+    raw.send_to(
+        &encode(&mk(PacketType::State, y, syn.seq_nr, 1 << 20)),
+        from,
+    )
+    .await
+    .unwrap();
+    let mut stream = connect.await.unwrap();
+    stream.write_all(&[1u8; 100]).await.unwrap();
+    let (d, n, _) = recv(&raw, Duration::from_secs(5)).await.expect("data");
+    assert_eq!((d.ty, n), (PacketType::Data, 100));
+    // Acked, window closed; nothing is pending, so no timer is needed yet.
+    raw.send_to(&encode(&mk(PacketType::State, y, d.seq_nr, 0)), from)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Now the application writes more; the window update is "lost".
+    stream.write_all(&[2u8; 100]).await.unwrap();
+    let probe = recv(&raw, Duration::from_secs(5)).await;
+    assert!(
+        probe.is_some_and(|(h, _, _)| h.ty == PacketType::Data),
+        "no zero-window probe within 5 s: the persist timer armed by write() never reached the driver"
+    );
+}
+
+/// BUG (same root cause): after `close()` returns (our FIN acked) and the
+/// peer stays silent, dropping the stream releases the connection and arms
+/// the linger timer, but nobody wakes the driver; it sleeps with no timer,
+/// the connection is never freed and the driver future never completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_finishes_after_close_when_peer_stays_silent() {
+    let cfg = Config::default()
+        .linger(Duration::from_millis(200))
+        .time_wait(Duration::from_millis(200));
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        // Keep the stream open and never close it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let (mut stream, driver) = UtpStream::connect_with_config(addr, cfg).await.unwrap();
+    let driver = tokio::spawn(driver);
+    stream.write_all(b"hello").await.unwrap();
+    // Returns after CLOSE_GRACE (2 s) since the peer never sends its FIN.
+    stream.close().await.unwrap();
+    let r = timeout(Duration::from_secs(4), driver).await;
+    server.abort();
+    assert!(
+        r.is_ok(),
+        "driver still running 4 s after close(); linger is 200 ms: the released connection was never freed"
+    );
+}

@@ -1,0 +1,222 @@
+//! Review tests: each one pins down a suspected bug (see the report).
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{datagram, drain, hdr, peer, Out};
+use utp_proto::packet::PacketType;
+use utp_proto::{Config, ConnHandle, Endpoint, State};
+
+// ------------------------------------------------------------ alloc counter
+
+struct Counting;
+thread_local! {
+    // Per thread, so tests running in parallel don't disturb each other.
+    static LIVE_TL: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+fn bump(d: isize) {
+    let _ = LIVE_TL.try_with(|c| c.set(c.get() + d));
+}
+fn live() -> isize {
+    LIVE_TL.with(|c| c.get())
+}
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        bump(l.size() as isize);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        bump(-(l.size() as isize));
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        bump(n as isize - l.size() as isize);
+        System.realloc(p, l, n)
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ------------------------------------------------------------ harness
+
+const MIB: u32 = 1 << 20;
+
+struct H {
+    ep: Endpoint,
+    h: ConnHandle,
+    now: Instant,
+    to_us: u16,
+    first_seq: u16,
+    y: u16,
+}
+
+impl H {
+    fn initiator(cfg: Config, y: u16) -> H {
+        let now = Instant::now();
+        let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 5);
+        let h = ep.connect(now, peer()).unwrap();
+        let syn = drain(&mut ep, now).remove(0);
+        let r = syn.h.conn_id;
+        let mut hs = H {
+            ep,
+            h,
+            now,
+            to_us: r,
+            first_seq: syn.h.seq_nr.wrapping_add(1),
+            y,
+        };
+        hs.now += Duration::from_millis(10);
+        let synack = hdr(PacketType::State, r, y, syn.h.seq_nr);
+        hs.feed(synack, &[]);
+        assert_eq!(hs.ep.conn(hs.h).state(), State::Connected);
+        hs
+    }
+
+    fn feed(&mut self, mut h: utp_proto::Header, payload: &[u8]) -> Vec<Out> {
+        h.conn_id = self.to_us;
+        self.ep
+            .handle_datagram(self.now, peer(), &datagram(&h, &[], payload))
+            .unwrap();
+        drain(&mut self.ep, self.now)
+    }
+
+    fn ack(&mut self, ack: u16, wnd: u32) -> Vec<Out> {
+        let mut h = hdr(PacketType::State, 0, self.y, ack);
+        h.wnd_size = wnd;
+        self.feed(h, &[])
+    }
+}
+
+/// (Fixed concurrently by 91f5d8f, MAX_OUTSTANDING_PACKETS; kept as a regression test.)
+/// BUG: nothing bounded the number of packets in flight, only their bytes.
+/// With small packets (here a 64-byte payload; equally a stream of small
+/// application writes with the default config) more than 32768 packets get
+/// in flight, so the half-range sequence comparisons break: a perfectly
+/// valid cumulative ack of an early packet is taken for "an ack of data
+/// never sent" and the whole packet is dropped. libutp caps the send window
+/// at OUTGOING_BUFFER_MAX_SIZE (1024) packets.
+#[test]
+fn packets_in_flight_stay_below_half_the_sequence_space() {
+    let big = 64 << 20;
+    let cfg = Config::default()
+        .max_payload(64)
+        .send_buffer(big)
+        .recv_buffer(big);
+    let mut hs = H::initiator(cfg, 1000);
+    let n = hs
+        .ep
+        .with_conn(hs.h, hs.now, |c| c.write(&vec![7u8; 48 << 20]))
+        .unwrap();
+    assert_eq!(n, 48 << 20);
+    let data = |o: &[Out]| o.iter().filter(|o| o.h.ty == PacketType::Data).count() as u32;
+    let mut sent: u32 = data(&drain(&mut hs.ep, hs.now));
+    let mut max_outstanding: u32 = sent;
+    let mut acked: u32 = 0; // packets cumulatively acked so far
+    for _round in 0..16 {
+        if sent - acked > 40_000 {
+            break;
+        }
+        // The peer acks everything it got (16 MiB window): slow start doubles.
+        hs.now += Duration::from_millis(20);
+        let last = hs.first_seq.wrapping_add((sent - 1) as u16);
+        let out = hs.ack(last, 64 * MIB);
+        acked = sent;
+        sent += data(&out);
+        max_outstanding = max_outstanding.max(sent - acked);
+    }
+    assert!(sent - acked > 10, "test setup: packets must be in flight");
+    let before = hs.ep.conn(hs.h).stats();
+    // A valid ack for the 10 oldest packets in flight.
+    hs.now += Duration::from_millis(20);
+    let ack = hs.first_seq.wrapping_add((acked + 9) as u16);
+    hs.ack(ack, 64 * MIB);
+    let after = hs.ep.conn(hs.h).stats();
+    assert_eq!(
+        after.invalid_acks, before.invalid_acks,
+        "a valid ack was rejected as 'acking data never sent' with {max_outstanding} packets in flight"
+    );
+    assert!(
+        max_outstanding < 32_768,
+        "{max_outstanding} packets in flight: more than half the 16-bit sequence space"
+    );
+}
+
+/// BUG (memory): the receive buffer only counts payload bytes. A peer that
+/// sends 1-byte data packets to an application that doesn't read right away
+/// makes us hold one heap allocation plus a 32-byte `Bytes` per byte: the
+/// 1 MiB receive buffer costs ~33 MiB (more with malloc rounding) per
+/// connection, for ~21 MiB of the peer's traffic.
+#[test]
+fn tiny_packets_do_not_blow_up_receive_memory() {
+    let cfg = Config::default(); // recv_buffer 1 MiB
+    let mut hs = H::initiator(cfg, 1000);
+    let base = live();
+    let n: u32 = 1 << 20;
+    let mut seq = hs.y;
+    for _ in 0..n {
+        let h = hdr(PacketType::Data, 0, seq, hs.first_seq.wrapping_sub(1));
+        let d = {
+            let mut h = h;
+            h.conn_id = hs.to_us;
+            datagram(&h, &[], b"x")
+        };
+        hs.ep.handle_datagram(hs.now, peer(), &d).unwrap();
+        seq = seq.wrapping_add(1);
+        // Ack now and then, as the driver would.
+        if seq % 64 == 0 {
+            drain(&mut hs.ep, hs.now);
+        }
+    }
+    drain(&mut hs.ep, hs.now);
+    let st = hs.ep.conn(hs.h).stats();
+    let used = live() - base;
+    eprintln!(
+        "received {} bytes unread; heap grew by {} bytes",
+        st.bytes_received, used
+    );
+    assert!(st.bytes_received > 900_000);
+    assert!(
+        used < 4 * (1 << 20),
+        "{used} bytes of heap for a 1 MiB receive buffer"
+    );
+}
+
+/// SUSPECT (peer-driven retention): the application released a connection
+/// with data still queued; the peer keeps its window at zero and acks every
+/// probe. Every ack resets `consecutive_timeouts`, linger only starts once our
+/// FIN is acked, so the released connection (and its send buffer) is kept
+/// forever. libutp bounds a zero window (it forces the window open after
+/// ~15 s of zero window), TCP stacks bound orphaned sockets.
+#[test]
+fn released_connection_against_zero_window_peer_is_eventually_freed() {
+    let mut hs = H::initiator(Config::default(), 1000);
+    hs.ep
+        .with_conn(hs.h, hs.now, |c| c.write(&[1u8; 1400]))
+        .unwrap();
+    let out = drain(&mut hs.ep, hs.now);
+    let first = out[0].h.seq_nr;
+    hs.ack(first, 0);
+    hs.ep
+        .with_conn(hs.h, hs.now, |c| c.write(&vec![2u8; 100_000]))
+        .unwrap();
+    let now = hs.now;
+    hs.ep.release(hs.h, now);
+    let end = hs.now + Duration::from_secs(3600);
+    while hs.ep.connection_count() > 0 {
+        let Some(t) = hs.ep.poll_timeout() else { break };
+        assert!(
+            t <= end,
+            "released connection still alive after an hour of zero window"
+        );
+        hs.now = t;
+        hs.ep.handle_timeout(t);
+        let out = drain(&mut hs.ep, hs.now);
+        if out.iter().any(|o| o.h.ty == PacketType::Data) {
+            // The peer drops the probe (buffer full) and acks with wnd 0.
+            hs.ack(first, 0);
+        }
+    }
+}
