@@ -1,4 +1,4 @@
-//! Review tests for the async layer (see the report).
+//! The driver wakes for every timer an application call arms, and exits when the last handle is gone.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Review tests: each one pins down a suspected bug (see the report).
+//! Resource bounds under hostile or unusual peers: packets in flight, memory per byte received, orphaned connections.
 
 mod common;
 
