@@ -162,6 +162,9 @@ pub struct Connection {
     seq_nr: u16,
     pending: BytesMut,
     outstanding: VecDeque<Sent>,
+    /// Payload bytes in `outstanding` (sacked ones included): the send
+    /// buffer's share of unacknowledged data, kept as a running sum.
+    outstanding_bytes: usize,
     resend: VecDeque<u16>,
     in_flight: usize,
     peer_wnd: u32,
@@ -256,6 +259,7 @@ impl Connection {
             seq_nr,
             pending: BytesMut::new(),
             outstanding: VecDeque::new(),
+            outstanding_bytes: 0,
             resend: VecDeque::new(),
             in_flight: 0,
             peer_wnd: 0,
@@ -411,9 +415,7 @@ impl Connection {
     }
 
     fn outstanding_bytes(&self) -> usize {
-        // Approximation that is exact enough for buffer accounting: the
-        // bytes of every unacked packet, sacked ones included.
-        self.outstanding.iter().map(|p| p.payload.len()).sum()
+        self.outstanding_bytes
     }
 
     /// Whether `write` would accept at least one byte now.
@@ -663,6 +665,7 @@ impl Connection {
             let n = seq::ahead(h.ack_nr, base) as usize;
             for _ in 0..n.min(self.outstanding.len()) {
                 let p = self.outstanding.pop_front().expect("counted above");
+                self.outstanding_bytes -= p.payload.len();
                 self.on_packet_acked(&p, &mut bytes_acked, &mut newest);
             }
             progressed = true;
@@ -925,6 +928,7 @@ impl Connection {
         self.state = State::Failed(e);
         self.pending.clear();
         self.outstanding.clear();
+        self.outstanding_bytes = 0;
         self.resend.clear();
         self.in_flight = 0;
         self.ack_pending = false;
@@ -1261,6 +1265,7 @@ impl Connection {
     fn send_new(&mut self, now: Instant, ty: PacketType, payload: Bytes, buf: &mut [u8]) -> usize {
         let s = self.seq_nr;
         self.seq_nr = self.seq_nr.wrapping_add(1);
+        self.outstanding_bytes += payload.len();
         self.outstanding.push_back(Sent {
             seq: s,
             ty,
