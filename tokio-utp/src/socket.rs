@@ -264,6 +264,8 @@ pub struct Driver {
     send_buf: Vec<u8>,
     /// A datagram the socket wasn't ready for, waiting in `send_buf`.
     pending_tx: Option<(SocketAddr, usize)>,
+    /// Reused list of connections whose tasks need waking.
+    touched: Vec<ConnHandle>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -283,6 +285,7 @@ impl Driver {
             recv_buf: vec![0; MAX_DATAGRAM],
             send_buf: vec![0; MAX_DATAGRAM],
             pending_tx: None,
+            touched: Vec::new(),
         }
     }
 
@@ -345,8 +348,8 @@ impl Driver {
             }
         }
 
-        let touched: Vec<ConnHandle> = inner.endpoint.drain_touched().collect();
-        for h in touched {
+        self.touched.extend(inner.endpoint.drain_touched());
+        for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {
                 w.wake();
             }
