@@ -17,15 +17,28 @@ const [host, port] = target.split(':')
 const socket = utp({ allowHalfOpen: true })
 let finished = 0
 function done () {
-  // Leave libutp a moment to ack the last FIN before the process goes.
-  if (++finished === 2) setTimeout(() => process.exit(0), 300)
+  ++finished
 }
 function run (conn) {
   process.stdin.pipe(conn)
   process.stdin.on('end', done)
   conn.pipe(process.stdout)
-  conn.on('end', done)
+  conn.on('end', () => {
+    // utp-native only starts writing on an accepted connection once it has
+    // read data (its 'connect' is emitted from the first read). A peer that
+    // sends nothing but FIN would leave our writes queued forever, so flush
+    // them here: libutp itself is CONNECTED once it has seen DATA or FIN.
+    if (!conn._connected) conn._onconnect()
+    done()
+  })
   conn.on('error', e => { console.error('ucat: ' + e.message); process.exit(1) })
+  // 'close' comes once libutp destroyed the socket: after both FINs, with our
+  // FIN (and so all our data) acknowledged. Exiting earlier could drop data
+  // libutp still holds unsent or unacked.
+  conn.on('close', () => {
+    if (finished === 2) setTimeout(() => process.exit(0), 100)
+    else { console.error('ucat: connection closed before both directions finished'); process.exit(1) }
+  })
 }
 if (listen) {
   socket.listen(Number(port), host)

@@ -180,6 +180,8 @@ pub struct Connection {
     /// the peer's SACK reveals losses at the tail, long before the RTO.
     tlp_deadline: Option<Instant>,
     tlp_fired: bool,
+    /// The probe may be sent once regardless of the congestion window.
+    tlp_credit: bool,
     consecutive_timeouts: u32,
     dup_acks: u32,
     last_ack_seen: u16,
@@ -271,6 +273,7 @@ impl Connection {
             rto_deadline: None,
             tlp_deadline: None,
             tlp_fired: false,
+            tlp_credit: false,
             consecutive_timeouts: 0,
             dup_acks: 0,
             last_ack_seen: 0,
@@ -722,6 +725,7 @@ impl Connection {
             self.dup_acks = 0;
             // Restart the timers: the path delivers.
             self.tlp_fired = false;
+            self.tlp_credit = false;
             self.rto_deadline = if self.outstanding.is_empty() {
                 None
             } else {
@@ -1054,6 +1058,7 @@ impl Connection {
             .find(|p| !p.sacked && p.in_flight)
         {
             self.stats.tail_loss_probes += 1;
+            self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
         }
     }
@@ -1218,9 +1223,18 @@ impl Connection {
             if !p.lost || p.sacked {
                 continue;
             }
-            if self.in_flight > 0 && self.in_flight + p.payload.len() > cwnd {
+            // The oldest packet holds up the whole stream, and a tail loss
+            // probe exists to get an ack: both go out whatever the window.
+            // `in_flight` may still count packets the peer has but could not
+            // report (libutp's SACK covers 32 packets), and waiting for room
+            // that no ack will make would cost a full RTO (RFC 6675 spirit).
+            let exempt = idx == 0 || self.tlp_credit;
+            if !exempt && self.in_flight > 0 && self.in_flight + p.payload.len() > cwnd {
                 self.resend.push_front(s);
                 break;
+            }
+            if idx != 0 {
+                self.tlp_credit = false;
             }
             return Some(self.send_outstanding(now, idx, buf, true));
         }

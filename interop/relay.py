@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Userspace UDP relay for uTP interop tests (stdlib only).
+
+    relay.py --listen PORT_A --target PORT_B [--drop-dir c2s|s2c]
+             [--drop-every N | --loss P] [--seed S] [--log FILE]
+
+Listens on 127.0.0.1:PORT_A for one client, forwards its datagrams to the real
+listener at 127.0.0.1:PORT_B from an ephemeral port of its own, and relays the
+listener's replies back to the client. "c2s" is client -> listener, "s2c" is
+listener -> client.
+
+Drops (deterministic): only ST_DATA packets, only in --drop-dir, never SYN,
+STATE, FIN or RESET. --drop-every N drops the Nth, 2Nth, ... DATA packet of
+that direction; --loss P drops each with probability P from random.Random(seed).
+--drop-after K leaves the first K DATA packets of that direction alone.
+
+On SIGTERM/SIGINT (or after --idle-exit seconds without traffic) it writes a
+JSON summary to --log (or stdout) and exits 0:
+  {"c2s": {"packets", "bytes", "types": {"ST_DATA": n, ...}, "sack_packets",
+           "sack_lengths": {len: n}, "dropped", "dropped_types",
+           "data_retransmissions", "max_payload", "wnd_min", "wnd_max",
+           "conn_ids", "syn_seq", "fin_seq", "acks_of_peer_fin", "not_utp"},
+   "s2c": {...}, "client": "ip:port", "duration_s": ...}
+"data_retransmissions" counts DATA/FIN packets whose seq_nr was already seen
+in the last 30000 packets of that direction. "acks_of_peer_fin" counts
+ST_STATE packets whose ack_nr is the other direction's FIN seq_nr.
+"""
+import argparse
+import json
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+TYPES = {0: "ST_DATA", 1: "ST_FIN", 2: "ST_STATE", 3: "ST_RESET", 4: "ST_SYN"}
+
+
+def new_dir():
+    return {
+        "packets": 0,
+        "bytes": 0,
+        "types": {},
+        "sack_packets": 0,
+        "sack_lengths": {},
+        "ext_types": {},
+        "dropped": 0,
+        "dropped_types": {},
+        "data_retransmissions": 0,
+        "max_payload": 0,
+        "wnd_min": None,
+        "wnd_max": None,
+        "conn_ids": [],
+        "syn_seq": None,
+        "fin_seq": None,
+        "acks_of_peer_fin": 0,
+        "not_utp": 0,
+        "forward_errors": 0,
+    }
+
+
+class Relay:
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (self.front, self.back):
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
+                except OSError:
+                    pass
+        self.front.bind(("127.0.0.1", args.listen))
+        self.back.bind(("127.0.0.1", 0))
+        self.target = ("127.0.0.1", args.target)
+        self.client = None
+        self.stats = {"c2s": new_dir(), "s2c": new_dir()}
+        self.data_count = {"c2s": 0, "s2c": 0}
+        # per direction: seq -> index of the last packet carrying it
+        self.seen = {"c2s": {}, "s2c": {}}
+        self.index = {"c2s": 0, "s2c": 0}
+        self.start = time.monotonic()
+        self.stop = False
+
+    def inspect(self, d, pkt):
+        """Classify a datagram; returns its uTP type or None if not uTP."""
+        st = self.stats[d]
+        st["packets"] += 1
+        st["bytes"] += len(pkt)
+        if len(pkt) < 20 or (pkt[0] & 0x0F) != 1 or (pkt[0] >> 4) > 4:
+            st["not_utp"] += 1
+            return None
+        ptype = pkt[0] >> 4
+        name = TYPES[ptype]
+        st["types"][name] = st["types"].get(name, 0) + 1
+        conn_id, _ts, _tsd, wnd, seq, ack = struct.unpack(">HIIIHH", pkt[2:20])
+        if conn_id not in st["conn_ids"] and len(st["conn_ids"]) < 16:
+            st["conn_ids"].append(conn_id)
+        if ptype != 4:
+            st["wnd_min"] = wnd if st["wnd_min"] is None else min(st["wnd_min"], wnd)
+            st["wnd_max"] = wnd if st["wnd_max"] is None else max(st["wnd_max"], wnd)
+        # walk the extension chain
+        ext, pos, has_sack = pkt[1], 20, False
+        while ext != 0:
+            if pos + 2 > len(pkt):
+                break
+            nxt, ln = pkt[pos], pkt[pos + 1]
+            if pos + 2 + ln > len(pkt):
+                break
+            st["ext_types"][str(ext)] = st["ext_types"].get(str(ext), 0) + 1
+            if ext == 1:
+                has_sack = True
+                st["sack_lengths"][str(ln)] = st["sack_lengths"].get(str(ln), 0) + 1
+            pos += 2 + ln
+            ext = nxt
+        if has_sack:
+            st["sack_packets"] += 1
+        payload = len(pkt) - pos
+        if ptype == 0:
+            st["max_payload"] = max(st["max_payload"], payload)
+        if ptype == 4:
+            st["syn_seq"] = seq
+        if ptype == 1:
+            st["fin_seq"] = seq
+        if ptype in (0, 1):
+            i = self.index[d]
+            last = self.seen[d].get(seq)
+            if last is not None and i - last < 30000:
+                st["data_retransmissions"] += 1
+            self.seen[d][seq] = i
+            self.index[d] = i + 1
+        other = "s2c" if d == "c2s" else "c2s"
+        peer_fin = self.stats[other]["fin_seq"]
+        if ptype == 2 and peer_fin is not None and ack == peer_fin:
+            st["acks_of_peer_fin"] += 1
+        return ptype
+
+    def should_drop(self, d, ptype):
+        a = self.args
+        if ptype != 0 or d != a.drop_dir:
+            return False
+        self.data_count[d] += 1
+        n = self.data_count[d]
+        if n <= a.drop_after:
+            return False
+        if a.drop_every and (n - a.drop_after) % a.drop_every == 0:
+            return True
+        if a.loss and self.rng.random() < a.loss:
+            return True
+        return False
+
+    def handle(self, d, pkt, out_sock, dest):
+        ptype = self.inspect(d, pkt)
+        if ptype is not None and self.should_drop(d, ptype):
+            st = self.stats[d]
+            st["dropped"] += 1
+            name = TYPES[ptype]
+            st["dropped_types"][name] = st["dropped_types"].get(name, 0) + 1
+            return
+        try:
+            out_sock.sendto(pkt, dest)
+        except OSError:
+            self.stats[d]["forward_errors"] += 1
+
+    def run(self):
+        last = time.monotonic()
+        while not self.stop:
+            try:
+                ready, _, _ = select.select([self.front, self.back], [], [], 0.2)
+            except InterruptedError:
+                continue
+            if not ready:
+                if self.args.idle_exit and time.monotonic() - last > self.args.idle_exit:
+                    break
+                continue
+            last = time.monotonic()
+            for s in ready:
+                # drain what is queued on this socket
+                for _ in range(256):
+                    try:
+                        pkt, addr = s.recvfrom(65536, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        # ICMP port unreachable from a peer that already exited
+                        if s is self.back:
+                            self.stats["c2s"]["forward_errors"] += 1
+                        else:
+                            self.stats["s2c"]["forward_errors"] += 1
+                        continue
+                    if s is self.front:
+                        if self.client is None:
+                            self.client = addr
+                        if addr != self.client:
+                            continue  # one client only
+                        self.handle("c2s", pkt, self.back, self.target)
+                    else:
+                        if addr != self.target or self.client is None:
+                            continue
+                        self.handle("s2c", pkt, self.front, self.client)
+
+    def summary(self):
+        out = dict(self.stats)
+        out["client"] = "%s:%d" % self.client if self.client else None
+        out["duration_s"] = round(time.monotonic() - self.start, 3)
+        out["drop_dir"] = self.args.drop_dir
+        return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--listen", type=int, required=True, help="port on 127.0.0.1 the client talks to")
+    p.add_argument("--target", type=int, required=True, help="port of the real listener on 127.0.0.1")
+    p.add_argument("--drop-dir", choices=["c2s", "s2c", "none"], default="none")
+    p.add_argument("--drop-every", type=int, default=0)
+    p.add_argument("--loss", type=float, default=0.0)
+    p.add_argument("--drop-after", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--log", help="write the JSON summary here at exit (default stdout)")
+    p.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds")
+    args = p.parse_args()
+
+    relay = Relay(args)
+
+    def on_signal(_sig, _frame):
+        relay.stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    relay.run()
+    text = json.dumps(relay.summary(), indent=1, sort_keys=True)
+    if args.log:
+        with open(args.log, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
