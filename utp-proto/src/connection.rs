@@ -746,9 +746,17 @@ impl Connection {
         }
         self.last_ack_seen = h.ack_nr;
 
+        // RACK (RFC 8985): the send time of the newest packet known to be
+        // delivered. An ack arriving sooner than half an RTT after a
+        // retransmission is probably for the original, so it proves nothing.
+        let rack_time = newest.and_then(|(sent, once)| {
+            let srtt = self.rtt.srtt()?;
+            (once || now.saturating_duration_since(sent) >= srtt / 2).then_some(sent)
+        });
+
         // Loss first: an ack that reveals a loss must not grow the window
         // it is about to halve.
-        let congestion = self.detect_losses(now, sacked_any);
+        let congestion = self.detect_losses(now, sacked_any, rack_time);
         if bytes_acked > 0 && !congestion {
             self.cc.on_ack(
                 now,
@@ -785,7 +793,12 @@ impl Connection {
     }
 
     /// Declares packets lost; returns whether a new congestion episode began.
-    fn detect_losses(&mut self, now: Instant, sacked_any: bool) -> bool {
+    fn detect_losses(
+        &mut self,
+        now: Instant,
+        sacked_any: bool,
+        rack_time: Option<Instant>,
+    ) -> bool {
         // Oldest packet newly declared lost (outstanding is in seq order).
         let mut first_lost: Option<u16> = None;
         if self.dup_acks >= 3 {
@@ -795,6 +808,18 @@ impl Connection {
                 // resending it again is the RTO's job (or SACK evidence's).
                 if !p.sacked && !p.lost && self.dup_ack_resent != Some(p.seq) {
                     self.dup_ack_resent = Some(p.seq);
+                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                    first_lost.get_or_insert(p.seq);
+                }
+            }
+        }
+        if let (Some(delivered), Some(srtt)) = (rack_time, self.rtt.srtt()) {
+            // Time threshold: a packet sent a reordering window before one
+            // that was delivered is lost. This catches burst losses beyond
+            // what a short SACK (libutp: 32 packets) can describe.
+            let reo_wnd = (srtt / 4).max(Duration::from_millis(1));
+            for p in self.outstanding.iter_mut() {
+                if !p.sacked && !p.lost && p.in_flight && p.last_sent + reo_wnd < delivered {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     first_lost.get_or_insert(p.seq);
                 }

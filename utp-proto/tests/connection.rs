@@ -1555,3 +1555,25 @@ fn write_into_an_already_closed_window_still_probes() {
     let out = hs.feed(PacketType::State, hs.py(0), hs.sy(1), MIB, &[]);
     assert_eq!(data_seqs(&out), vec![hs.sy(2), hs.sy(3)]);
 }
+
+#[test]
+fn packets_sent_well_before_a_delivered_one_are_lost_even_beyond_the_sack() {
+    // RACK's time threshold: libutp's SACK covers only 32 packets, so a
+    // burst loss must be inferred from send times, not from SACK bits.
+    let mut hs = initiator();
+    hs.write(&[6u8; 3 * MSS]);
+    assert_eq!(data_seqs(&hs.out()), vec![hs.sy(0), hs.sy(1), hs.sy(2)]);
+    hs.advance(Duration::from_millis(5));
+    hs.write(&[7u8; 3 * MSS]);
+    assert_eq!(data_seqs(&hs.out()), vec![hs.sy(3), hs.sy(4), hs.sy(5)]);
+    hs.advance(Duration::from_millis(5));
+    // Only sy(3) arrived: by packet count just sy(0) would be lost, but
+    // sy(1) and sy(2) were sent 5 ms before a delivered packet too.
+    let ack = hs.sy(0).wrapping_sub(1);
+    let seqs = data_seqs(&hs.sack(ack, &[hs.sy(3)]));
+    assert_eq!(seqs, vec![hs.sy(0), hs.sy(1), hs.sy(2)]);
+    let st = hs.conn().stats();
+    assert_eq!(st.timeouts, 0);
+    // sy(4) and sy(5) left together with sy(3): not presumed lost.
+    assert_eq!(st.packets_retransmitted, 3);
+}
