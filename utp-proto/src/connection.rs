@@ -18,6 +18,10 @@ use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
 use crate::seq;
 
+/// Retransmission timeouts of our FIN, when it is all that is left after
+/// the peer's FIN, before the close counts as complete.
+const FIN_ONLY_TIMEOUTS: u32 = 2;
+
 /// Most unacknowledged packets a connection keeps in flight.
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 
@@ -106,6 +110,10 @@ pub struct ConnectionStats {
     pub bytes_unacked: usize,
     /// Close reason reported by the peer (libtorrent extension 3).
     pub peer_close_reason: Option<u16>,
+    /// The close completed without an ack of our FIN: the peer had sent its
+    /// own FIN, all our data was acked, and it stopped answering (libtorrent
+    /// forgets a connection once its FIN is acked).
+    pub fin_unacknowledged: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +212,8 @@ pub struct Connection {
     peer_fin: Option<u16>,
     eof: bool,
     ack_pending: bool,
+    /// A second copy of the last ack, carrying our FIN's seq (see poll_transmit).
+    ack_echo_pending: bool,
     last_wnd_sent: u32,
     reply_micro: u32,
     last_recv: Instant,
@@ -292,6 +302,7 @@ impl Connection {
             peer_fin: None,
             eof: false,
             ack_pending: false,
+            ack_echo_pending: false,
             last_wnd_sent: cfg.recv_buffer as u32,
             reply_micro: 0,
             last_recv: now,
@@ -1100,6 +1111,30 @@ impl Connection {
         }
         self.consecutive_timeouts += 1;
         self.stats.timeouts += 1;
+        let only_fin_left = self.eof
+            && self.fin == FinState::Sent
+            && self.pending.is_empty()
+            && self.outstanding.len() == 1
+            && self.outstanding[0].ty == PacketType::Fin;
+        if only_fin_left && self.consecutive_timeouts >= FIN_ONLY_TIMEOUTS {
+            // Both directions are complete except the ack of our FIN.
+            // libtorrent forgets a connection once its own FIN is acked and
+            // never answers our later FIN: nothing is lost, so this is a
+            // clean close, not a timeout.
+            tracing::debug!(
+                recv_id = self.recv_id,
+                "FIN unanswered after peer's FIN; closing"
+            );
+            self.stats.fin_unacknowledged = true;
+            self.outstanding.clear();
+            self.outstanding_bytes = 0;
+            self.in_flight = 0;
+            self.resend.clear();
+            self.tlp_deadline = None;
+            self.fin = FinState::Acked;
+            self.update_teardown(now);
+            return;
+        }
         if self.consecutive_timeouts >= self.cfg.max_timeouts {
             self.fail(ConnectionError::TimedOut);
             return;
@@ -1126,6 +1161,7 @@ impl Connection {
             State::SynSent => self.syn_send,
             _ => {
                 self.ack_pending
+                    || self.ack_echo_pending
                     || self.synack_pending
                     || !self.resend.is_empty()
                     || self.fin == FinState::Queued
@@ -1286,7 +1322,18 @@ impl Connection {
         // 4. A pure ack.
         if self.ack_pending {
             let seq = self.seq_nr;
+            if matches!(self.fin, FinState::Sent | FinState::Acked) {
+                // After our FIN the two big stacks disagree on an ack's seq:
+                // libutp drops a packet unless seq = FIN + 1, libtorrent
+                // drops it unless seq <= FIN. Send both; each peer takes one.
+                self.ack_echo_pending = true;
+            }
             return Some(self.send_state(now, seq, buf));
+        }
+        if self.ack_echo_pending {
+            self.ack_echo_pending = false;
+            let fin_seq = self.seq_nr.wrapping_sub(1);
+            return Some(self.send_state(now, fin_seq, buf));
         }
         None
     }

@@ -159,6 +159,19 @@ fn only(out: Vec<Out>) -> Out {
     out.into_iter().next().unwrap()
 }
 
+/// After our FIN (seq `fin`) every ack goes out twice: seq `fin + 1` for
+/// libutp, seq `fin` for libtorrent. Checks both and returns the first.
+fn ack_pair_after_fin(out: Vec<Out>, fin: u16) -> Out {
+    assert_eq!(out.len(), 2, "expected the ack and its echo, got {out:#?}");
+    let (a, b) = (&out[0], &out[1]);
+    assert_eq!(a.h.ty, PacketType::State);
+    assert_eq!(b.h.ty, PacketType::State);
+    assert_eq!(a.h.seq_nr, fin.wrapping_add(1));
+    assert_eq!(b.h.seq_nr, fin);
+    assert_eq!(a.h.ack_nr, b.h.ack_nr);
+    out.into_iter().next().unwrap()
+}
+
 fn data_seqs(out: &[Out]) -> Vec<u16> {
     out.iter()
         .filter(|o| o.h.ty == PacketType::Data)
@@ -1107,13 +1120,16 @@ fn after_our_fin_peer_data_is_still_received() {
     assert_eq!(fin.h.seq_nr, hs.sy(0));
     // The peer keeps sending before acking our FIN (libutp does this).
     let fin_seq = hs.sy(0);
-    let a = only(hs.feed(
-        PacketType::Data,
-        hs.py(0),
-        fin_seq.wrapping_sub(1),
-        MIB,
-        b"more",
-    ));
+    let a = ack_pair_after_fin(
+        hs.feed(
+            PacketType::Data,
+            hs.py(0),
+            fin_seq.wrapping_sub(1),
+            MIB,
+            b"more",
+        ),
+        fin_seq,
+    );
     assert_eq!(a.h.ty, PacketType::State);
     assert_eq!(a.h.ack_nr, hs.py(0));
     assert_eq!(a.h.seq_nr, hs.sy(1));
@@ -1122,7 +1138,10 @@ fn after_our_fin_peer_data_is_still_received() {
     assert!(hs.conn().is_fin_acked());
     assert_eq!(hs.read_all(), b" data");
     assert_eq!(hs.conn().state(), State::Connected);
-    let a = only(hs.feed(PacketType::Fin, hs.py(2), fin_seq, MIB, &[]));
+    let a = ack_pair_after_fin(
+        hs.feed(PacketType::Fin, hs.py(2), fin_seq, MIB, &[]),
+        fin_seq,
+    );
     assert_eq!(a.h.ack_nr, hs.py(2));
     assert!(hs.conn().is_eof());
     assert_eq!(hs.conn().state(), State::TimeWait);
@@ -1141,7 +1160,11 @@ fn time_wait_answers_late_fin_restarts_and_then_frees_released_connection() {
     assert_eq!(hs.conn().poll_timeout(), Some(now + secs(10)));
     // libtorrent re-sends its FIN about a second later: ack it again.
     hs.advance(secs(1));
-    let a = only(hs.feed(PacketType::Fin, hs.py(0), hs.sy(0), MIB, &[]));
+    let fin_seq = hs.sy(0);
+    let a = ack_pair_after_fin(
+        hs.feed(PacketType::Fin, hs.py(0), fin_seq, MIB, &[]),
+        fin_seq,
+    );
     assert_eq!(a.h.ty, PacketType::State);
     assert_eq!(a.h.ack_nr, hs.py(0));
     assert_eq!(hs.ep.stats().resets_sent, 0);
@@ -1576,4 +1599,54 @@ fn packets_sent_well_before_a_delivered_one_are_lost_even_beyond_the_sack() {
     assert_eq!(st.timeouts, 0);
     // sy(4) and sy(5) left together with sy(3): not presumed lost.
     assert_eq!(st.packets_retransmitted, 3);
+}
+
+#[test]
+fn unanswered_fin_after_peers_fin_completes_the_close_without_error() {
+    // libtorrent forgets a connection once its FIN is acked, so a FIN we send
+    // afterwards is never acked; with everything else delivered that is a
+    // clean close, not a timeout.
+    let mut hs = initiator();
+    let ack = hs.sy(0).wrapping_sub(1);
+    let a = only(hs.feed(PacketType::Fin, hs.py(0), ack, MIB, &[]));
+    assert_eq!(a.h.ack_nr, hs.py(0));
+    assert!(hs.conn().is_eof());
+    hs.close();
+    let fin = only(hs.out());
+    assert_eq!(fin.h.ty, PacketType::Fin);
+    // First RTO: the FIN is resent.
+    let again = hs.fire();
+    assert!(
+        again.iter().any(|o| o.h.ty == PacketType::Fin),
+        "{again:#?}"
+    );
+    assert_eq!(hs.conn().error(), None);
+    // Second RTO: give up on the ack, successfully.
+    while hs.conn().state() == State::Connected {
+        hs.fire();
+    }
+    assert_eq!(hs.conn().state(), State::TimeWait);
+    assert!(hs.conn().is_fin_acked());
+    assert_eq!(hs.conn().error(), None);
+    let st = hs.conn().stats();
+    assert!(st.fin_unacknowledged);
+    assert_eq!(st.timeouts, 2);
+}
+
+#[test]
+fn unanswered_fin_with_unacked_data_still_times_out() {
+    let mut hs = initiator();
+    let ack = hs.sy(0).wrapping_sub(1);
+    only(hs.feed(PacketType::Fin, hs.py(0), ack, MIB, &[]));
+    hs.write(b"never acked");
+    hs.close();
+    hs.out();
+    while hs.conn().error().is_none() {
+        hs.fire();
+    }
+    assert_eq!(
+        hs.conn().error(),
+        Some(utp_proto::ConnectionError::TimedOut)
+    );
+    assert!(!hs.conn().stats().fin_unacknowledged);
 }
