@@ -1,0 +1,614 @@
+#!/usr/bin/python3
+"""Interop tests against libtorrent-rasterbar (Debian python3-libtorrent) over uTP.
+
+usage: /usr/bin/python3 interop/libtorrent/run.py UTP_BINARY BT_FETCH_BINARY [CASE...]
+
+UTP_BINARY is the `utp` command, BT_FETCH_BINARY the `bt_fetch` example of
+tokio-utp (cargo build --release -p tokio-utp --example bt_fetch). Without
+CASE arguments every case runs; otherwise only the cases whose names start
+with one of the arguments (e.g. `a d e.ii`).
+
+A libtorrent session seeds a v1-only torrent over uTP only, on 127.0.0.1.
+Every case prints `ok   <case>: ...` or `FAIL <case>: ...`; the exit status is
+non-zero if any case failed. While a case runs, tcpdump records the uTP
+headers on libtorrent's port; every case asserts that no ST_RESET was sent
+by either side.
+"""
+import os
+import queue
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+try:
+    import libtorrent as lt
+except ImportError as e:
+    print(f"FAIL setup: cannot import libtorrent with {sys.executable}: {e}. "
+          "Install Debian python3-libtorrent and run this with /usr/bin/python3.")
+    sys.exit(1)
+
+BLOCK = 16384
+ST_NAMES = {0: "DATA", 1: "FIN", 2: "STATE", 3: "RESET", 4: "SYN"}
+# libtorrent's close_reason_t values seen here (include/libtorrent/close_reason.hpp).
+CLOSE_REASONS = {0: "none", 1: "duplicate_peer_id", 2: "torrent_removed",
+                 3: "no_memory", 4: "port_blocked", 5: "blocked",
+                 6: "upload_to_upload", 7: "not_interested_upload_only",
+                 8: "timeout", 9: "timed_out_interest", 10: "timed_out_activity",
+                 11: "timed_out_handshake", 12: "timed_out_request",
+                 13: "protocol_blocked", 14: "peer_churn", 15: "too_many_connections",
+                 16: "too_many_files"}
+
+
+class CaseFailed(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise CaseFailed(msg)
+
+
+# --------------------------------------------------------------------------
+# libtorrent seed
+
+
+class Seed:
+    """A libtorrent session seeding one v1-only torrent over uTP on 127.0.0.1."""
+
+    def __init__(self, size, piece_len):
+        self.tmp = tempfile.mkdtemp(prefix="lt-interop-")
+        path = os.path.join(self.tmp, "payload.bin")
+        rnd = random.Random(size)
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 1 << 22)
+                f.write(rnd.randbytes(n))
+                left -= n
+        fs = lt.file_storage()
+        lt.add_files(fs, path)
+        # v1 only: with a hybrid torrent libtorrent greets with the v2 hash
+        # (truncated SHA-256), which a v1 peer does not know.
+        t = lt.create_torrent(fs, piece_len, flags=lt.create_torrent.v1_only)
+        lt.set_piece_hashes(t, self.tmp)
+        self.ti = lt.torrent_info(t.generate())
+        self.size = size
+        self.piece_len = piece_len
+        self.info_hash = self.ti.info_hash().to_bytes()
+        self.hashes_file = os.path.join(self.tmp, "hashes.bin")
+        with open(self.hashes_file, "wb") as f:
+            for i in range(self.ti.num_pieces()):
+                f.write(self.ti.hash_for_piece(i))
+        cat = lt.alert.category_t
+        self.port = None
+        for _ in range(5):
+            port = free_udp_port()
+            self.ses = lt.session({
+                "listen_interfaces": f"127.0.0.1:{port}",
+                "enable_dht": False, "enable_lsd": False,
+                "enable_upnp": False, "enable_natpmp": False,
+                "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
+                "enable_outgoing_utp": True, "enable_incoming_utp": True,
+                "allow_multiple_connections_per_ip": True,
+                "out_enc_policy": 2, "in_enc_policy": 2,
+                "alert_mask": cat.error_notification | cat.peer_notification
+                | cat.connect_notification | cat.status_notification,
+            })
+            deadline = time.time() + 5
+            while time.time() < deadline and self.ses.listen_port() != port:
+                time.sleep(0.05)
+            if self.ses.listen_port() == port:
+                self.port = port
+                break
+            del self.ses
+        if self.port is None:
+            raise CaseFailed("libtorrent could not listen on a free port")
+        self.h = self.ses.add_torrent({"ti": self.ti, "save_path": self.tmp})
+        self.alerts = []
+        deadline = time.time() + 60
+        while self.h.status().state != lt.torrent_status.seeding:
+            if time.time() > deadline:
+                raise CaseFailed("libtorrent did not start seeding")
+            time.sleep(0.05)
+
+    def poll_alerts(self):
+        for a in self.ses.pop_alerts():
+            self.alerts.append((time.time(), a))
+        return self.alerts
+
+    def disconnects(self):
+        """peer_disconnected_alerts as dicts."""
+        out = []
+        for _, a in self.poll_alerts():
+            if isinstance(a, lt.peer_disconnected_alert):
+                out.append({
+                    "error": a.error.value(), "category": a.error.category().name(),
+                    "message": a.error.message(), "op": str(a.op),
+                    "socket_type": str(a.socket_type),
+                    "msg": a.message(),
+                })
+        return out
+
+    def args(self):
+        return [self.ti.info_hash().to_bytes().hex(), self.hashes_file,
+                str(self.piece_len), str(self.size)]
+
+    def close(self):
+        try:
+            self.ses.pause()
+        except Exception:
+            pass
+        del self.h
+        del self.ses
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# --------------------------------------------------------------------------
+# tcpdump capture of uTP headers
+
+
+class Capture:
+    """tcpdump on lo for one UDP port; parses the uTP header of every datagram."""
+
+    def __init__(self, port, tmp):
+        self.port = port
+        self.path = os.path.join(tmp, f"utp-{port}.pcap")
+        self.proc = subprocess.Popen(
+            ["tcpdump", "-i", "lo", "-U", "-n", "-s", "160", "-w", self.path,
+             f"udp port {port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ready = queue.Queue()
+
+        def watch():
+            for line in self.proc.stderr:
+                if "listening on" in line:
+                    ready.put(True)
+            ready.put(False)
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            ok = ready.get(timeout=10)
+        except queue.Empty:
+            ok = False
+        if not ok:
+            self.stop()
+            raise CaseFailed("tcpdump did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            time.sleep(0.2)  # let the last datagrams through
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def packets(self):
+        """List of dicts: t, from_lt, type, conn_id, wnd, seq, ack, ext, plen."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if len(data) < 24:
+            return []
+        magic = data[:4]
+        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+            end = "<"
+        else:
+            end = ">"
+        nsec = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        linktype = struct.unpack(end + "I", data[20:24])[0]
+        l2 = {1: 14, 113: 16, 276: 20, 0: 4}.get(linktype)
+        check(l2 is not None, f"pcap link type {linktype} not supported")
+        out = []
+        off = 24
+        while off + 16 <= len(data):
+            sec, frac, incl, _orig = struct.unpack(end + "IIII", data[off:off + 16])
+            frame = data[off + 16:off + 16 + incl]
+            off += 16 + incl
+            ip = frame[l2:]
+            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+                continue
+            ihl = (ip[0] & 15) * 4
+            udp = ip[ihl:]
+            sport, dport, ulen = struct.unpack(">HHH", udp[:6])
+            u = udp[8:]
+            if len(u) < 20 or u[0] & 15 != 1 or u[0] >> 4 > 4:
+                continue
+            ty = u[0] >> 4
+            conn_id, ts, tsd, wnd, seq, ack = struct.unpack(">HIIIHH", u[2:20])
+            ext = []
+            nxt, p = u[1], 20
+            while nxt and p + 2 <= len(u):
+                elen = u[p + 1]
+                ext.append((nxt, bytes(u[p + 2:p + 2 + elen])))
+                nxt = u[p]
+                p += 2 + elen
+            out.append({
+                "t": sec + frac / (1e9 if nsec else 1e6), "from_lt": sport == self.port,
+                "type": ty, "conn_id": conn_id, "wnd": wnd, "seq": seq, "ack": ack,
+                "ext": ext, "plen": ulen - 8 - p,
+            })
+        return out
+
+
+def summarize(pkts):
+    """A short description of the capture and facts the cases check."""
+    s = {"resets": [p for p in pkts if p["type"] == 3]}
+    for side, flag in (("lt", True), ("us", False)):
+        mine = [p for p in pkts if p["from_lt"] == flag]
+        s[side] = mine
+        s[side + "_fins"] = [p for p in mine if p["type"] == 1]
+        s[side + "_syn"] = [p for p in mine if p["type"] == 4]
+        data = [p for p in mine if p["type"] == 0]
+        s[side + "_data"] = data
+        s[side + "_payloads"] = sorted({p["plen"] for p in data})
+        growth = []
+        for p in data:
+            if not growth or p["plen"] > growth[-1]:
+                growth.append(p["plen"])
+        s[side + "_payload_growth"] = growth
+    return s
+
+
+def close_reason_of(p):
+    for ty, body in p["ext"]:
+        if ty == 3 and len(body) == 4:
+            return struct.unpack(">HH", body)[1]
+    return None
+
+
+def fin_acked(fin, replies):
+    return any(r["type"] in (1, 2) and r["ack"] == fin["seq"] and r["t"] >= fin["t"]
+               for r in replies)
+
+
+# --------------------------------------------------------------------------
+# bt_fetch process
+
+
+class Fetch:
+    def __init__(self, bt_fetch, mode, addr, seed, extra, timeout):
+        self.cmd = [bt_fetch, mode, addr] + seed.args() + extra + ["--timeout", str(timeout)]
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        self.q = queue.Queue()
+
+        def pump():
+            for line in self.proc.stdout:
+                line = line.rstrip("\n")
+                self.lines.append(line)
+                self.q.put((time.time(), line))
+            self.q.put((time.time(), None))
+        threading.Thread(target=pump, daemon=True).start()
+        self.timeout = timeout
+
+    def wait_line(self, prefix, timeout):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                t, line = self.q.get(timeout=max(0.01, deadline - time.time()))
+            except queue.Empty:
+                raise CaseFailed(f"no '{prefix}' line from bt_fetch within {timeout} s: "
+                                 f"{self.tail()}")
+            if line is None:
+                raise CaseFailed(f"bt_fetch ended before '{prefix}': {self.tail()}")
+            if line.startswith(prefix):
+                return t, line
+
+    def wait(self):
+        try:
+            rc = self.proc.wait(timeout=self.timeout + 15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise CaseFailed(f"bt_fetch did not exit: {self.tail()}")
+        time.sleep(0.05)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def line(self, prefix):
+        for ln in self.lines:
+            if ln.startswith(prefix):
+                return ln
+        return None
+
+    def stats(self):
+        ln = self.line("stats ")
+        check(ln is not None, "no stats line")
+        return dict(kv.split("=", 1) for kv in ln.split()[1:])
+
+    def tail(self):
+        return " | ".join(self.lines[-4:]) or "(no output)"
+
+    def mbps(self):
+        ln = self.line("fetched ")
+        return ln.rsplit(", ", 1)[1] if ln else "? MB/s"
+
+
+# --------------------------------------------------------------------------
+# cases
+
+
+def transfer(ctx, name, mode, size, piece_len, end="close", pause_after_fetch=False,
+             require_exit_0=True):
+    """One download by bt_fetch from a fresh libtorrent seed, with a capture.
+
+    Returns (fetch, seed disconnect alerts, capture summary, notes)."""
+    seed = Seed(size, piece_len)
+    cap = None
+    fetch = None
+    notes = {}
+    try:
+        cap = Capture(seed.port, seed.tmp)
+        extra = ["--stats", "--end", end]
+        timeout = 60 + size // (2 << 20)
+        if mode == "connect":
+            fetch = Fetch(ctx["bt_fetch"], "connect", f"127.0.0.1:{seed.port}", seed, extra,
+                          timeout)
+        else:
+            fetch = Fetch(ctx["bt_fetch"], "listen", "127.0.0.1:0", seed, extra, timeout)
+            _, ln = fetch.wait_line("listening ", 10)
+            port = int(ln.rsplit(":", 1)[1])
+            t0 = time.time()
+            seed.h.connect_peer(("127.0.0.1", port))
+            t1, _ = fetch.wait_line("accepted ", 30)
+            notes["connect_peer_latency"] = t1 - t0
+        if pause_after_fetch:
+            fetch.wait_line("fetched ", timeout)
+            seed.h.pause()
+        rc = fetch.wait()
+        t_exit = time.time()
+        # Let libtorrent finish its side: wait for its peer_disconnected_alert
+        # (up to 20 s), then 1.2 s more to see FIN re-sends.
+        disc = []
+        while time.time() < t_exit + 20 and not disc:
+            time.sleep(0.05)
+            disc = seed.disconnects()
+        notes["disconnect_after_exit"] = time.time() - t_exit if disc else None
+        time.sleep(1.2)
+        cap.stop()
+        summ = summarize(cap.packets())
+        check(fetch.line("fetched ") is not None, f"download failed: {fetch.tail()}")
+        if require_exit_0:
+            check(rc == 0, f"bt_fetch exit {rc}: {fetch.tail()}")
+        if summ["resets"]:
+            r = summ["resets"][0]
+            raise CaseFailed(f"{len(summ['resets'])} ST_RESET on the wire, first from "
+                             f"{'libtorrent' if r['from_lt'] else 'us'} "
+                             f"(conn_id {r['conn_id']} seq {r['seq']} ack {r['ack']}); "
+                             f"bt_fetch: {fetch.tail()}")
+        return fetch, disc, summ, notes
+    finally:
+        if fetch:
+            fetch.kill()
+        if cap:
+            cap.stop()
+        seed.close()
+
+
+def bad_disconnects(disc):
+    """libtorrent's disconnect alerts that report a reset or timeout."""
+    return [d for d in disc
+            if d["message"].lower() not in ("end of file", "success")
+            or "reset" in d["message"].lower()]
+
+
+def case_download(ctx, name, mode):
+    fetch, disc, summ, notes = transfer(ctx, name, mode, 16 << 20, 256 << 10)
+    st = fetch.stats()
+    extra = ""
+    if mode == "listen":
+        syn = summ["lt_syn"]
+        check(syn, "no SYN from libtorrent in the capture")
+        ctx["quirks"]["lt SYN wnd"] = syn[0]["wnd"]
+        ctx["quirks"]["connect_peer latency s"] = round(notes["connect_peer_latency"], 3)
+        extra = (f", libtorrent SYN wnd={syn[0]['wnd']}, connect_peer->accept "
+                 f"{notes['connect_peer_latency']:.2f} s")
+    ctx["quirks"]["lt payload growth B (" + mode + ")"] = summ["lt_payload_growth"]
+    return (f"16 MiB, 64 pieces SHA-1 verified, {fetch.mbps()}, "
+            f"{st['packets_received']} pkts in, retransmitted {st['retransmitted']}, "
+            f"max lt payload {max(summ['lt_payloads'])} B{extra}")
+
+
+def case_a(ctx):
+    return case_download(ctx, "a", "connect")
+
+
+def case_b(ctx):
+    return case_download(ctx, "b", "listen")
+
+
+def case_c(ctx, mode):
+    script = os.path.join(HERE, "bt_fetch.py")
+    try:
+        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], mode, "16"],
+                           capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        raise CaseFailed("bt_fetch.py did not finish in 180 s")
+    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
+    check(r.returncode == 0, f"bt_fetch.py exit {r.returncode}: {out[-300:]}")
+    return out
+
+
+def case_d(ctx):
+    size = 128 << 20
+    fetch, disc, summ, _ = transfer(ctx, "d", "connect", size, 1 << 20)
+    st = fetch.stats()
+    received = int(st["packets_received"])
+    check(received > 65536, f"only {received} packets received; no sequence wrap")
+    lt_data = summ["lt_data"]
+    wraps = sum(1 for a, b in zip(lt_data, lt_data[1:])
+                if a["seq"] > 49152 and b["seq"] < 16384)
+    check(wraps >= 1, "libtorrent's data seq_nr never wrapped in the capture")
+    return (f"128 MiB, 128 pieces SHA-1 verified, {fetch.mbps()}, packets_received={received} "
+            f"packets_sent={st['packets_sent']}, lt seq wrapped {wraps}x, "
+            f"retransmitted {st['retransmitted']}, lt payloads up to {max(summ['lt_payloads'])} B")
+
+
+def case_e_we_close(ctx, mode):
+    fetch, disc, summ, notes = transfer(ctx, "e.i", mode, 4 << 20, 256 << 10, end="close")
+    check(fetch.line("close ok") is not None, f"close() did not return Ok: {fetch.tail()}")
+    our = summ["us_fins"]
+    check(our, "we sent no FIN")
+    fin = our[0]
+    check(fin_acked(fin, summ["lt"]), "libtorrent never acked our FIN")
+    lt_fins = summ["lt_fins"]
+    check(lt_fins, "libtorrent sent no FIN after ours")
+    check(fin_acked(lt_fins[0], summ["us"]), "we never acked libtorrent's FIN")
+    our_acks = [p for p in summ["us"] if p["type"] == 2 and p["ack"] == lt_fins[0]["seq"]]
+    copies = [round(p["t"] - lt_fins[0]["t"], 2) for p in lt_fins]
+    reasons = sorted({r for r in map(close_reason_of, lt_fins) if r is not None})
+    ctx["quirks"]["lt answering FIN sent at +s"] = copies
+    evidence = (f"our FIN seq={fin['seq']}, libtorrent FIN seq={lt_fins[0]['seq']} sent "
+                f"{len(lt_fins)}x at +{copies} s, our ST_STATE acking it: "
+                f"{[(p['seq'], p['ack']) for p in our_acks]} (seq, ack)")
+    check(disc, f"libtorrent reported no peer_disconnected_alert within 20 s; {evidence}")
+    bad = bad_disconnects(disc)
+    if bad:
+        raise CaseFailed(
+            f"libtorrent reports {bad[0]['message']!r} ({bad[0]['op']}) "
+            f"{notes['disconnect_after_exit']:.1f} s after bt_fetch exited, not EOF; {evidence}")
+    return (f"close() Ok, our FIN acked, libtorrent FIN x{len(lt_fins)} "
+            f"(close_reason ext {reasons or 'none'}) acked, libtorrent: {disc[0]['msg']!r}")
+
+
+def lt_closes_run(ctx, mode, how):
+    """One run where libtorrent closes first; shared by e.ii and e.iii."""
+    key = ("lt_closes", mode, how)
+    if key not in ctx:
+        ctx[key] = transfer(ctx, "e.ii", mode, 4 << 20, 256 << 10,
+                            end="have" if how == "have" else "eof",
+                            pause_after_fetch=how == "pause", require_exit_0=False)
+    return ctx[key]
+
+
+def case_e_lt_closes(ctx, mode, how):
+    """libtorrent closes first: we must see a clean EOF and its close reason."""
+    fetch, disc, summ, _ = lt_closes_run(ctx, mode, how)
+    ln = fetch.line("peer closed: eof")
+    check(ln is not None, f"no clean EOF: {fetch.tail()}")
+    lt_fins = summ["lt_fins"]
+    check(lt_fins, "libtorrent sent no FIN")
+    wire_reason = close_reason_of(lt_fins[0])
+    our_reason = fetch.stats()["peer_close_reason"]
+    check(wire_reason is not None, "libtorrent's FIN carried no close_reason (ext 3)")
+    check(our_reason == str(wire_reason),
+          f"libtorrent sent close_reason {wire_reason}, stats say {our_reason}")
+    check(fin_acked(lt_fins[0], summ["us"]), "we never acked libtorrent's FIN")
+    copies = [p for p in lt_fins if p["seq"] == lt_fins[0]["seq"]]
+    ctx["quirks"][f"lt close_reason ({how})"] = wire_reason
+    name = CLOSE_REASONS.get(wire_reason, wire_reason)
+    return (f"EOF clean, libtorrent FIN close_reason={wire_reason} ({name}) == "
+            f"stats.peer_close_reason, its FIN acked by us and sent {len(copies)}x, "
+            f"libtorrent: {disc[0]['msg'] if disc else 'no disconnect alert'!r}")
+
+
+def case_e_close_after_lt_fin(ctx, mode, how):
+    """After libtorrent's FIN, our close() must return Ok (our FIN acked)."""
+    fetch, disc, summ, _ = lt_closes_run(ctx, mode, how)
+    check(fetch.line("peer closed: eof") is not None, f"no clean EOF: {fetch.tail()}")
+    lt_fins = summ["lt_fins"]
+    our_fins = summ["us_fins"]
+    check(our_fins, "we sent no FIN")
+    check(lt_fins, "libtorrent sent no FIN")
+    f = our_fins[0]
+    ack_of_lt_fin = [p for p in summ["us"] if p["type"] == 2 and p["ack"] == lt_fins[0]["seq"]]
+    answered = [p for p in summ["lt"] if p["t"] > f["t"]]
+    if fetch.line("close ok") is None:
+        raise CaseFailed(
+            f"close() failed: {fetch.line('error') or fetch.tail()}; "
+            f"wire: libtorrent FIN seq={lt_fins[0]['seq']} at 0, our ST_STATE acking it at "
+            f"+{(ack_of_lt_fin[0]['t'] - lt_fins[0]['t']) * 1e3:.2f} ms, our FIN seq={f['seq']} "
+            f"at +{(f['t'] - lt_fins[0]['t']) * 1e3:.2f} ms sent {len(our_fins)}x over "
+            f"{our_fins[-1]['t'] - f['t']:.1f} s, libtorrent sent {len(answered)} packets "
+            f"after our FIN (no ack, no RESET)")
+    return f"close() Ok, our FIN seq={f['seq']} acked by libtorrent"
+
+
+CASES = [
+    ("a bt_fetch connect -> libtorrent seed", case_a),
+    ("b libtorrent connect_peer -> bt_fetch listen", case_b),
+    ("c.connect utp connect (bt_fetch.py)", lambda c: case_c(c, "connect")),
+    ("c.listen utp listen (bt_fetch.py)", lambda c: case_c(c, "listen")),
+    ("d sequence wrap, 128 MiB from libtorrent", case_d),
+    ("e.i.connect we close first (connect)", lambda c: case_e_we_close(c, "connect")),
+    ("e.i.listen we close first (listen)", lambda c: case_e_we_close(c, "listen")),
+    ("e.ii.connect libtorrent closes first, both seeds: EOF + close reason (connect)",
+     lambda c: case_e_lt_closes(c, "connect", "have")),
+    ("e.iii.connect close() after libtorrent's FIN, both seeds (connect)",
+     lambda c: case_e_close_after_lt_fin(c, "connect", "have")),
+    ("e.ii.listen libtorrent closes first, both seeds: EOF + close reason (listen)",
+     lambda c: case_e_lt_closes(c, "listen", "have")),
+    ("e.iii.listen close() after libtorrent's FIN, both seeds (listen)",
+     lambda c: case_e_close_after_lt_fin(c, "listen", "have")),
+    ("e.ii.pause libtorrent closes first, torrent paused: EOF + close reason (connect)",
+     lambda c: case_e_lt_closes(c, "connect", "pause")),
+    ("e.iii.pause close() after libtorrent's FIN, torrent paused (connect)",
+     lambda c: case_e_close_after_lt_fin(c, "connect", "pause")),
+]
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__)
+        sys.exit(2)
+    utp, bt_fetch = (os.path.realpath(p) for p in sys.argv[1:3])
+    for p in (utp, bt_fetch):
+        if not os.access(p, os.X_OK):
+            print(f"FAIL setup: {p} is not executable")
+            sys.exit(1)
+    if shutil.which("tcpdump") is None:
+        print("FAIL setup: tcpdump not found (needed to check for ST_RESET)")
+        sys.exit(1)
+    only = sys.argv[3:]
+    ctx = {"utp": utp, "bt_fetch": bt_fetch, "quirks": {}}
+    failed = 0
+    ran = 0
+    for name, fn in CASES:
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        ran += 1
+        start = time.time()
+        try:
+            detail = fn(ctx)
+            print(f"ok   {name}: {detail} ({time.time() - start:.1f} s)", flush=True)
+        except CaseFailed as e:
+            failed += 1
+            print(f"FAIL {name}: {e} ({time.time() - start:.1f} s)", flush=True)
+        except Exception as e:  # a bug in this script is a failure too
+            failed += 1
+            import traceback
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            print(f"FAIL {name}: {type(e).__name__}: {e} (run.py line {where.lineno})",
+                  flush=True)
+    if ran == 0:
+        print(f"FAIL setup: no case matches {only}")
+        sys.exit(1)
+    q = ctx["quirks"]
+    print("observed:", "; ".join(f"{k}={v}" for k, v in q.items()))
+    print(f"{ran - failed} of {ran} libtorrent cases passed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
