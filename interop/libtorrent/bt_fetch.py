@@ -32,6 +32,21 @@ def free_udp_port():
     return port
 
 
+def session_settings(port, alert_mask):
+    """A libtorrent session on 127.0.0.1:port speaking uTP only, unencrypted,
+    with every discovery mechanism off (shared with run.py)."""
+    return {
+        "listen_interfaces": f"127.0.0.1:{port}",
+        "enable_dht": False, "enable_lsd": False,
+        "enable_upnp": False, "enable_natpmp": False,
+        "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
+        "enable_outgoing_utp": True, "enable_incoming_utp": True,
+        "allow_multiple_connections_per_ip": True,
+        "out_enc_policy": 2, "in_enc_policy": 2,
+        "alert_mask": alert_mask,
+    }
+
+
 def make_seed(tmp, size):
     path = os.path.join(tmp, "payload.bin")
     with open(path, "wb") as f:
@@ -43,16 +58,7 @@ def make_seed(tmp, size):
     lt.set_piece_hashes(t, tmp)
     ti = lt.torrent_info(t.generate())
     port = free_udp_port()
-    ses = lt.session({
-        "listen_interfaces": f"127.0.0.1:{port}",
-        "enable_dht": False, "enable_lsd": False,
-        "enable_upnp": False, "enable_natpmp": False,
-        "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
-        "enable_outgoing_utp": True, "enable_incoming_utp": True,
-        "allow_multiple_connections_per_ip": True,
-        "out_enc_policy": 2, "in_enc_policy": 2,
-        "alert_mask": lt.alert.category_t.error_notification,
-    })
+    ses = lt.session(session_settings(port, lt.alert.category_t.error_notification))
     h = ses.add_torrent({"ti": ti, "save_path": tmp})
     deadline = time.time() + 30
     while h.status().state != lt.torrent_status.seeding:

@@ -36,6 +36,9 @@ except ImportError as e:
           "Install Debian python3-libtorrent and run this with /usr/bin/python3.")
     sys.exit(1)
 
+sys.path.insert(0, HERE)
+from bt_fetch import session_settings  # noqa: E402  (one session setup for both)
+
 BLOCK = 16384
 ST_NAMES = {0: "DATA", 1: "FIN", 2: "STATE", 3: "RESET", 4: "SYN"}
 # libtorrent's close_reason_t values seen here (include/libtorrent/close_reason.hpp).
@@ -92,17 +95,9 @@ class Seed:
         self.port = None
         for _ in range(5):
             port = free_udp_port()
-            self.ses = lt.session({
-                "listen_interfaces": f"127.0.0.1:{port}",
-                "enable_dht": False, "enable_lsd": False,
-                "enable_upnp": False, "enable_natpmp": False,
-                "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
-                "enable_outgoing_utp": True, "enable_incoming_utp": True,
-                "allow_multiple_connections_per_ip": True,
-                "out_enc_policy": 2, "in_enc_policy": 2,
-                "alert_mask": cat.error_notification | cat.peer_notification
-                | cat.connect_notification | cat.status_notification,
-            })
+            self.ses = lt.session(session_settings(
+                port, cat.error_notification | cat.peer_notification
+                | cat.connect_notification | cat.status_notification))
             deadline = time.time() + 5
             while time.time() < deadline and self.ses.listen_port() != port:
                 time.sleep(0.05)
