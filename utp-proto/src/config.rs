@@ -47,6 +47,15 @@ pub struct Config {
     pub accept_backlog: usize,
     /// RESET replies to packets of unknown connections, per second. Default 100.
     pub reset_rate: u32,
+    /// Send a keep-alive (an ack) after this long without sending anything
+    /// on an established connection; `None` disables. Default 29 s, like
+    /// libutp, so NAT mappings outlive quiet periods.
+    pub keepalive_interval: Option<Duration>,
+    /// Fail an established connection with a timeout when the peer sent
+    /// nothing for this long; `None` (the default) waits forever, like TCP
+    /// without keep-alive. libutp peers send keep-alives every 29 s, so a
+    /// few minutes is a safe setting to detect dead peers.
+    pub idle_timeout: Option<Duration>,
     /// Congestion controller factory. Default [`AimdFactory`].
     pub controller: SharedControllerFactory,
 }
@@ -67,6 +76,8 @@ impl Default for Config {
             max_reorder_packets: 1024,
             accept_backlog: 128,
             reset_rate: 100,
+            keepalive_interval: Some(Duration::from_secs(29)),
+            idle_timeout: None,
             controller: Arc::new(AimdFactory::default()),
         }
     }
@@ -113,6 +124,10 @@ setters! {
     accept_backlog: usize;
     /// Sets [`Config::reset_rate`].
     reset_rate: u32;
+    /// Sets [`Config::keepalive_interval`].
+    keepalive_interval: Option<Duration>;
+    /// Sets [`Config::idle_timeout`].
+    idle_timeout: Option<Duration>;
     /// Sets [`Config::controller`].
     controller: SharedControllerFactory;
 }

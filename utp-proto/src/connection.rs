@@ -217,6 +217,8 @@ pub struct Connection {
     last_wnd_sent: u32,
     reply_micro: u32,
     last_recv: Instant,
+    /// When we last sent anything (keep-alives go out after silence).
+    last_sent: Instant,
 
     // Teardown.
     released: bool,
@@ -306,6 +308,7 @@ impl Connection {
             last_wnd_sent: cfg.recv_buffer as u32,
             reply_micro: 0,
             last_recv: now,
+            last_sent: now,
             released: false,
             time_wait_until: None,
             linger_until: None,
@@ -1022,14 +1025,41 @@ impl Connection {
             self.tlp_deadline,
             self.time_wait_until,
             self.linger_until,
+            self.keepalive_at(),
+            self.idle_deadline(),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
+    /// When an established, idle connection sends a keep-alive (an ST_STATE,
+    /// as libutp does every 29 s, so NAT mappings survive quiet periods).
+    fn keepalive_at(&self) -> Option<Instant> {
+        match (self.state, self.cfg.keepalive_interval) {
+            (State::Connected, Some(k)) if !self.ack_pending => Some(self.last_sent + k),
+            _ => None,
+        }
+    }
+
+    /// When a peer that sent nothing at all is declared dead.
+    fn idle_deadline(&self) -> Option<Instant> {
+        match (self.state, self.cfg.idle_timeout) {
+            (State::Connected, Some(d)) => Some(self.last_recv + d),
+            _ => None,
+        }
+    }
+
     /// Runs timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.idle_deadline().is_some_and(|t| now >= t) {
+            tracing::debug!(recv_id = self.recv_id, "peer silent past the idle timeout");
+            self.fail(ConnectionError::TimedOut);
+            return;
+        }
+        if self.keepalive_at().is_some_and(|t| now >= t) {
+            self.ack_pending = true;
+        }
         if let Some(d) = self.connect_deadline {
             if now >= d {
                 self.fail(ConnectionError::TimedOut);
@@ -1246,6 +1276,12 @@ impl Connection {
     /// Writes the next datagram into `buf` (at least `max_payload + 60`
     /// bytes) and returns its length, or `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let n = self.next_datagram(now, buf)?;
+        self.last_sent = now;
+        Some(n)
+    }
+
+    fn next_datagram(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         match self.state {
             State::Failed(_) | State::Done => return None,
             State::SynSent => {

@@ -149,8 +149,11 @@ impl Harness {
     }
 }
 
+/// An endpoint for exact packet-by-packet tests: keep-alives are off so an
+/// idle connection has no timer (they have their own tests).
 fn endpoint(cfg: Config, seed: u64) -> (Endpoint, Instant) {
     let t0 = Instant::now();
+    let cfg = cfg.keepalive_interval(None);
     (Endpoint::with_seed(Arc::new(cfg), t0, seed), t0)
 }
 
@@ -1649,4 +1652,48 @@ fn unanswered_fin_with_unacked_data_still_times_out() {
         Some(utp_proto::ConnectionError::TimedOut)
     );
     assert!(!hs.conn().stats().fin_unacknowledged);
+}
+
+#[test]
+fn idle_connection_sends_keepalives_and_detects_a_silent_peer() {
+    let t0 = Instant::now();
+    let cfg = Config::default()
+        .keepalive_interval(Some(secs(29)))
+        .idle_timeout(Some(secs(100)));
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 1);
+    let h = ep.connect(t0, peer()).unwrap();
+    let syn = only(drain(&mut ep, t0));
+    let mut synack = hdr(PacketType::State, syn.h.conn_id, 30_000, syn.h.seq_nr);
+    synack.wnd_size = MIB;
+    ep.handle_datagram(t0, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    assert!(drain(&mut ep, t0).is_empty());
+    // Run every timer for two minutes of silence from the peer.
+    let mut keepalives = Vec::new();
+    let mut now = t0;
+    while let Some(t) = ep.poll_timeout() {
+        if t > t0 + secs(120) {
+            break;
+        }
+        now = now.max(t);
+        ep.handle_timeout(now);
+        for o in drain(&mut ep, now) {
+            assert_eq!(o.h.ty, PacketType::State, "{o:?}");
+            assert_eq!(o.h.ack_nr, 29_999);
+            keepalives.push(now - t0);
+        }
+        if ep.conn(h).error().is_some() {
+            break;
+        }
+    }
+    assert_eq!(keepalives, vec![secs(29), secs(58), secs(87)]);
+    assert_eq!(
+        ep.conn(h).error(),
+        Some(utp_proto::ConnectionError::TimedOut)
+    );
+    assert_eq!(
+        now - t0,
+        secs(100),
+        "the idle timeout counts from the last packet"
+    );
 }
