@@ -1,6 +1,6 @@
 //! `UtpSocket`: one UDP socket, its driver task, and the state they share.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +48,41 @@ pub(crate) struct Inner {
     pub(crate) driver_gone: Option<io::ErrorKind>,
     /// When the driver's timer fires next (None: no timer).
     driver_timer: Option<Instant>,
+    /// Datagrams that are not uTP, for the application (shared-port use).
+    pub(crate) other: OtherQueue,
+}
+
+/// Most non-uTP datagrams, and bytes, held for [`UtpSocket::recv_other`].
+const OTHER_MAX_DATAGRAMS: usize = 256;
+const OTHER_MAX_BYTES: usize = 1 << 20;
+
+/// Non-uTP datagrams (DHT, UDP trackers) waiting for the application. Only
+/// kept once the application asked for them, and bounded; what does not fit
+/// is dropped and counted, like a full socket buffer would.
+#[derive(Default)]
+pub(crate) struct OtherQueue {
+    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    bytes: usize,
+    enabled: bool,
+    dropped: u64,
+    waker: Option<Waker>,
+}
+
+impl OtherQueue {
+    fn push(&mut self, from: SocketAddr, data: &[u8]) {
+        if !self.enabled
+            || self.queue.len() >= OTHER_MAX_DATAGRAMS
+            || self.bytes + data.len() > OTHER_MAX_BYTES
+        {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += data.len();
+        self.queue.push_back((from, data.to_vec()));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 impl Inner {
@@ -171,7 +206,28 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         let addr = resolve(addr).await?;
-        let udp = udp::bind(addr)?;
+        Self::from_udp(udp::bind(addr)?, config)
+    }
+
+    /// Wraps an already bound UDP socket (e.g. one your DHT also uses) and
+    /// spawns the driver. Non-uTP datagrams arriving on it are available from
+    /// [`UtpSocket::recv_other`]. Must be called inside a tokio runtime.
+    pub fn from_std(socket: std::net::UdpSocket, config: Config) -> io::Result<Self> {
+        let (socket, driver) = Self::from_std_with_driver(socket, config)?;
+        tokio::spawn(driver);
+        Ok(socket)
+    }
+
+    /// Like [`UtpSocket::from_std`], returning the driver instead of spawning it.
+    pub fn from_std_with_driver(
+        socket: std::net::UdpSocket,
+        config: Config,
+    ) -> io::Result<(Self, Driver)> {
+        socket.set_nonblocking(true)?;
+        Self::from_udp(tokio::net::UdpSocket::from_std(socket)?, config)
+    }
+
+    fn from_udp(udp: tokio::net::UdpSocket, config: Config) -> io::Result<(Self, Driver)> {
         let local_addr = udp.local_addr()?;
         let endpoint = Endpoint::new(Arc::new(config), Instant::now());
         let shared = Arc::new(Shared {
@@ -183,6 +239,7 @@ impl UtpSocket {
                 listening: false,
                 driver_gone: None,
                 driver_timer: None,
+                other: OtherQueue::default(),
             }),
             udp,
             local_addr,
@@ -242,6 +299,53 @@ impl UtpSocket {
     /// Socket-wide counters (datagrams, drops by reason, connections).
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().endpoint.stats()
+    }
+
+    /// Receives the next datagram that is not uTP (version nibble other than
+    /// 1, or not parseable as uTP), such as DHT or UDP-tracker traffic
+    /// sharing this socket's port. Returns its length and sender; a datagram
+    /// longer than `buf` is truncated, as with UDP.
+    ///
+    /// Such datagrams are kept only from the first call of this method (or
+    /// [`UtpSocket::poll_recv_other`]) on, up to 256 datagrams / 1 MiB;
+    /// others are dropped and counted in [`UtpSocket::other_dropped`].
+    pub async fn recv_other(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        std::future::poll_fn(|cx| self.poll_recv_other(cx, buf)).await
+    }
+
+    /// Polls for the next non-uTP datagram (see [`UtpSocket::recv_other`]).
+    pub fn poll_recv_other(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let mut inner = self.shared.lock();
+        let q = &mut inner.other;
+        q.enabled = true;
+        if let Some((from, data)) = q.queue.pop_front() {
+            q.bytes -= data.len();
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            return Poll::Ready(Ok((n, from)));
+        }
+        if let Some(kind) = inner.driver_gone {
+            return Poll::Ready(Err(io::Error::new(kind, "uTP socket driver stopped")));
+        }
+        inner.other.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Non-uTP datagrams dropped: nobody asked for them yet, or the queue
+    /// for [`UtpSocket::recv_other`] was full.
+    pub fn other_dropped(&self) -> u64 {
+        self.shared.lock().other.dropped
+    }
+
+    /// Sends a datagram of the application's own (DHT, tracker) from this
+    /// socket's port.
+    pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        let target = udp::map_target(self.shared.local_addr, target)?;
+        self.shared.udp.send_to(buf, target).await
     }
 }
 
@@ -305,7 +409,9 @@ impl Driver {
                             .endpoint
                             .handle_datagram(Instant::now(), from, rb.filled())
                     {
-                        tracing::trace!(%from, error = %e, "dropped malformed datagram");
+                        // Not uTP: maybe DHT or a tracker sharing the port.
+                        tracing::trace!(%from, error = %e, "non-uTP datagram");
+                        inner.other.push(from, rb.filled());
                     }
                 }
                 // ICMP errors surface here on some systems (Windows reports
@@ -368,6 +474,9 @@ impl Driver {
             w.wake();
         }
         if let Some(w) = inner.accept_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = inner.other.waker.take() {
             w.wake();
         }
     }
