@@ -19,7 +19,6 @@ import queue
 import random
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -37,7 +36,7 @@ except ImportError as e:
     sys.exit(1)
 
 sys.path.insert(0, HERE)
-from bt_fetch import session_settings  # noqa: E402  (one session setup for both)
+from bt_fetch import free_udp_port, session_settings  # noqa: E402  (shared with bt_fetch.py)
 
 BLOCK = 16384
 ST_NAMES = {0: "DATA", 1: "FIN", 2: "STATE", 3: "RESET", 4: "SYN"}
@@ -145,14 +144,6 @@ class Seed:
         del self.h
         del self.ses
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # --------------------------------------------------------------------------
