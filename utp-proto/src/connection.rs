@@ -408,7 +408,7 @@ impl Connection {
         s.cwnd = self.cc.window();
         s.peer_window = self.peer_wnd;
         s.bytes_in_flight = self.in_flight;
-        s.bytes_unacked = self.pending.len() + self.outstanding_bytes();
+        s.bytes_unacked = self.queued_bytes();
         s.max_cwnd = s.max_cwnd.max(s.cwnd);
         s
     }
@@ -424,22 +424,23 @@ impl Connection {
         if self.fin != FinState::None || matches!(self.state, State::TimeWait | State::Done) {
             return Err(WriteError::Closed);
         }
-        let queued = self.pending.len() + self.outstanding_bytes();
+        let queued = self.queued_bytes();
         let room = self.cfg.send_buffer.saturating_sub(queued);
         let n = room.min(data.len());
         self.pending.extend_from_slice(&data[..n]);
         Ok(n)
     }
 
-    fn outstanding_bytes(&self) -> usize {
-        self.outstanding_bytes
+    /// Bytes the application wrote that the peer has not acknowledged yet.
+    fn queued_bytes(&self) -> usize {
+        self.pending.len() + self.outstanding_bytes
     }
 
     /// Whether `write` would accept at least one byte now.
     pub fn is_writable(&self) -> bool {
         self.error().is_some()
             || self.fin != FinState::None
-            || self.pending.len() + self.outstanding_bytes() < self.cfg.send_buffer
+            || self.queued_bytes() < self.cfg.send_buffer
     }
 
     /// Copies received in-order bytes into `buf`. `Ok(0)` with a non-empty
@@ -827,27 +828,25 @@ impl Connection {
                 }
             }
         }
-        if let (Some(delivered), Some(srtt)) = (rack_time, self.rtt.srtt()) {
-            // Time threshold: a packet sent a reordering window before one
-            // that was delivered is lost. This catches burst losses beyond
-            // what a short SACK (libutp: 32 packets) can describe.
-            let reo_wnd = (srtt / 4).max(Duration::from_millis(1));
+        // Two rules, one pass in sequence order (so resends go oldest first):
+        // - time threshold (RACK): a packet sent a reordering window before
+        //   one that was delivered is lost; this catches burst losses beyond
+        //   what a short SACK (libutp: 32 packets) can describe;
+        // - packet threshold (as in QUIC), on SACK evidence: lost when a
+        //   packet sent three transmissions after it was acknowledged; the
+        //   transmission counter keeps retransmissions from being re-declared.
+        let rack = rack_time
+            .zip(self.rtt.srtt())
+            .map(|(delivered, srtt)| (delivered, (srtt / 4).max(Duration::from_millis(1))));
+        if rack.is_some() || sacked_any {
             for p in self.outstanding.iter_mut() {
-                if !p.sacked && !p.lost && p.in_flight && p.last_sent + reo_wnd < delivered {
-                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    first_lost.get_or_insert(p.seq);
-                }
-            }
-        }
-        if sacked_any {
-            // A packet is lost when a packet sent three transmissions after it
-            // was acknowledged (packet threshold, as in QUIC/RACK); using the
-            // transmission counter keeps retransmissions from being re-declared.
-            for p in self.outstanding.iter_mut() {
-                if p.tx_index.saturating_add(3) > self.largest_acked_tx {
+                if p.sacked || p.lost || !p.in_flight {
                     continue;
                 }
-                if !p.sacked && !p.lost && p.in_flight {
+                let by_time =
+                    rack.is_some_and(|(delivered, reo_wnd)| p.last_sent + reo_wnd < delivered);
+                let by_count = sacked_any && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
+                if by_time || by_count {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     first_lost.get_or_insert(p.seq);
                 }
