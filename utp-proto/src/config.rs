@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::congestion::{AimdFactory, SharedControllerFactory};
+use crate::congestion::{LedbatFactory, SharedControllerFactory};
 
 /// Settings for connections and the endpoint that owns them.
 ///
@@ -56,7 +56,8 @@ pub struct Config {
     /// without keep-alive. libutp peers send keep-alives every 29 s, so a
     /// few minutes is a safe setting to detect dead peers.
     pub idle_timeout: Option<Duration>,
-    /// Congestion controller factory. Default [`AimdFactory`].
+    /// Congestion controller factory. Default [`LedbatFactory`] (LEDBAT with
+    /// a 100 ms target); [`crate::AimdFactory`] competes like TCP instead.
     pub controller: SharedControllerFactory,
 }
 
@@ -78,7 +79,7 @@ impl Default for Config {
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
             idle_timeout: None,
-            controller: Arc::new(AimdFactory::default()),
+            controller: Arc::new(LedbatFactory::default()),
         }
     }
 }

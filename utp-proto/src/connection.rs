@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::congestion::{AckInfo, Controller};
+use crate::congestion::{AckInfo, Controller, DelayState};
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
 use crate::seq;
@@ -99,6 +99,10 @@ pub struct ConnectionStats {
     pub max_cwnd: usize,
     /// Payload size in use (bytes per full packet).
     pub payload_size: usize,
+    /// The delay-based controller's state (LEDBAT: base delay, queueing
+    /// delay, target); `None` for loss-based controllers or before the
+    /// first delay sample.
+    pub delay: Option<DelayState>,
     /// Largest payload actually sent in one packet.
     pub max_payload_sent: usize,
     /// Peer's last advertised receive window.
@@ -410,6 +414,7 @@ impl Connection {
         s.bytes_in_flight = self.in_flight;
         s.bytes_unacked = self.queued_bytes();
         s.max_cwnd = s.max_cwnd.max(s.cwnd);
+        s.delay = self.cc.delay_state();
         s
     }
 
@@ -780,6 +785,7 @@ impl Connection {
                     bytes_in_flight: in_flight_before,
                     srtt: self.rtt.srtt(),
                     peer_delay_us: h.timestamp_diff,
+                    reverse_delay_us: self.reply_micro,
                 },
             );
             let w = self.cc.window();

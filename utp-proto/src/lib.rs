@@ -17,7 +17,10 @@ pub mod rtt;
 pub mod seq;
 
 pub use config::Config;
-pub use congestion::{Aimd, AimdFactory, Controller, ControllerFactory};
+pub use congestion::{
+    Aimd, AimdFactory, Controller, ControllerFactory, DelayState, Ledbat, LedbatConfig,
+    LedbatFactory,
+};
 pub use connection::{Connection, ConnectionError, ConnectionStats, Role, State, WriteError};
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{datagram, drain, hdr, me, peer, sack_of, Out};
 use utp_proto::packet::{Header, PacketType};
-use utp_proto::{Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError};
+use utp_proto::{
+    AimdFactory, Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError,
+};
 
 const MSS: usize = 1400;
 const MIB: u32 = 1 << 20;
@@ -150,10 +152,14 @@ impl Harness {
 }
 
 /// An endpoint for exact packet-by-packet tests: keep-alives are off so an
-/// idle connection has no timer (they have their own tests).
+/// idle connection has no timer (they have their own tests), and the window
+/// follows the AIMD rules (10 packets to start, halving on loss) so the tests
+/// can count packets; LEDBAT is tested in its module and in the simulator.
 fn endpoint(cfg: Config, seed: u64) -> (Endpoint, Instant) {
     let t0 = Instant::now();
-    let cfg = cfg.keepalive_interval(None);
+    let cfg = cfg
+        .keepalive_interval(None)
+        .controller(Arc::new(AimdFactory::default()));
     (Endpoint::with_seed(Arc::new(cfg), t0, seed), t0)
 }
 
