@@ -12,6 +12,7 @@ use tokio_utp::Config;
 mod demo;
 mod pipe;
 mod progress;
+mod sim;
 mod size;
 mod stats;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Send seeded random data from a client to a server in this process
     /// over 127.0.0.1, verify it, and print throughput and statistics.
     Demo(DemoArgs),
+    /// Run a congestion-control scenario in the deterministic network
+    /// simulator (virtual time) and print its figures; `--plot` draws it.
+    Sim(SimArgs),
 }
 
 /// Options shared by `listen` and `connect`.
@@ -99,6 +103,58 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Named scenario (see --list); without it, a custom one from the flags.
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// List the named scenarios.
+    #[arg(long)]
+    pub list: bool,
+    /// Seed (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the simulated duration, in seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Write an SVG plot of window, queueing delay and throughput.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print the figures and series as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Custom: bottleneck rate in Mbit/s.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Custom: one-way delay in ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub delay: f64,
+    /// Custom: bottleneck buffer in packets.
+    #[arg(long, default_value_t = 300)]
+    pub buffer: usize,
+    /// Custom: random loss in percent.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Custom: jitter (order-keeping) in ms.
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter: f64,
+    /// Custom: number of uTP flows.
+    #[arg(long, default_value_t = 1)]
+    pub flows: usize,
+    /// Custom: seconds between the starts of the uTP flows.
+    #[arg(long, default_value_t = 0.0)]
+    pub stagger: f64,
+    /// Custom: number of Reno (loss-based) flows.
+    #[arg(long, default_value_t = 0)]
+    pub reno: usize,
+    /// Custom: when the Reno flows start, in seconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub reno_start: f64,
+    /// Custom: when the Reno flows stop, in seconds.
+    #[arg(long)]
+    pub reno_stop: Option<f64>,
+}
+
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -115,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen { addr, opts } => pipe::run(pipe::Mode::Listen, addr, opts).await,
         Command::Connect { addr, opts } => pipe::run(pipe::Mode::Connect, addr, opts).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Sim(args) => sim::run(args),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::congestion::{AckInfo, Controller, DelayState};
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
+use crate::sendbuf::SendQueue;
 use crate::seq;
 
 /// Retransmission timeouts of our FIN, when it is all that is left after
@@ -172,7 +173,7 @@ pub struct Connection {
 
     // Send side.
     seq_nr: u16,
-    pending: BytesMut,
+    pending: SendQueue,
     outstanding: VecDeque<Sent>,
     /// Payload bytes in `outstanding` (sacked ones included): the send
     /// buffer's share of unacknowledged data, kept as a running sum.
@@ -275,7 +276,7 @@ impl Connection {
             synack_pending: false,
             early: Vec::new(),
             seq_nr,
-            pending: BytesMut::new(),
+            pending: SendQueue::default(),
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             resend: VecDeque::new(),
@@ -432,7 +433,7 @@ impl Connection {
         let queued = self.queued_bytes();
         let room = self.cfg.send_buffer.saturating_sub(queued);
         let n = room.min(data.len());
-        self.pending.extend_from_slice(&data[..n]);
+        self.pending.push(&data[..n]);
         Ok(n)
     }
 
@@ -1347,7 +1348,7 @@ impl Connection {
             if allowance > 0 {
                 self.probe_allowed = false;
                 let n = allowance.min(self.pending.len());
-                let payload = self.pending.split_to(n).freeze();
+                let payload = self.pending.take(n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf));

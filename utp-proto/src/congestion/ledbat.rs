@@ -302,7 +302,11 @@ impl Controller for Ledbat {
         let q = self.queuing_delay().map_or(0.0, |d| d.as_secs_f64()) / target;
         match self.phase {
             Phase::SlowStart | Phase::Regrow { .. } => {
-                if q > 0.75 {
+                // After a slowdown the window only returns to what it was:
+                // the other flows' queue must not keep it down (they hold
+                // the queue near the target while this one measured).
+                let after_slowdown = matches!(self.phase, Phase::Regrow { since: Some(_) });
+                if q > 0.75 && !after_slowdown {
                     self.end_slow_start(now);
                 } else if !app_limited {
                     self.cwnd += acked;
@@ -315,8 +319,12 @@ impl Controller for Ledbat {
             Phase::Avoidance => {
                 let w = self.cwnd / mss;
                 // Packets per RTT: spread over the window's worth of acks.
+                // LEDBAT++: a constant increase below the target (not RFC
+                // 6817's proportional one, whose equilibrium sits just under
+                // the target, where flows never decrease and so never
+                // converge to equal shares), multiplicative decrease above.
                 let per_rtt = if q <= 1.0 {
-                    self.cfg.gain * (1.0 - q)
+                    self.cfg.gain
                 } else {
                     -(w * (q - 1.0)).min(w / 2.0)
                 };
