@@ -56,6 +56,9 @@ pub struct Config {
     /// without keep-alive. libutp peers send keep-alives every 29 s, so a
     /// few minutes is a safe setting to detect dead peers.
     pub idle_timeout: Option<Duration>,
+    /// Pace new data over the RTT instead of sending a window at once.
+    /// Default true.
+    pub pacing: bool,
     /// Congestion controller factory. Default [`LedbatFactory`] (LEDBAT with
     /// a 100 ms target); [`crate::AimdFactory`] competes like TCP instead.
     pub controller: SharedControllerFactory,
@@ -79,6 +82,7 @@ impl Default for Config {
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
             idle_timeout: None,
+            pacing: true,
             controller: Arc::new(LedbatFactory::default()),
         }
     }
@@ -129,6 +133,8 @@ setters! {
     keepalive_interval: Option<Duration>;
     /// Sets [`Config::idle_timeout`].
     idle_timeout: Option<Duration>;
+    /// Sets [`Config::pacing`].
+    pacing: bool;
     /// Sets [`Config::controller`].
     controller: SharedControllerFactory;
 }

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::congestion::{AckInfo, Controller, DelayState};
+use crate::pacing::Pacer;
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
 use crate::sendbuf::SendQueue;
@@ -174,6 +175,9 @@ pub struct Connection {
     // Send side.
     seq_nr: u16,
     pending: SendQueue,
+    pacer: Pacer,
+    /// New data waits for the pacer until then.
+    paced_until: Option<Instant>,
     outstanding: VecDeque<Sent>,
     /// Payload bytes in `outstanding` (sacked ones included): the send
     /// buffer's share of unacknowledged data, kept as a running sum.
@@ -277,6 +281,8 @@ impl Connection {
             early: Vec::new(),
             seq_nr,
             pending: SendQueue::default(),
+            pacer: Pacer::default(),
+            paced_until: None,
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             resend: VecDeque::new(),
@@ -1031,6 +1037,7 @@ impl Connection {
             self.tlp_deadline,
             self.time_wait_until,
             self.linger_until,
+            self.paced_until,
             self.keepalive_at(),
             self.idle_deadline(),
         ]
@@ -1058,6 +1065,9 @@ impl Connection {
 
     /// Runs timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.paced_until.is_some_and(|t| now >= t) {
+            self.paced_until = None;
+        }
         if self.idle_deadline().is_some_and(|t| now >= t) {
             tracing::debug!(recv_id = self.recv_id, "peer silent past the idle timeout");
             self.fail(ConnectionError::TimedOut);
@@ -1201,7 +1211,9 @@ impl Connection {
                     || self.synack_pending
                     || !self.resend.is_empty()
                     || self.fin == FinState::Queued
-                    || (!self.pending.is_empty() && self.send_allowance() > 0)
+                    || (!self.pending.is_empty()
+                        && self.paced_until.is_none()
+                        && self.send_allowance() > 0)
             }
         }
     }
@@ -1342,12 +1354,21 @@ impl Connection {
             return Some(self.send_outstanding(now, idx, buf, true));
         }
 
-        // 2. New data.
-        if !self.pending.is_empty() {
+        // 2. New data, paced.
+        if !self.pending.is_empty() && self.paced_until.is_none() {
             let allowance = self.send_allowance();
-            if allowance > 0 {
+            let n = allowance.min(self.pending.len());
+            let wait = if self.cfg.pacing && n > 0 {
+                let (cwnd, srtt) = (self.cc.window(), self.rtt.srtt());
+                self.pacer.delay(now, n, cwnd, srtt, self.mss)
+            } else {
+                None
+            };
+            if let Some(wait) = wait {
+                self.paced_until = Some(now + wait);
+            } else if allowance > 0 {
+                self.pacer.on_sent(n);
                 self.probe_allowed = false;
-                let n = allowance.min(self.pending.len());
                 let payload = self.pending.take(n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);

@@ -12,6 +12,7 @@ pub mod config;
 pub mod congestion;
 pub mod connection;
 pub mod endpoint;
+mod pacing;
 pub mod packet;
 pub mod rtt;
 mod sendbuf;

@@ -153,12 +153,14 @@ impl Harness {
 
 /// An endpoint for exact packet-by-packet tests: keep-alives are off so an
 /// idle connection has no timer (they have their own tests), and the window
-/// follows the AIMD rules (10 packets to start, halving on loss) so the tests
-/// can count packets; LEDBAT is tested in its module and in the simulator.
+/// follows the AIMD rules (10 packets to start, halving on loss), unpaced, so
+/// the tests can count packets; LEDBAT and pacing are tested in their modules
+/// and in the simulator.
 fn endpoint(cfg: Config, seed: u64) -> (Endpoint, Instant) {
     let t0 = Instant::now();
     let cfg = cfg
         .keepalive_interval(None)
+        .pacing(false)
         .controller(Arc::new(AimdFactory::default()));
     (Endpoint::with_seed(Arc::new(cfg), t0, seed), t0)
 }

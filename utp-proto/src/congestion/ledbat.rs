@@ -456,10 +456,11 @@ mod tests {
         run_rounds(&mut c, &mut now, 2, 7);
         c.on_loss(now); // leaves slow start at 8 packets
         let w0 = c.window();
-        // Queue at half the target: about half a packet per RTT.
+        // Queue below the target: one packet per RTT (LEDBAT++'s constant
+        // increase), whatever the distance to the target.
         run_rounds(&mut c, &mut now, 4, 7 + 50_000);
         let grown = c.window() - w0;
-        assert!((1500..=2500).contains(&grown), "grew {grown}");
+        assert!((3500..=4500).contains(&grown), "grew {grown}");
         // Queue at 150 ms: shrinks by about W/2 per RTT, capped at half.
         let w1 = c.window();
         run_rounds(&mut c, &mut now, 1, 7 + 150_000);
