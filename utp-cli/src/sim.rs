@@ -62,6 +62,13 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
     if let Some(d) = args.duration {
         sc.spec.duration = Duration::from_secs_f64(d);
     }
+    if let Some(path) = &args.plot {
+        // Plots are SVG only: PNG would need a font on the machine to draw
+        // text (convert with `rsvg-convert plot.svg -o plot.png`).
+        if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+            bail!("--plot writes SVG: give a file name ending in .svg");
+        }
+    }
     if sc.spec.flows.is_empty() {
         bail!("no flows: give --flows and/or --reno");
     }

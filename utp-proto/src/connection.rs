@@ -743,8 +743,12 @@ impl Connection {
         // Sample only when the newest packet acked was sent once (Karn). An
         // ack that fills a hole with a retransmission also covers packets
         // that waited behind it; their age is not a round trip.
-        if let Some((sent, true)) = newest {
-            self.rtt.on_sample(now.saturating_duration_since(sent));
+        let rtt_sample = match newest {
+            Some((sent, true)) => Some(now.saturating_duration_since(sent)),
+            _ => None,
+        };
+        if let Some(sample) = rtt_sample {
+            self.rtt.on_sample(sample);
         }
         if progressed || sacked_any {
             self.consecutive_timeouts = 0;
@@ -791,6 +795,7 @@ impl Connection {
                     bytes_acked,
                     bytes_in_flight: in_flight_before,
                     srtt: self.rtt.srtt(),
+                    rtt_sample,
                     peer_delay_us: h.timestamp_diff,
                     reverse_delay_us: self.reply_micro,
                 },

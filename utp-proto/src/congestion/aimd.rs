@@ -107,6 +107,7 @@ mod tests {
             bytes_acked: bytes,
             bytes_in_flight: in_flight,
             srtt: None,
+            rtt_sample: None,
             peer_delay_us: 0,
             reverse_delay_us: 0,
         }

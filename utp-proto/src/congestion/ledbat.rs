@@ -242,6 +242,17 @@ impl Ledbat {
             }
             self.recent.push_back(ack.peer_delay_us);
         }
+        // A one-way queueing delay longer than the whole round trip is
+        // impossible: the base is wrong (a bogus sample from the peer, or a
+        // clock step). Raise it so the estimate is at most the RTT, as
+        // libutp does, instead of sitting at the minimum window for the
+        // ten minutes the history remembers it.
+        if let (Some(q), Some(rtt)) = (self.queuing_delay(), ack.rtt_sample) {
+            if q > rtt {
+                let excess = (q - rtt).as_micros().min(u128::from(u32::MAX >> 1)) as u32;
+                self.forward.shift(excess);
+            }
+        }
     }
 
     /// Leaves (initial or post-slowdown) slow start for congestion avoidance.
@@ -408,6 +419,7 @@ mod tests {
             bytes_acked: bytes,
             bytes_in_flight: in_flight,
             srtt: Some(Duration::from_millis(50)),
+            rtt_sample: None,
             peer_delay_us: fwd,
             reverse_delay_us: rev,
         }
@@ -548,6 +560,27 @@ mod tests {
             d.on_ack(now, &ack(MSS, MSS, 20_000 + i * 1000, 0));
         }
         assert_eq!(d.queuing_delay(), Some(Duration::from_millis(46)));
+    }
+
+    #[test]
+    fn a_bogus_low_sample_cannot_pin_the_window_for_the_history() {
+        let now = Instant::now();
+        let mut c = Ledbat::new(MSS, no_slowdowns());
+        // One absurd sample (16 minutes below the others), then honest ones on
+        // a 40 ms round trip without any queue.
+        c.on_ack(now, &ack(MSS, 4 * MSS, 4_000_000_000, 1));
+        let mut honest = ack(
+            MSS,
+            4 * MSS,
+            4_000_000_000u32.wrapping_add(1_000_000_000),
+            1,
+        );
+        honest.rtt_sample = Some(Duration::from_millis(40));
+        for _ in 0..4 {
+            c.on_ack(now, &honest);
+        }
+        let q = c.queuing_delay().expect("estimate");
+        assert!(q <= Duration::from_millis(40), "{q:?}");
     }
 
     #[test]

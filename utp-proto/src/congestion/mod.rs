@@ -23,6 +23,8 @@ pub struct AckInfo {
     pub bytes_in_flight: usize,
     /// Smoothed RTT, if known.
     pub srtt: Option<Duration>,
+    /// The RTT sample this ack gave (none for acks of retransmissions).
+    pub rtt_sample: Option<Duration>,
     /// One-way delay the peer measured for our packets (the
     /// `timestamp_difference` it sent), in µs; 0 means the peer had no sample.
     /// Clocks are not synchronised: only differences between samples mean
