@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::result::SimResult;
+use crate::result::{FlowSeries, SimResult};
 
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
@@ -74,19 +74,22 @@ pub fn svg(r: &SimResult, title: &str, path: &Path) -> PlotResult {
     let t_max = r.t.last().copied().unwrap_or(1.0);
     let color = |i: usize| COLORS[i % COLORS.len()];
 
-    let cwnd: Vec<_> = r
-        .flows
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let pts =
-                r.t.iter()
-                    .zip(&f.cwnd_bytes)
-                    .map(|(&t, &w)| (t, w / 1024.0))
-                    .collect();
-            (f.label.clone(), color(i), pts)
-        })
-        .collect();
+    // One line per flow of one series, scaled.
+    let per_flow = |series: fn(&FlowSeries) -> &Vec<f64>, scale: f64| -> Vec<Line> {
+        r.flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let pts =
+                    r.t.iter()
+                        .zip(series(f))
+                        .map(|(&t, &v)| (t, v * scale))
+                        .collect();
+                (f.label.clone(), color(i), pts)
+            })
+            .collect()
+    };
+    let cwnd = per_flow(|f| &f.cwnd_bytes, 1.0 / 1024.0);
     panel(&panels[0], "congestion window", "KiB", t_max, &cwnd)?;
 
     let mut delay = vec![(
@@ -109,19 +112,7 @@ pub fn svg(r: &SimResult, title: &str, path: &Path) -> PlotResult {
     }
     panel(&panels[1], "queueing delay", "ms", t_max, &delay)?;
 
-    let tput: Vec<_> = r
-        .flows
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let pts =
-                r.t.iter()
-                    .zip(&f.goodput_bps)
-                    .map(|(&t, &g)| (t, g / 1e6))
-                    .collect();
-            (f.label.clone(), color(i), pts)
-        })
-        .collect();
+    let tput = per_flow(|f| &f.goodput_bps, 1e-6);
     panel(&panels[2], "throughput (goodput)", "Mbit/s", t_max, &tput)?;
     root.present()?;
     Ok(())
