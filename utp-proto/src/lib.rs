@@ -11,6 +11,7 @@
 pub mod config;
 pub mod congestion;
 pub mod connection;
+pub mod drops;
 pub mod endpoint;
 pub mod packet;
 pub mod rtt;
@@ -19,5 +20,6 @@ pub mod seq;
 pub use config::Config;
 pub use congestion::{Aimd, AimdFactory, Controller, ControllerFactory};
 pub use connection::{Connection, ConnectionError, ConnectionStats, Role, State, WriteError};
+pub use drops::DropStats;
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};
