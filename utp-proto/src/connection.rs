@@ -1370,7 +1370,12 @@ impl Connection {
             if allowance > 0 {
                 self.probe_allowed = false;
                 let n = allowance.min(self.pending.len());
-                let payload = self.pending.split_to(n).freeze();
+                // Copied out, not split off: a split would share `pending`'s
+                // allocation, so the next write would reallocate (and copy)
+                // the whole buffer and every packet in flight would pin an
+                // old copy of it (over 100 MiB for a 1 MiB send buffer).
+                let payload = Bytes::copy_from_slice(&self.pending[..n]);
+                bytes::Buf::advance(&mut self.pending, n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf));
