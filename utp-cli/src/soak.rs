@@ -524,3 +524,33 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
         bail!("soak violations: {}", violations.join("; "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn pattern_is_the_same_however_it_is_split() {
+        let mut whole = vec![0u8; 1000];
+        Pattern::new(7).fill(&mut whole);
+        let mut p = Pattern::new(7);
+        let mut scratch = Vec::new();
+        assert_eq!(p.mismatches(&whole[..3], &mut scratch), 0);
+        assert_eq!(p.mismatches(&whole[3..], &mut scratch), 0);
+        let mut q = Pattern::new(7);
+        let mut bad = whole.clone();
+        bad[500] ^= 1;
+        assert_eq!(q.mismatches(&bad, &mut scratch), 1);
+    }
+}
