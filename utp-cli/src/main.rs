@@ -14,6 +14,7 @@ mod pipe;
 mod progress;
 mod sim;
 mod size;
+mod soak;
 mod stats;
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,12 @@ enum Command {
     /// Run a congestion-control scenario in the deterministic network
     /// simulator (virtual time) and print its figures; `--plot` draws it.
     Sim(SimArgs),
+    /// Many concurrent connections over loopback through an impairment
+    /// relay (loss, duplication, reordering, delay, garbage), opened and
+    /// closed continuously; every byte verified both ways. Exits non-zero
+    /// on any corrupted or lost byte, failed stream, leaked connection or
+    /// growing memory.
+    Soak(SoakArgs),
 }
 
 /// Options shared by `listen` and `connect`.
@@ -155,6 +162,40 @@ pub struct SimArgs {
     pub reno_stop: Option<f64>,
 }
 
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// How long to run, e.g. 10m, 60s, 1h.
+    #[arg(long, default_value = "10m", value_parser = soak::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Concurrent connections (each opens the next when it finishes).
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Largest stream in bytes (each is uniform in 0..=N, echoed back).
+    #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
+    pub max_size: u64,
+    /// Probability a datagram is lost.
+    #[arg(long, default_value_t = 0.02)]
+    pub loss: f64,
+    /// Probability a datagram is duplicated.
+    #[arg(long, default_value_t = 0.01)]
+    pub dup: f64,
+    /// Probability a datagram is delayed by up to --reorder-ms extra.
+    #[arg(long, default_value_t = 0.05)]
+    pub reorder: f64,
+    /// Largest extra delay of a reordered datagram, in ms.
+    #[arg(long, default_value_t = 20)]
+    pub reorder_ms: u64,
+    /// Delay of every datagram through the relay, in ms.
+    #[arg(long, default_value_t = 2)]
+    pub delay_ms: u64,
+    /// A burst of garbage datagrams at both endpoints every N ms.
+    #[arg(long, default_value_t = 500)]
+    pub garbage_ms: u64,
+    /// Seed of the data and the impairments (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -172,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect { addr, opts } => pipe::run(pipe::Mode::Connect, addr, opts).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Sim(args) => sim::run(args),
+        Command::Soak(args) => soak::run(args).await,
     }
 }
 

@@ -45,6 +45,12 @@ pub struct Config {
     /// Connections accepted by the endpoint but not yet taken by the
     /// application; SYNs beyond it are dropped. Default 128.
     pub accept_backlog: usize,
+    /// Incoming connections whose initiator has not spoken since its SYN
+    /// (half-open, whether or not the application accepted them yet); SYNs
+    /// beyond it are dropped and counted, so a SYN flood holds at most this
+    /// many connections (each freed after [`Config::connect_timeout`]).
+    /// Default 1024.
+    pub max_half_open: usize,
     /// RESET replies to packets of unknown connections, per second. Default 100.
     pub reset_rate: u32,
     /// Send a keep-alive (an ack) after this long without sending anything
@@ -79,6 +85,7 @@ impl Default for Config {
             linger: Duration::from_secs(10),
             max_reorder_packets: 1024,
             accept_backlog: 128,
+            max_half_open: 1024,
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
             idle_timeout: None,
@@ -127,6 +134,8 @@ setters! {
     max_reorder_packets: usize;
     /// Sets [`Config::accept_backlog`].
     accept_backlog: usize;
+    /// Sets [`Config::max_half_open`].
+    max_half_open: usize;
     /// Sets [`Config::reset_rate`].
     reset_rate: u32;
     /// Sets [`Config::keepalive_interval`].

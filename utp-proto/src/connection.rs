@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::congestion::{AckInfo, Controller, DelayState};
+use crate::drops::DropStats;
 use crate::pacing::Pacer;
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
@@ -89,10 +90,14 @@ pub struct ConnectionStats {
     pub tail_loss_probes: u64,
     /// Data packets received that were already held or delivered.
     pub duplicates_received: u64,
-    /// Packets ignored because they acked data never sent.
+    /// Packets ignored because they acked data never sent (also in
+    /// `drops.ack_beyond_sent`).
     pub invalid_acks: u64,
-    /// Data packets dropped: outside the receive window or buffer full.
+    /// Data packets dropped: outside the receive window or buffer full
+    /// (`drops.seq_out_of_window` plus `drops.recv_buffer_full`).
     pub dropped_out_of_window: u64,
+    /// Everything ignored, by reason.
+    pub drops: DropStats,
     /// Smoothed round-trip time.
     pub rtt: Option<Duration>,
     /// Current congestion window in bytes.
@@ -412,6 +417,11 @@ impl Connection {
         !matches!(self.state, State::SynSent | State::Failed(_))
     }
 
+    /// Packets ignored so far, by reason (cheaper than [`Connection::stats`]).
+    pub fn drop_stats(&self) -> &DropStats {
+        &self.stats.drops
+    }
+
     /// Counters and current figures.
     pub fn stats(&self) -> ConnectionStats {
         let mut s = self.stats.clone();
@@ -558,6 +568,7 @@ impl Connection {
         let h = &pkt.header;
         self.stats.packets_received += 1;
         if matches!(self.state, State::Failed(_) | State::Done) {
+            self.stats.drops.after_close += 1;
             return;
         }
         if h.ty == PacketType::Reset {
@@ -581,6 +592,8 @@ impl Connection {
                 } else {
                     self.ack_pending = true;
                 }
+            } else {
+                self.stats.drops.unexpected_syn += 1;
             }
             return;
         }
@@ -624,6 +637,8 @@ impl Connection {
                 // SYN per data packet received, so no amplification).
                 self.early.push((*h, Bytes::copy_from_slice(pkt.payload)));
                 self.syn_send = true;
+            } else {
+                self.stats.drops.before_handshake += 1;
             }
             // Anything else before the SYN-ACK is dropped; the peer resends.
             return;
@@ -634,6 +649,7 @@ impl Connection {
         let highest_sent = self.seq_nr.wrapping_sub(1);
         if seq::lt(highest_sent, h.ack_nr) {
             self.stats.invalid_acks += 1;
+            self.stats.drops.ack_beyond_sent += 1;
             return;
         }
         self.last_recv = now;
@@ -713,6 +729,7 @@ impl Connection {
                 let s = h.ack_nr.wrapping_add(2).wrapping_add(i as u16);
                 if !seq::lt(s, self.seq_nr) {
                     // SACK bits beyond what we sent are ignored.
+                    self.stats.drops.sack_beyond_sent += 1;
                     break;
                 }
                 if seq::lt(s, front) {
@@ -907,18 +924,29 @@ impl Connection {
         // lost our earlier one).
         self.ack_pending = true;
         if let Some(fin) = self.peer_fin {
-            if seq::lt(fin, s) || (h.ty == PacketType::Fin && fin != s) {
-                // Past the FIN, or a FIN contradicting the first: ignore.
+            if h.ty == PacketType::Fin && fin != s {
+                self.stats.drops.fin_mismatch += 1;
+                return;
+            }
+            if seq::lt(fin, s) {
+                self.stats.drops.data_past_fin += 1;
                 return;
             }
         }
         if seq::le(s, self.ack_nr) {
-            self.stats.duplicates_received += 1;
+            if seq::ahead(self.ack_nr, s) as usize >= self.cfg.max_reorder_packets {
+                // Far behind: no packet of this connection's window, but a
+                // duplicate from long ago is harmless, so only counted.
+                self.stats.drops.seq_out_of_window += 1;
+            } else {
+                self.stats.duplicates_received += 1;
+            }
             return;
         }
         let offset = seq::ahead(s, self.ack_nr) as usize - 1;
         if offset >= self.cfg.max_reorder_packets {
             self.stats.dropped_out_of_window += 1;
+            self.stats.drops.seq_out_of_window += 1;
             return;
         }
         // A duplicate of a packet held out of order is a duplicate, even
@@ -931,6 +959,7 @@ impl Connection {
             // Nobody will read it; accept it only to keep the stream moving.
         } else if self.ready_bytes + self.reorder_bytes + payload.len() > self.cfg.recv_buffer {
             self.stats.dropped_out_of_window += 1;
+            self.stats.drops.recv_buffer_full += 1;
             return;
         }
         if self.reorder.len() <= offset {

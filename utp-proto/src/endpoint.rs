@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::Connection;
+use crate::connection::{Connection, State};
+use crate::drops::DropStats;
 use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
 
 /// Identifies a connection inside an [`Endpoint`].
@@ -42,16 +43,25 @@ pub struct EndpointStats {
     pub datagrams_received: u64,
     /// Datagrams produced by [`Endpoint::poll_transmit`].
     pub datagrams_sent: u64,
-    /// Datagrams that failed to parse as uTP.
+    /// Datagrams that failed to parse as uTP (malformed).
     pub invalid_datagrams: u64,
-    /// Packets for no known connection.
+    /// Packets for no known connection (RESET-answered, rate-limited).
     pub unknown_connection: u64,
+    /// Packets carrying the id of a live connection but coming from another
+    /// address (spoofed, or a peer whose NAT mapping changed): never handed
+    /// to the connection. Not counted in `unknown_connection`.
+    pub wrong_source_address: u64,
     /// RESETs sent in reply to unknown connections.
     pub resets_sent: u64,
     /// RESET replies suppressed by the rate limit.
     pub resets_suppressed: u64,
     /// SYNs dropped because the accept backlog was full.
     pub syn_backlog_full: u64,
+    /// SYNs dropped because [`Config::max_half_open`] connections were
+    /// still waiting for their initiator's first packet after the SYN.
+    pub syn_half_open_full: u64,
+    /// Half-open incoming connections now (see [`Config::max_half_open`]).
+    pub half_open: u64,
     /// SYNs refused (with RESET) because nobody listens.
     pub syn_refused: u64,
     /// Connections accepted into the backlog.
@@ -60,6 +70,9 @@ pub struct EndpointStats {
     pub connections_initiated: u64,
     /// Connections currently tracked.
     pub connections_open: u64,
+    /// Packets the connections ignored, by reason, summed over every
+    /// connection this endpoint had (live and freed).
+    pub connection_drops: DropStats,
 }
 
 struct Entry {
@@ -68,6 +81,8 @@ struct Entry {
     dirty: bool,
     touched: bool,
     scheduled: Option<Instant>,
+    /// Counted in `Endpoint::half_open`.
+    half_open: bool,
 }
 
 /// The sans-IO endpoint: owns every connection of one socket.
@@ -86,6 +101,12 @@ pub struct Endpoint {
     reset_refill: Instant,
     rng: StdRng,
     stats: EndpointStats,
+    /// Live connections per receive id, whatever the address: tells a
+    /// packet from a wrong address apart from one for no connection.
+    ids: HashMap<u16, u32>,
+    half_open: usize,
+    /// Drop counters of connections already freed.
+    retired_drops: DropStats,
 }
 
 /// Most RESET replies queued at once; more are dropped (and counted).
@@ -128,6 +149,9 @@ impl Endpoint {
             reset_refill: now,
             rng,
             stats: EndpointStats::default(),
+            ids: HashMap::new(),
+            half_open: 0,
+            retired_drops: DropStats::default(),
         }
     }
 
@@ -145,6 +169,11 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         let mut s = self.stats.clone();
         s.connections_open = self.conns.len() as u64;
+        s.half_open = self.half_open as u64;
+        s.connection_drops = self.retired_drops;
+        for (_, e) in &self.conns {
+            s.connection_drops += e.conn.drop_stats();
+        }
         s
     }
 
@@ -172,21 +201,57 @@ impl Endpoint {
 
     fn insert(&mut self, now: Instant, addr: SocketAddr, conn: Connection) -> ConnHandle {
         let key = (addr, conn.recv_id());
+        let half_open = conn.state() == State::SynRecv;
+        self.half_open += usize::from(half_open);
+        *self.ids.entry(conn.recv_id()).or_default() += 1;
         let idx = self.conns.insert(Entry {
             conn,
             addr,
             dirty: false,
             touched: false,
             scheduled: None,
+            half_open,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
         ConnHandle(idx)
     }
 
-    /// Takes the next connection from the accept queue.
+    /// Takes the next connection from the accept queue. Connections that
+    /// failed while waiting (reset, or the initiator never spoke again) are
+    /// freed instead of handed out.
     pub fn accept(&mut self) -> Option<ConnHandle> {
-        self.accept_queue.pop_front()
+        while let Some(h) = self.accept_queue.pop_front() {
+            if self.conns[h.0].conn.error().is_none() {
+                return Some(h);
+            }
+            self.free(h.0);
+        }
+        None
+    }
+
+    /// Frees the failed connections waiting in the accept queue, so dead
+    /// half-open connections from a SYN flood do not keep the backlog full
+    /// while the application is busy.
+    fn purge_accept_queue(&mut self) {
+        let mut i = 0;
+        while i < self.accept_queue.len() {
+            let idx = self.accept_queue[i].0;
+            if self.conns[idx].conn.error().is_some() {
+                self.accept_queue.remove(i);
+                self.free(idx);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Releases a connection nobody holds a handle to, and frees it if it is done.
+    fn free(&mut self, idx: usize) {
+        // A failed connection has nothing to finish; release makes it done.
+        let now = self.epoch;
+        self.conns[idx].conn.release(now);
+        self.after_change(idx, now);
     }
 
     /// Connections waiting in the accept queue.
@@ -253,11 +318,22 @@ impl Endpoint {
 
     fn after_change(&mut self, idx: usize, now: Instant) {
         let e = &mut self.conns[idx];
+        if e.half_open && (e.conn.state() != State::SynRecv || e.conn.is_done()) {
+            e.half_open = false;
+            self.half_open -= 1;
+        }
         if e.conn.is_done() {
             let key = (e.addr, e.conn.recv_id());
             if self.by_key.get(&key) == Some(&idx) {
                 self.by_key.remove(&key);
             }
+            if let Some(n) = self.ids.get_mut(&key.1) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ids.remove(&key.1);
+                }
+            }
+            self.retired_drops += e.conn.drop_stats();
             self.conns.remove(idx);
             return;
         }
@@ -348,6 +424,15 @@ impl Endpoint {
                 self.touch(idx);
                 self.after_change(idx, now);
             }
+            None if h.ty != PacketType::Syn && self.ids.contains_key(&h.conn_id) => {
+                // Another address's connection id (RESETs: or the id next to
+                // it, as find_reset_target accepts). Answering with a RESET
+                // is harmless (it goes to the sender), but rate-limited.
+                self.stats.wrong_source_address += 1;
+                if h.ty != PacketType::Reset {
+                    self.queue_reset(now, from, &h);
+                }
+            }
             None => {
                 self.stats.unknown_connection += 1;
                 if h.ty != PacketType::Reset {
@@ -374,6 +459,14 @@ impl Endpoint {
         if !self.listening {
             self.stats.syn_refused += 1;
             self.queue_reset(now, from, syn);
+            return;
+        }
+        if self.accept_queue.len() >= self.cfg.accept_backlog {
+            self.purge_accept_queue();
+        }
+        if self.half_open >= self.cfg.max_half_open {
+            self.stats.syn_half_open_full += 1;
+            tracing::debug!(peer = %from, "too many half-open connections, SYN dropped");
             return;
         }
         if self.accept_queue.len() >= self.cfg.accept_backlog {

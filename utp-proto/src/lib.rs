@@ -11,6 +11,7 @@
 pub mod config;
 pub mod congestion;
 pub mod connection;
+pub mod drops;
 pub mod endpoint;
 mod pacing;
 pub mod packet;
@@ -24,5 +25,6 @@ pub use congestion::{
     LedbatFactory,
 };
 pub use connection::{Connection, ConnectionError, ConnectionStats, Role, State, WriteError};
+pub use drops::DropStats;
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};
