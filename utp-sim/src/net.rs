@@ -86,7 +86,7 @@ pub struct ClockSpec {
 #[derive(Debug, Clone)]
 pub enum FlowKind {
     /// A uTP connection with this configuration (both ends).
-    Utp(Config),
+    Utp(Box<Config>),
     /// The loss-based reference flow.
     Reno,
 }
@@ -113,7 +113,7 @@ impl FlowSpec {
     pub fn utp(label: &str, start: Duration) -> Self {
         Self {
             label: label.to_string(),
-            kind: FlowKind::Utp(Config::default()),
+            kind: FlowKind::Utp(Box::default()),
             start,
             stop: None,
             sender_clock: ClockSpec::default(),

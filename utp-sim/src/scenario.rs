@@ -441,11 +441,11 @@ pub fn all() -> Vec<Scenario> {
                     Buffer::Packets(300),
                     vec![
                         FlowSpec {
-                            kind: FlowKind::Utp(no_slowdowns()),
+                            kind: FlowKind::Utp(Box::new(no_slowdowns())),
                             ..FlowSpec::utp("first", s(0))
                         },
                         FlowSpec {
-                            kind: FlowKind::Utp(no_slowdowns()),
+                            kind: FlowKind::Utp(Box::new(no_slowdowns())),
                             ..FlowSpec::utp("latecomer", s(10))
                         },
                     ],
