@@ -314,8 +314,11 @@ impl Sim {
                 let kind = match (&flow.kind, side) {
                     (FlowKind::Utp(cfg), _) => {
                         let clock = Clock::new(origin, clock_spec);
-                        let mut ep =
-                            Endpoint::with_seed(Arc::new(cfg.clone()), clock.local(0), rng.gen());
+                        let mut ep = Endpoint::with_seed(
+                            Arc::new((**cfg).clone()),
+                            clock.local(0),
+                            rng.gen(),
+                        );
                         ep.set_listening(side == 1);
                         HostKind::Utp(Box::new(UtpHost {
                             ep,
