@@ -62,6 +62,13 @@ pub struct Config {
     /// without keep-alive. libutp peers send keep-alives every 29 s, so a
     /// few minutes is a safe setting to detect dead peers.
     pub idle_timeout: Option<Duration>,
+    /// Upload limit of each connection, in payload bytes per second (`None`,
+    /// the default: unlimited). The endpoint-wide limit is
+    /// [`crate::Endpoint::set_upload_limit`].
+    pub upload_limit: Option<u64>,
+    /// Download limit of each connection, in payload bytes per second
+    /// (`None`, the default: unlimited).
+    pub download_limit: Option<u64>,
     /// Pace new data over the RTT instead of sending a window at once.
     /// Default true.
     pub pacing: bool,
@@ -89,6 +96,8 @@ impl Default for Config {
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
             idle_timeout: None,
+            upload_limit: None,
+            download_limit: None,
             pacing: true,
             controller: Arc::new(LedbatFactory::default()),
         }
@@ -142,6 +151,10 @@ setters! {
     keepalive_interval: Option<Duration>;
     /// Sets [`Config::idle_timeout`].
     idle_timeout: Option<Duration>;
+    /// Sets [`Config::upload_limit`].
+    upload_limit: Option<u64>;
+    /// Sets [`Config::download_limit`].
+    download_limit: Option<u64>;
     /// Sets [`Config::pacing`].
     pacing: bool;
     /// Sets [`Config::controller`].

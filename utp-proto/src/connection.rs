@@ -17,6 +17,7 @@ use crate::congestion::{AckInfo, Controller, DelayState};
 use crate::drops::DropStats;
 use crate::pacing::Pacer;
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
+use crate::ratelimit::{ConnLimits, SharedLimits, TokenBucket};
 use crate::rtt::RttEstimator;
 use crate::sendbuf::SendQueue;
 use crate::seq;
@@ -86,6 +87,9 @@ pub struct ConnectionStats {
     pub timeouts: u64,
     /// Fast retransmits (duplicate acks or SACK evidence).
     pub fast_retransmits: u64,
+    /// Zero-window probes the peer could not take, sent again (flow
+    /// control, not counted as timeouts or congestion).
+    pub zero_window_probes: u64,
     /// Tail loss probes sent (the newest packet resent after ~2 RTTs of silence).
     pub tail_loss_probes: u64,
     /// Data packets received that were already held or delivered.
@@ -181,8 +185,13 @@ pub struct Connection {
     seq_nr: u16,
     pending: SendQueue,
     pacer: Pacer,
-    /// New data waits for the pacer until then.
+    /// New data waits for the pacer or an upload limit until then.
     paced_until: Option<Instant>,
+    limits: ConnLimits,
+    /// A download limit holds reads back until then.
+    read_limited_until: Option<Instant>,
+    /// The latest time the connection was told (reads have no clock).
+    clock: Instant,
     outstanding: VecDeque<Sent>,
     /// Payload bytes in `outstanding` (sacked ones included): the send
     /// buffer's share of unacknowledged data, kept as a running sum.
@@ -229,6 +238,8 @@ pub struct Connection {
     /// A second copy of the last ack, carrying our FIN's seq (see poll_transmit).
     ack_echo_pending: bool,
     last_wnd_sent: u32,
+    /// The window of the latest ack (duplicate acks must repeat it).
+    last_wnd_seen: u32,
     reply_micro: u32,
     last_recv: Instant,
     /// When we last sent anything (keep-alives go out after silence).
@@ -288,6 +299,13 @@ impl Connection {
             pending: SendQueue::default(),
             pacer: Pacer::default(),
             paced_until: None,
+            limits: ConnLimits {
+                shared: SharedLimits::default(),
+                up: cfg.upload_limit.map(TokenBucket::new),
+                down: cfg.download_limit.map(TokenBucket::new),
+            },
+            read_limited_until: None,
+            clock: now,
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             resend: VecDeque::new(),
@@ -322,6 +340,7 @@ impl Connection {
             ack_pending: false,
             ack_echo_pending: false,
             last_wnd_sent: cfg.recv_buffer as u32,
+            last_wnd_seen: 0,
             reply_micro: 0,
             last_recv: now,
             last_sent: now,
@@ -412,6 +431,37 @@ impl Connection {
         }
     }
 
+    /// Limits this connection's upload, in payload bytes per second
+    /// (`None`: unlimited); the endpoint's shared limit applies as well.
+    pub fn set_upload_limit(&mut self, rate: Option<u64>) {
+        self.limits.up = rate.map(TokenBucket::new);
+    }
+
+    /// Limits this connection's download, in payload bytes per second
+    /// (`None`: unlimited): reads are metered, so the receive buffer fills
+    /// and the advertised window shrinks until the peer slows down.
+    pub fn set_download_limit(&mut self, rate: Option<u64>) {
+        self.limits.down = rate.map(TokenBucket::new);
+    }
+
+    /// This connection's own (upload, download) limits.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.limits.up.as_ref().map(TokenBucket::rate),
+            self.limits.down.as_ref().map(TokenBucket::rate),
+        )
+    }
+
+    pub(crate) fn set_shared_limits(&mut self, shared: SharedLimits) {
+        self.limits.shared = shared;
+    }
+
+    /// Tells the connection the time before an application call (reads
+    /// meter the download against it).
+    pub(crate) fn observe(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
     /// Whether the handshake is complete (from our side's view).
     pub fn is_established(&self) -> bool {
         !matches!(self.state, State::SynSent | State::Failed(_))
@@ -469,6 +519,24 @@ impl Connection {
     /// `buf` means end of stream only when [`Connection::is_eof`]; otherwise
     /// nothing is available yet.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
+        // Download limits: read no more than the buckets allow; with nothing
+        // allowed, a timer says when to try again (and wakes the reader).
+        // Reads go in chunks of at least 8 KiB (or what is there): waking
+        // for every few bytes the bucket refills would be all overhead.
+        let want = self.readable_bytes().min(buf.len()).min(8 * 1024);
+        let allowed = self.limits.download_allowance(self.clock);
+        if want > 0 && allowed < want {
+            let wait = self.limits.download_delay(self.clock, want);
+            self.read_limited_until = Some(self.clock + wait);
+            return Ok(0);
+        }
+        let limit = buf.len().min(allowed);
+        let n = self.read_unlimited(&mut buf[..limit])?;
+        self.limits.on_download(n);
+        Ok(n)
+    }
+
+    fn read_unlimited(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
         let mut n = 0;
         while n < buf.len() {
             let Some(front) = self.ready.front_mut() else {
@@ -497,10 +565,16 @@ impl Connection {
                 }
             }
         }
-        // Tell a sender stalled on our window that room opened up.
+        // Tell a sender stalled on our window that room opened up: once half
+        // the buffer is free (fewer, bigger updates), or with a download
+        // limit metering the reads, once a few packets fit (the room grows
+        // slowly then, and a stalled sender would wait for its persist timer).
         let wnd = self.recv_window();
-        let half = (self.cfg.recv_buffer / 2) as u32;
-        if n > 0 && self.last_wnd_sent < half && wnd >= half && self.is_established() {
+        let mut threshold = (self.cfg.recv_buffer / 2) as u32;
+        if self.limits.download_limited() {
+            threshold = threshold.min((8 * self.mss) as u32);
+        }
+        if n > 0 && self.last_wnd_sent < threshold && wnd >= threshold && self.is_established() {
             self.ack_pending = true;
         }
         Ok(n)
@@ -565,6 +639,7 @@ impl Connection {
 
     /// Processes one packet addressed to this connection.
     pub fn handle_packet(&mut self, now: Instant, pkt: &Packet<'_>) {
+        self.clock = self.clock.max(now);
         let h = &pkt.header;
         self.stats.packets_received += 1;
         if matches!(self.state, State::Failed(_) | State::Done) {
@@ -783,6 +858,11 @@ impl Connection {
         } else if h.ty == PacketType::State
             && h.ack_nr == self.last_ack_seen
             && !self.outstanding.is_empty()
+            // RFC 5681: an ack that changes the window is a window update,
+            // and one from a receiver with no room is flow control; neither
+            // says a packet was lost.
+            && h.wnd_size == self.last_wnd_seen
+            && h.wnd_size as usize >= self.mss
         {
             self.dup_acks += 1;
             // The answer to a tail loss probe that still doesn't move the
@@ -793,6 +873,7 @@ impl Connection {
             }
         }
         self.last_ack_seen = h.ack_nr;
+        self.last_wnd_seen = h.wnd_size;
 
         // RACK (RFC 8985): the send time of the newest packet known to be
         // delivered. An ack arriving sooner than half an RTT after a
@@ -955,9 +1036,15 @@ impl Connection {
             self.stats.duplicates_received += 1;
             return;
         }
-        if self.released {
+        let used = self.ready_bytes + self.reorder_bytes;
+        // The next in-order packet is taken while the buffer is not over its
+        // size yet (so by at most one packet): it is a zero-window probe,
+        // and acking it (with a zero window) keeps the sender's persist
+        // timer going instead of a retransmission timeout.
+        let probe = offset == 0 && used <= self.cfg.recv_buffer;
+        if self.released || probe {
             // Nobody will read it; accept it only to keep the stream moving.
-        } else if self.ready_bytes + self.reorder_bytes + payload.len() > self.cfg.recv_buffer {
+        } else if used + payload.len() > self.cfg.recv_buffer {
             self.stats.dropped_out_of_window += 1;
             self.stats.drops.recv_buffer_full += 1;
             return;
@@ -1072,6 +1159,7 @@ impl Connection {
             self.time_wait_until,
             self.linger_until,
             self.paced_until,
+            self.read_limited_until,
             self.keepalive_at(),
             self.idle_deadline(),
         ]
@@ -1099,8 +1187,13 @@ impl Connection {
 
     /// Runs timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         if self.paced_until.is_some_and(|t| now >= t) {
             self.paced_until = None;
+        }
+        if self.read_limited_until.is_some_and(|t| now >= t) {
+            // The reader is woken (the endpoint marks the connection touched).
+            self.read_limited_until = None;
         }
         if self.idle_deadline().is_some_and(|t| now >= t) {
             tracing::debug!(recv_id = self.recv_id, "peer silent past the idle timeout");
@@ -1164,6 +1257,11 @@ impl Connection {
 
     fn on_tail_loss_probe(&mut self) {
         self.tlp_deadline = None;
+        if self.peer_wnd_known && (self.peer_wnd as usize) < self.mss {
+            // Silence behind a closed window is flow control: the persist
+            // timer probes, a tail loss probe would only look like loss.
+            return;
+        }
         self.tlp_fired = true;
         // Resend the newest unacknowledged packet: not a congestion signal,
         // just a way to get a fresh (selective) ack.
@@ -1187,6 +1285,30 @@ impl Connection {
             if self.peer_wnd_known && !self.pending.is_empty() {
                 self.probe_allowed = true;
             }
+            return;
+        }
+        if self.peer_wnd_known
+            && (self.peer_wnd as usize) < self.mss
+            && self.outstanding.len() == 1
+            && self.outstanding[0].ty == PacketType::Data
+        {
+            // A zero-window probe the full receiver could not take (it acks
+            // it with a closed window, so the peer is alive): flow control,
+            // not congestion. Probe again later, window untouched. An
+            // orphaned connection (the application let go) still gives up
+            // after `max_timeouts` probes, like TCP's orphan retries.
+            if self.released {
+                self.consecutive_timeouts += 1;
+                if self.consecutive_timeouts >= self.cfg.max_timeouts {
+                    self.fail(ConnectionError::TimedOut);
+                    return;
+                }
+            }
+            self.stats.zero_window_probes += 1;
+            self.rtt.back_off();
+            let p = &mut self.outstanding[0];
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            self.rto_deadline = Some(now + self.rtt.rto());
             return;
         }
         self.consecutive_timeouts += 1;
@@ -1392,16 +1514,22 @@ impl Connection {
         if !self.pending.is_empty() && self.paced_until.is_none() {
             let allowance = self.send_allowance();
             let n = allowance.min(self.pending.len());
-            let wait = if self.cfg.pacing && n > 0 {
+            let paced = if self.cfg.pacing && n > 0 {
                 let (cwnd, srtt) = (self.cc.window(), self.rtt.srtt());
                 self.pacer.delay(now, n, cwnd, srtt, self.mss)
             } else {
                 None
             };
-            if let Some(wait) = wait {
+            let limited = if n > 0 {
+                self.limits.upload_delay(now, n)
+            } else {
+                None
+            };
+            if let Some(wait) = paced.max(limited) {
                 self.paced_until = Some(now + wait);
             } else if allowance > 0 {
                 self.pacer.on_sent(n);
+                self.limits.on_upload(n);
                 self.probe_allowed = false;
                 let payload = self.pending.take(n);
                 self.stats.bytes_sent += n as u64;

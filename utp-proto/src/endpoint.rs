@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::connection::{Connection, State};
 use crate::drops::DropStats;
 use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
+use crate::ratelimit::SharedLimits;
 
 /// Identifies a connection inside an [`Endpoint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +89,8 @@ struct Entry {
 /// The sans-IO endpoint: owns every connection of one socket.
 pub struct Endpoint {
     cfg: Arc<Config>,
+    /// Upload and download limits shared by all connections.
+    limits: SharedLimits,
     epoch: Instant,
     conns: Slab<Entry>,
     by_key: HashMap<(SocketAddr, u16), usize>,
@@ -137,6 +140,7 @@ impl Endpoint {
         Self {
             reset_tokens: cfg.reset_rate as f64,
             cfg,
+            limits: SharedLimits::default(),
             epoch: now,
             conns: Slab::new(),
             by_key: HashMap::new(),
@@ -158,6 +162,24 @@ impl Endpoint {
     /// The configuration in use.
     pub fn config(&self) -> &Arc<Config> {
         &self.cfg
+    }
+
+    /// Limits the upload of all connections together, in payload bytes per
+    /// second (`None`: unlimited). New data is held back, never dropped.
+    pub fn set_upload_limit(&mut self, rate: Option<u64>) {
+        self.limits.set_upload(rate);
+    }
+
+    /// Limits the download of all connections together, in payload bytes
+    /// per second (`None`: unlimited): reads are metered, so receive buffers
+    /// fill and the advertised windows shrink until peers slow down.
+    pub fn set_download_limit(&mut self, rate: Option<u64>) {
+        self.limits.set_download(rate);
+    }
+
+    /// The endpoint-wide limits (upload, download) in bytes per second.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        (self.limits.upload(), self.limits.download())
     }
 
     /// Whether incoming SYNs are accepted (otherwise answered with RESET).
@@ -186,6 +208,20 @@ impl Endpoint {
     /// [`Endpoint::poll_transmit`]. Fails only when every connection id
     /// towards `addr` is in use.
     pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> Result<ConnHandle, NoFreeIds> {
+        let cfg = self.cfg.clone();
+        self.connect_with_config(now, addr, cfg)
+    }
+
+    /// Like [`Endpoint::connect`], with settings for this connection only
+    /// (timeouts, buffers, controller, payload size, rate limits). The
+    /// endpoint-wide settings (accept backlog, half-open bound, RESET rate)
+    /// stay the endpoint's.
+    pub fn connect_with_config(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        cfg: Arc<Config>,
+    ) -> Result<ConnHandle, NoFreeIds> {
         // Random start, then a bounded scan: never spins, even when full.
         let start: u16 = self.rng.gen();
         let recv_id = (0..=u16::MAX)
@@ -193,7 +229,8 @@ impl Endpoint {
             .find(|id| !self.by_key.contains_key(&(addr, *id)))
             .ok_or(NoFreeIds)?;
         let isn = self.rng.gen();
-        let conn = Connection::connect(self.cfg.clone(), now, self.epoch, recv_id, isn);
+        let mut conn = Connection::connect(cfg, now, self.epoch, recv_id, isn);
+        conn.set_shared_limits(self.limits.clone());
         tracing::debug!(peer = %addr, recv_id, "connecting");
         self.stats.connections_initiated += 1;
         Ok(self.insert(now, addr, conn))
@@ -277,6 +314,7 @@ impl Endpoint {
         now: Instant,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> R {
+        self.conns[h.0].conn.observe(now);
         let r = f(&mut self.conns[h.0].conn);
         self.after_change(h.0, now);
         r
@@ -475,7 +513,8 @@ impl Endpoint {
             return;
         }
         let isn = self.rng.gen();
-        let conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        let mut conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        conn.set_shared_limits(self.limits.clone());
         tracing::debug!(peer = %from, conn_id = syn.conn_id, "incoming connection");
         self.stats.connections_accepted += 1;
         let h = self.insert(now, from, conn);

@@ -628,7 +628,7 @@ fn advertised_window_shrinks_with_unread_data_and_grows_after_read() {
 }
 
 #[test]
-fn full_receive_buffer_drops_data_and_reading_sends_window_update() {
+fn full_receive_buffer_takes_one_probe_then_drops_and_reading_sends_window_update() {
     let cfg = Config::default().recv_buffer(10_000);
     let (mut hs, _) = initiator_with(cfg, 100, MIB);
     let ack = hs.sy(0).wrapping_sub(1);
@@ -645,14 +645,19 @@ fn full_receive_buffer_drops_data_and_reading_sends_window_update() {
     let last = last.unwrap();
     assert_eq!(last.h.wnd_size, 0);
     assert_eq!(last.h.ack_nr, hs.py(9));
-    // One more packet does not fit: dropped, but acked (ack unchanged).
+    // The next in-order packet is still taken, one packet over the buffer
+    // (a zero-window probe), and acked with a zero window...
     let a = only(hs.feed(PacketType::Data, hs.py(10), ack, MIB, &[10; 1000]));
-    assert_eq!(a.h.ack_nr, hs.py(9));
+    assert_eq!(a.h.ack_nr, hs.py(10));
+    assert_eq!(a.h.wnd_size, 0);
+    // ...but nothing more: dropped, and acked with the ack unchanged.
+    let a = only(hs.feed(PacketType::Data, hs.py(11), ack, MIB, &[11; 1000]));
+    assert_eq!(a.h.ack_nr, hs.py(10));
     assert_eq!(a.h.wnd_size, 0);
     assert_eq!(hs.conn().stats().dropped_out_of_window, 1);
     // Reading makes room, and the stalled sender is told so unprompted.
     let got = hs.read_all();
-    assert_eq!(got.len(), 10_000);
+    assert_eq!(got.len(), 11_000);
     assert!(got
         .chunks(1000)
         .enumerate()
@@ -660,10 +665,10 @@ fn full_receive_buffer_drops_data_and_reading_sends_window_update() {
     let upd = only(hs.out());
     assert_eq!(upd.h.ty, PacketType::State);
     assert_eq!(upd.h.wnd_size, 10_000);
-    assert_eq!(upd.h.ack_nr, hs.py(9));
+    assert_eq!(upd.h.ack_nr, hs.py(10));
     // The retransmitted packet is accepted now.
-    let a = only(hs.feed(PacketType::Data, hs.py(10), ack, MIB, &[10; 1000]));
-    assert_eq!(a.h.ack_nr, hs.py(10));
+    let a = only(hs.feed(PacketType::Data, hs.py(11), ack, MIB, &[11; 1000]));
+    assert_eq!(a.h.ack_nr, hs.py(11));
     assert_eq!(a.h.wnd_size, 9_000);
 }
 
