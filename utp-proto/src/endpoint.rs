@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, State};
+use crate::connection::{Connection, ConnectionError, State};
 use crate::drops::DropStats;
 use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
 use crate::ratelimit::SharedLimits;
@@ -71,6 +71,13 @@ pub struct EndpointStats {
     pub connections_initiated: u64,
     /// Connections currently tracked.
     pub connections_open: u64,
+    /// Connections that failed because the peer stopped answering (connect
+    /// timeout, retransmission limit, idle timeout).
+    pub connections_timed_out: u64,
+    /// Connections the peer reset.
+    pub connections_reset: u64,
+    /// Our connection attempts the peer refused (RESET in reply to the SYN).
+    pub connections_refused: u64,
     /// Packets the connections ignored, by reason, summed over every
     /// connection this endpoint had (live and freed).
     pub connection_drops: DropStats,
@@ -84,6 +91,8 @@ struct Entry {
     scheduled: Option<Instant>,
     /// Counted in `Endpoint::half_open`.
     half_open: bool,
+    /// Its failure is counted in the stats.
+    failure_counted: bool,
 }
 
 /// The sans-IO endpoint: owns every connection of one socket.
@@ -248,6 +257,7 @@ impl Endpoint {
             touched: false,
             scheduled: None,
             half_open,
+            failure_counted: false,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
@@ -314,8 +324,10 @@ impl Endpoint {
         now: Instant,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> R {
-        self.conns[h.0].conn.observe(now);
-        let r = f(&mut self.conns[h.0].conn);
+        let e = &mut self.conns[h.0];
+        let _span = conn_span(&e.conn, e.addr).entered();
+        e.conn.observe(now);
+        let r = f(&mut e.conn);
         self.after_change(h.0, now);
         r
     }
@@ -359,6 +371,16 @@ impl Endpoint {
         if e.half_open && (e.conn.state() != State::SynRecv || e.conn.is_done()) {
             e.half_open = false;
             self.half_open -= 1;
+        }
+        if !e.failure_counted {
+            if let Some(err) = e.conn.error() {
+                e.failure_counted = true;
+                match err {
+                    ConnectionError::TimedOut => self.stats.connections_timed_out += 1,
+                    ConnectionError::Reset => self.stats.connections_reset += 1,
+                    ConnectionError::Refused => self.stats.connections_refused += 1,
+                }
+            }
         }
         if e.conn.is_done() {
             let key = (e.addr, e.conn.recv_id());
@@ -421,6 +443,7 @@ impl Endpoint {
                 continue;
             }
             e.scheduled = None;
+            let _span = conn_span(&e.conn, e.addr).entered();
             e.conn.handle_timeout(now);
             self.touch(idx);
             self.after_change(idx, now);
@@ -458,7 +481,10 @@ impl Endpoint {
         };
         match idx {
             Some(idx) => {
-                self.conns[idx].conn.handle_packet(now, &pkt);
+                let e = &mut self.conns[idx];
+                // Everything the connection logs carries its id and peer.
+                let _span = conn_span(&e.conn, e.addr).entered();
+                e.conn.handle_packet(now, &pkt);
                 self.touch(idx);
                 self.after_change(idx, now);
             }
@@ -582,4 +608,10 @@ impl Endpoint {
     pub fn is_idle(&self) -> bool {
         self.conns.is_empty()
     }
+}
+
+/// The tracing span of one connection: its receive id and peer. Cheap when
+/// debug logging is off (the level is checked before anything is built).
+fn conn_span(conn: &Connection, peer: SocketAddr) -> tracing::Span {
+    tracing::debug_span!("utp", id = conn.recv_id(), %peer)
 }

@@ -1012,6 +1012,11 @@ fn reset_on_established_connection_is_connection_reset() {
     assert!(out.is_empty());
     assert_eq!(hs.conn().error(), Some(ConnectionError::Reset));
     assert_eq!(hs.conn().state(), State::Failed(ConnectionError::Reset));
+    let stats = hs.ep.stats();
+    assert_eq!(
+        (stats.connections_reset, stats.connections_timed_out),
+        (1, 0)
+    );
     hs.assert_quiet(secs(60));
     let now = hs.now;
     let mut buf = [0u8; 8];
