@@ -1047,6 +1047,11 @@ impl Connection {
             self.state = State::TimeWait;
             self.time_wait_until = Some(now + self.cfg.time_wait);
             self.linger_until = None;
+            // Nothing is sent or reordered any more; TIME_WAIT may hold
+            // many connections, so drop what the queues had grown to.
+            self.outstanding = VecDeque::new();
+            self.resend = VecDeque::new();
+            self.reorder = VecDeque::new();
         } else if ours_done && self.released {
             self.linger_until = Some(self.last_recv + self.cfg.linger);
         }
@@ -1399,6 +1404,11 @@ impl Connection {
                 // old copy of it (over 100 MiB for a 1 MiB send buffer).
                 let payload = Bytes::copy_from_slice(&self.pending[..n]);
                 bytes::Buf::advance(&mut self.pending, n);
+                if self.pending.is_empty() {
+                    // An idle connection must not keep a send-buffer-sized
+                    // allocation (1 MiB by default) around.
+                    self.pending = BytesMut::new();
+                }
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf));
