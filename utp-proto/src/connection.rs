@@ -652,6 +652,29 @@ impl Connection {
                 // own hold ended) changes nothing.
                 return;
             }
+            let only_fin_left = self.state == State::Connected
+                && self.eof
+                && self.fin == FinState::Sent
+                && self.pending.is_empty()
+                && self.outstanding.len() == 1
+                && self.outstanding[0].ty == PacketType::Fin;
+            if only_fin_left {
+                // All our data was acked and the peer's FIN arrived; only the
+                // ack of our FIN is missing (lost, and the peer's hold ended
+                // before our resend). Nothing is lost: a clean close, as when
+                // the FIN goes unanswered (see on_rto).
+                tracing::debug!(recv_id = self.recv_id, "RESET after both FINs; closing");
+                self.stats.fin_unacknowledged = true;
+                self.outstanding.clear();
+                self.outstanding_bytes = 0;
+                self.in_flight = 0;
+                self.resend.clear();
+                self.rto_deadline = None;
+                self.tlp_deadline = None;
+                self.fin = FinState::Acked;
+                self.update_teardown(now);
+                return;
+            }
             self.fail(if self.state == State::SynSent {
                 ConnectionError::Refused
             } else {
@@ -1129,6 +1152,11 @@ impl Connection {
             self.state = State::TimeWait;
             self.time_wait_until = Some(now + self.cfg.time_wait);
             self.linger_until = None;
+            // Nothing is sent or reordered any more; TIME_WAIT may hold
+            // many connections, so drop what the queues had grown to.
+            self.outstanding = VecDeque::new();
+            self.resend = VecDeque::new();
+            self.reorder = VecDeque::new();
         } else if ours_done && self.released {
             self.linger_until = Some(self.last_recv + self.cfg.linger);
         }

@@ -61,6 +61,15 @@ impl SendQueue {
 
     /// Removes and returns the oldest `n` bytes (fewer if fewer are queued).
     pub(crate) fn take(&mut self, n: usize) -> Bytes {
+        let out = self.take_inner(n);
+        if self.len == 0 {
+            // An idle connection keeps no buffer capacity around.
+            self.tail = BytesMut::new();
+        }
+        out
+    }
+
+    fn take_inner(&mut self, n: usize) -> Bytes {
         let n = n.min(self.len);
         if n == 0 {
             return Bytes::new();

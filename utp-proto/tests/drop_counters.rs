@@ -338,3 +338,46 @@ fn dead_half_open_connections_do_not_keep_the_backlog_full() {
     assert_eq!(ep.peer_addr(h).port(), 4);
     assert!(ep.accept().is_none());
 }
+
+// ------------------------------------------------------------ close and RESET
+
+/// The peer's FIN arrived and all our data was acked; only the ack of our
+/// FIN is missing when the peer (whose hold on the connection ended) answers
+/// our resent FIN with a RESET: nothing was lost, so the close completes
+/// instead of failing with "reset" (found by `utp soak`).
+#[test]
+fn reset_when_only_our_fin_is_unacked_completes_the_close() {
+    let mut r = Resp::new(Config::default());
+    r.ep.with_conn(r.h, r.now, |c| c.write(b"reply")).unwrap();
+    let out = drain(&mut r.ep, r.now);
+    assert_eq!(out.len(), 1);
+    // The peer acks our data and sends its FIN.
+    r.send(PacketType::Fin, 1, r.y, &[], &[]);
+    assert!(r.ep.conn(r.h).is_eof());
+    r.ep.with_conn(r.h, r.now, |c| c.close());
+    let fin = drain(&mut r.ep, r.now);
+    assert!(fin.iter().any(|o| o.h.ty == PacketType::Fin));
+    // Our FIN's ack is lost; the peer forgot us and resets.
+    r.send(PacketType::Reset, 2, r.y, &[], &[]);
+    let c = r.ep.conn(r.h);
+    assert_eq!(c.error(), None);
+    assert!(c.is_fin_acked());
+    assert!(c.stats().fin_unacknowledged);
+    r.ep.release(r.h, r.now);
+}
+
+/// With data of ours still unacknowledged, a RESET is a reset.
+#[test]
+fn reset_with_data_unacked_fails_the_connection() {
+    let mut r = Resp::new(Config::default());
+    r.ep.with_conn(r.h, r.now, |c| c.write(b"reply")).unwrap();
+    drain(&mut r.ep, r.now);
+    r.send(PacketType::Fin, 1, r.base_ack(), &[], &[]);
+    r.ep.with_conn(r.h, r.now, |c| c.close());
+    drain(&mut r.ep, r.now);
+    r.send(PacketType::Reset, 2, r.base_ack(), &[], &[]);
+    assert_eq!(
+        r.ep.conn(r.h).error(),
+        Some(utp_proto::ConnectionError::Reset)
+    );
+}
