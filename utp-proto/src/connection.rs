@@ -14,7 +14,8 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::congestion::{AckInfo, Controller};
-use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
+use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN, MAX_SACK_BYTES};
+use crate::pmtud::Pmtud;
 use crate::rtt::RttEstimator;
 use crate::seq;
 
@@ -97,8 +98,18 @@ pub struct ConnectionStats {
     pub cwnd: usize,
     /// Largest congestion window seen.
     pub max_cwnd: usize,
-    /// Payload size in use (bytes per full packet).
+    /// Payload size in use for new packets (bytes per full packet): path
+    /// MTU discovery's confirmed size.
     pub payload_size: usize,
+    /// Path MTU probes sent (padded empty data packets).
+    pub pmtud_probes: u64,
+    /// Path MTU probes lost (not counted as congestion).
+    pub pmtud_probes_lost: u64,
+    /// Times the payload size fell back because full-size packets were
+    /// black-holed.
+    pub pmtud_black_holes: u64,
+    /// How long the last completed path MTU search took.
+    pub pmtud_search_time: Option<Duration>,
     /// Largest payload actually sent in one packet.
     pub max_payload_sent: usize,
     /// Peer's last advertised receive window.
@@ -139,6 +150,10 @@ struct Sent {
     in_flight: bool,
     /// Declared lost and queued for retransmission.
     lost: bool,
+    /// Path MTU probe: padding bytes of its first transmission (0 for
+    /// ordinary packets). Cleared when resent: a probe's (empty) data goes
+    /// again unpadded.
+    pad: usize,
 }
 
 /// One uTP connection.
@@ -150,6 +165,11 @@ pub struct Connection {
     recv_id: u16,
     send_id: u16,
     mss: usize,
+    /// Path MTU search; `mss` follows its confirmed size.
+    pmtud: Pmtud,
+    /// The datagram last returned by poll_transmit is larger than the
+    /// current path MTU (sent before a fall-back): send it without DF.
+    fragmentable: bool,
 
     // Handshake.
     syn_seq: u16,
@@ -251,7 +271,8 @@ impl Connection {
         send_id: u16,
         seq_nr: u16,
     ) -> Self {
-        let mss = cfg.payload_size();
+        let pmtud = Pmtud::new(cfg.pmtud_config(), now);
+        let mss = pmtud.current() - HEADER_LEN;
         let cc = cfg.controller.build(mss);
         let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto);
         Self {
@@ -261,6 +282,8 @@ impl Connection {
             recv_id,
             send_id,
             mss,
+            pmtud,
+            fragmentable: false,
             syn_seq: 0,
             syn_send: false,
             syn_sent_at: None,
@@ -410,7 +433,56 @@ impl Connection {
         s.bytes_in_flight = self.in_flight;
         s.bytes_unacked = self.queued_bytes();
         s.max_cwnd = s.max_cwnd.max(s.cwnd);
+        s.payload_size = self.mss;
+        s.pmtud_black_holes = self.pmtud.black_holes();
+        s.pmtud_search_time = self.pmtud.last_search_duration();
         s
+    }
+
+    // ------------------------------------------------------- path MTU hooks
+
+    /// The largest datagram the OS can send towards the peer (the route's
+    /// MTU minus IP and UDP headers): caps path MTU discovery.
+    pub fn set_max_datagram(&mut self, now: Instant, size: usize) {
+        self.pmtud.set_ceiling(size, now);
+        self.sync_mss();
+    }
+
+    /// The OS refused a datagram as too big (EMSGSIZE) or reported a
+    /// smaller path MTU: `size` is the largest datagram that can leave.
+    pub fn on_datagram_too_big(&mut self, now: Instant, size: usize) {
+        self.pmtud.on_too_big(size, now);
+        self.sync_mss();
+    }
+
+    /// The path changed (new route): search again from the base size.
+    pub fn reset_path_mtu(&mut self, now: Instant) {
+        self.pmtud.reset(now);
+        self.sync_mss();
+    }
+
+    /// Whether the datagram last returned by [`Connection::poll_transmit`]
+    /// is larger than the current path MTU: a packet sent before a fall-back
+    /// and now resent. Its sequence number fixes its size, so it can only
+    /// pass a shrunk path with fragmentation allowed (no DF bit).
+    pub fn transmit_fragmentable(&self) -> bool {
+        self.fragmentable
+    }
+
+    /// Keeps the payload size (and the controller's idea of it) in step
+    /// with the path MTU search.
+    fn sync_mss(&mut self) {
+        let mss = self.pmtud.current().saturating_sub(HEADER_LEN).max(1);
+        if mss != self.mss {
+            tracing::debug!(
+                recv_id = self.recv_id,
+                from = self.mss,
+                to = mss,
+                "payload size"
+            );
+            self.mss = mss;
+            self.cc.set_mss(mss);
+        }
     }
 
     // ---------------------------------------------------------------- app side
@@ -684,7 +756,7 @@ impl Connection {
             for _ in 0..n.min(self.outstanding.len()) {
                 let p = self.outstanding.pop_front().expect("counted above");
                 self.outstanding_bytes -= p.payload.len();
-                self.on_packet_acked(&p, &mut bytes_acked, &mut newest);
+                self.on_packet_acked(now, &p, &mut bytes_acked, &mut newest);
             }
             progressed = true;
         }
@@ -725,6 +797,8 @@ impl Connection {
                 }
                 self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
                 note_newest(&mut newest, p);
+                let (pad, len) = (p.pad, p.payload.len());
+                self.on_delivered(pad, len, now);
             }
         }
 
@@ -789,6 +863,7 @@ impl Connection {
 
     fn on_packet_acked(
         &mut self,
+        now: Instant,
         p: &Sent,
         bytes_acked: &mut usize,
         newest: &mut Option<(Instant, bool)>,
@@ -799,12 +874,24 @@ impl Connection {
         if !p.sacked {
             *bytes_acked += p.payload.len();
             note_newest(newest, p);
+            self.on_delivered(p.pad, p.payload.len(), now);
         }
         self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
         if p.ty == PacketType::Fin {
             self.fin = FinState::Acked;
         }
         // Queued resends of acked packets are skipped lazily in poll_transmit.
+    }
+
+    /// A packet reached the peer: a probe confirms its size, a full-size
+    /// packet shows the path still carries the current size.
+    fn on_delivered(&mut self, pad: usize, payload_len: usize, now: Instant) {
+        if pad > 0 {
+            self.pmtud.on_probe_acked(HEADER_LEN + pad, now);
+            self.sync_mss();
+        } else if payload_len > 0 {
+            self.pmtud.on_packet_acked(HEADER_LEN + payload_len);
+        }
     }
 
     /// Declares packets lost; returns whether a new congestion episode began.
@@ -824,7 +911,10 @@ impl Connection {
                 if !p.sacked && !p.lost && self.dup_ack_resent != Some(p.seq) {
                     self.dup_ack_resent = Some(p.seq);
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    first_lost.get_or_insert(p.seq);
+                    // A lost path MTU probe is not congestion (RFC 8899).
+                    if p.pad == 0 {
+                        first_lost.get_or_insert(p.seq);
+                    }
                 }
             }
         }
@@ -848,7 +938,9 @@ impl Connection {
                 let by_count = sacked_any && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
                 if by_time || by_count {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    first_lost.get_or_insert(p.seq);
+                    if p.pad == 0 {
+                        first_lost.get_or_insert(p.seq);
+                    }
                 }
             }
         }
@@ -1026,6 +1118,9 @@ impl Connection {
             self.linger_until,
             self.keepalive_at(),
             self.idle_deadline(),
+            (self.state == State::Connected)
+                .then(|| self.pmtud.poll_timeout())
+                .flatten(),
         ]
         .into_iter()
         .flatten()
@@ -1058,6 +1153,9 @@ impl Connection {
         }
         if self.keepalive_at().is_some_and(|t| now >= t) {
             self.ack_pending = true;
+        }
+        if self.state == State::Connected {
+            self.pmtud.handle_timeout(now);
         }
         if let Some(d) = self.connect_deadline {
             if now >= d {
@@ -1098,7 +1196,7 @@ impl Connection {
         }
         if let Some(t) = self.tlp_deadline {
             if now >= t {
-                self.on_tail_loss_probe();
+                self.on_tail_loss_probe(now);
             }
         }
     }
@@ -1111,7 +1209,7 @@ impl Connection {
             .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
     }
 
-    fn on_tail_loss_probe(&mut self) {
+    fn on_tail_loss_probe(&mut self, now: Instant) {
         self.tlp_deadline = None;
         self.tlp_fired = true;
         // Resend the newest unacknowledged packet: not a congestion signal,
@@ -1125,6 +1223,13 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            // A full-size packet lost to a timer: black-hole evidence.
+            if p.pad == 0 && !p.payload.is_empty() {
+                let size = HEADER_LEN + p.payload.len();
+                if self.pmtud.on_timer_loss(size, now) {
+                    self.sync_mss();
+                }
+            }
         }
     }
 
@@ -1167,6 +1272,14 @@ impl Connection {
         if self.consecutive_timeouts >= self.cfg.max_timeouts {
             self.fail(ConnectionError::TimedOut);
             return;
+        }
+        // The oldest packet is lost to a timer: black-hole evidence when it
+        // is full-size (a shrunk path drops every such packet).
+        if let Some(p) = self.outstanding.iter().find(|p| !p.sacked && p.pad == 0) {
+            if !p.payload.is_empty() && self.pmtud.on_timer_loss(HEADER_LEN + p.payload.len(), now)
+            {
+                self.sync_mss();
+            }
         }
         self.rtt.back_off();
         self.cc.on_timeout(now);
@@ -1275,6 +1388,7 @@ impl Connection {
     /// Writes the next datagram into `buf` (at least `max_payload + 60`
     /// bytes) and returns its length, or `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.fragmentable = false;
         let n = self.next_datagram(now, buf)?;
         self.last_sent = now;
         Some(n)
@@ -1335,23 +1449,26 @@ impl Connection {
             return Some(self.send_outstanding(now, idx, buf, true));
         }
 
-        // 2. New data.
+        // 2. New data, led by a path MTU probe when one is due.
         if !self.pending.is_empty() {
             let allowance = self.send_allowance();
             if allowance > 0 {
+                if let Some(n) = self.send_mtu_probe(now, buf) {
+                    return Some(n);
+                }
                 self.probe_allowed = false;
                 let n = allowance.min(self.pending.len());
                 let payload = self.pending.split_to(n).freeze();
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
-                return Some(self.send_new(now, PacketType::Data, payload, buf));
+                return Some(self.send_new(now, PacketType::Data, payload, buf, 0));
             }
         }
 
         // 3. FIN once all data is packetized.
         if self.fin == FinState::Queued && self.pending.is_empty() {
             self.fin = FinState::Sent;
-            return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf));
+            return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf, 0));
         }
 
         // 4. A pure ack.
@@ -1383,7 +1500,37 @@ impl Connection {
         packet::encode(&h, &sack[..sn], &[], buf)
     }
 
-    fn send_new(&mut self, now: Instant, ty: PacketType, payload: Bytes, buf: &mut [u8]) -> usize {
+    /// A path MTU probe (RFC 8899): an empty data packet padded to the probe
+    /// size with an extension the peer skips. It consumes a sequence number
+    /// so its ack confirms the size; it carries no stream bytes, so when it
+    /// is lost nothing but an unpadded 20-byte resend is needed, and a peer
+    /// that truncates large datagrams drops it instead of acking a cut
+    /// payload. Sent only during bulk sending (a full packet waiting), when
+    /// the window allows new data; its padding is not counted in flight.
+    fn send_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        // A full packet of data must still wait behind the probe, so the
+        // FIN (sent once `pending` is empty) never precedes it.
+        if self.state != State::Connected || self.pending.len() < self.mss {
+            return None;
+        }
+        let probe = self.pmtud.poll_probe(now)?;
+        let size = probe.size.min(buf.len());
+        if size < HEADER_LEN + 2 {
+            return None;
+        }
+        self.pmtud.on_probe_sent(size);
+        self.stats.pmtud_probes += 1;
+        Some(self.send_new(now, PacketType::Data, Bytes::new(), buf, size - HEADER_LEN))
+    }
+
+    fn send_new(
+        &mut self,
+        now: Instant,
+        ty: PacketType,
+        payload: Bytes,
+        buf: &mut [u8],
+        pad: usize,
+    ) -> usize {
         let s = self.seq_nr;
         self.seq_nr = self.seq_nr.wrapping_add(1);
         self.outstanding_bytes += payload.len();
@@ -1397,6 +1544,7 @@ impl Connection {
             sacked: false,
             in_flight: false,
             lost: false,
+            pad,
         });
         let idx = self.outstanding.len() - 1;
         self.send_outstanding(now, idx, buf, false)
@@ -1415,6 +1563,15 @@ impl Connection {
         let (ty, s) = (p.ty, p.seq);
         if retx {
             self.stats.packets_retransmitted += 1;
+            if p.pad > 0 {
+                // The padded probe was lost (or overtaken by a timer): not
+                // congestion, and its empty data goes again unpadded.
+                let size = HEADER_LEN + p.pad;
+                p.pad = 0;
+                self.stats.pmtud_probes_lost += 1;
+                self.pmtud.on_probe_lost(size, now);
+                self.sync_mss();
+            }
         }
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
@@ -1430,7 +1587,8 @@ impl Connection {
         self.last_wnd_sent = h.wnd_size;
         self.stats.packets_sent += 1;
         let p = &self.outstanding[idx];
-        packet::encode(&h, &[], &p.payload, buf)
+        self.fragmentable = HEADER_LEN + p.payload.len() > self.pmtud.current();
+        packet::encode_padded(&h, p.pad, &p.payload, buf)
     }
 }
 

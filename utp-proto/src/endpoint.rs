@@ -32,6 +32,10 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// Length of the datagram at the start of the caller's buffer.
     pub len: usize,
+    /// Send without the Don't Fragment bit: a packet from before a path
+    /// MTU fall-back, larger than the path now carries, being resent (see
+    /// [`Connection::transmit_fragmentable`]). Everything else goes with DF.
+    pub fragmentable: bool,
 }
 
 /// Endpoint-wide counters, including every reason a datagram was dropped.
@@ -426,6 +430,7 @@ impl Endpoint {
             return Some(Transmit {
                 destination: to,
                 len,
+                fragmentable: false,
             });
         }
         while let Some(idx) = self.dirty.pop_front() {
@@ -439,11 +444,41 @@ impl Endpoint {
                 continue;
             };
             let destination = e.addr;
+            let fragmentable = e.conn.transmit_fragmentable();
             self.stats.datagrams_sent += 1;
             self.after_change(idx, now);
-            return Some(Transmit { destination, len });
+            return Some(Transmit {
+                destination,
+                len,
+                fragmentable,
+            });
         }
         None
+    }
+
+    /// Tells the connection behind `h` the largest datagram the OS can send
+    /// on its route (route MTU minus IP and UDP headers): the ceiling of
+    /// its path MTU search.
+    pub fn set_max_datagram(&mut self, h: ConnHandle, now: Instant, size: usize) {
+        if self.conns.contains(h.0) {
+            self.with_conn(h, now, |c| c.set_max_datagram(now, size));
+        }
+    }
+
+    /// The OS refused a datagram to `to` as too big (EMSGSIZE), or reported
+    /// a smaller path MTU: every connection to `to` lowers its size to at
+    /// most `size` bytes per datagram.
+    pub fn on_datagram_too_big(&mut self, now: Instant, to: SocketAddr, size: usize) {
+        let idxs: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.addr == to)
+            .map(|(i, _)| i)
+            .collect();
+        for idx in idxs {
+            self.conns[idx].conn.on_datagram_too_big(now, size);
+            self.after_change(idx, now);
+        }
     }
 
     /// Whether no connection is tracked at all.

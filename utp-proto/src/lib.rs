@@ -13,6 +13,7 @@ pub mod congestion;
 pub mod connection;
 pub mod endpoint;
 pub mod packet;
+pub mod pmtud;
 pub mod rtt;
 pub mod seq;
 

@@ -177,6 +177,47 @@ pub fn encode(header: &Header, sack: &[u8], payload: &[u8], buf: &mut [u8]) -> u
     len
 }
 
+/// Extension type used for padding path MTU probes. Unknown to every uTP
+/// stack, so skipped (libutp, libtorrent and this parser walk the whole
+/// chain and skip unknown types).
+pub const EXT_PADDING: u8 = 0x7f;
+
+/// Writes a packet whose extension chain holds `pad` bytes of padding
+/// (extensions of type [`EXT_PADDING`], zero-filled) before `payload`, and
+/// returns its length (`HEADER_LEN + pad + payload.len()`). `pad` must be 0
+/// or at least 2. The padding comes first so that a receiver which
+/// truncates the datagram (libtorrent reads into 1,500 bytes) finds the
+/// chain running past the end and drops the packet instead of accepting a
+/// shortened payload. Panics if `buf` is too small.
+pub fn encode_padded(header: &Header, pad: usize, payload: &[u8], buf: &mut [u8]) -> usize {
+    if pad == 0 {
+        return encode(header, &[], payload, buf);
+    }
+    assert!(pad >= 2, "padding needs at least one extension header");
+    let len = HEADER_LEN + pad + payload.len();
+    assert!(buf.len() >= len, "encode buffer too small");
+    let n = encode(header, &[], &[], buf);
+    debug_assert_eq!(n, HEADER_LEN);
+    buf[1] = EXT_PADDING;
+    let mut pos = HEADER_LEN;
+    let mut left = pad;
+    while left > 0 {
+        // Each extension is 2 + up to 255 bytes; never leave 1 byte over.
+        let mut body = (left - 2).min(255);
+        if left - 2 - body == 1 {
+            body -= 1;
+        }
+        let rest = left - 2 - body;
+        buf[pos] = if rest > 0 { EXT_PADDING } else { 0 };
+        buf[pos + 1] = body as u8;
+        buf[pos + 2..pos + 2 + body].fill(0);
+        pos += 2 + body;
+        left = rest;
+    }
+    buf[pos..pos + payload.len()].copy_from_slice(payload);
+    len
+}
+
 /// Length of an encoded packet with a SACK of `sack_len` bytes and a payload.
 pub fn encoded_len(sack_len: usize, payload_len: usize) -> usize {
     HEADER_LEN + if sack_len > 0 { 2 + sack_len } else { 0 } + payload_len
@@ -190,6 +231,24 @@ pub fn sack_bit(sack: &[u8], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_packets_parse_to_their_payload_at_every_pad_length() {
+        let h = header(PacketType::Data);
+        let mut buf = vec![0u8; 2000];
+        for pad in (2..=1100).chain([0]) {
+            let n = encode_padded(&h, pad, b"xyz", &mut buf);
+            assert_eq!(n, HEADER_LEN + pad + 3);
+            let p = Packet::parse(&buf[..n]).unwrap();
+            assert_eq!(p.header, h);
+            assert_eq!(p.payload, b"xyz", "pad {pad}");
+            if pad > 0 {
+                // Truncated anywhere inside the padding: rejected, never
+                // a shortened payload.
+                assert!(Packet::parse(&buf[..HEADER_LEN + pad - 1]).is_err());
+            }
+        }
+    }
 
     fn header(ty: PacketType) -> Header {
         Header {
