@@ -21,7 +21,8 @@
 //! Errors are `std::io::Error`s with the kinds `ConnectionRefused` (RESET in
 //! reply to our SYN), `ConnectionReset`, `TimedOut` and `BrokenPipe` (write
 //! after shutdown).
-#![forbid(unsafe_code)]
+// Only `udp` (raw socket options) has unsafe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod listener;
