@@ -228,10 +228,11 @@ mod tests {
 
     #[test]
     fn loopback_route_allows_64k_datagrams() {
-        // lo has an MTU of 65,536.
+        // lo has an MTU of 65,536: 65,508 bytes of UDP payload, capped at
+        // the largest a UDP datagram can carry.
         assert_eq!(
             route_max_datagram("127.0.0.1:9".parse().unwrap()),
-            Some(65_536 - 28)
+            Some(MAX_UDP_PAYLOAD)
         );
     }
 
