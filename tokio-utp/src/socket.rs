@@ -479,6 +479,14 @@ impl Driver {
             }
         }
 
+        // Connections that lost a path MTU probe: the route's MTU may have
+        // been lowered by ICMP meanwhile (cheap: no packet is sent).
+        while let Some((h, to)) = inner.endpoint.poll_path_query() {
+            if let Some(max) = udp::route_max_datagram(to) {
+                inner.endpoint.set_max_datagram(h, now, max);
+            }
+        }
+
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {

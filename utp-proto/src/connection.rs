@@ -154,6 +154,34 @@ struct Sent {
     /// ordinary packets). Cleared when resent: a probe's (empty) data goes
     /// again unpadded.
     pad: usize,
+    /// A black-hole check: a small empty data packet sent after full-size
+    /// packets went unanswered.
+    check: bool,
+}
+
+/// Black-hole detection by contrast (RFC 8899 section 4.3): when a timer
+/// (tail loss probe, RTO) declares a full-size packet lost, the timer's
+/// retransmission is followed by a tiny empty data packet. If the tiny one
+/// is acknowledged while a full-size packet retransmitted after the timer
+/// (and sent before it) is not, that is one piece of evidence; two in a row
+/// with no full-size packet acknowledged in between make a black hole and
+/// the size falls back. Packets lost before the timer prove nothing (a
+/// drop-tail burst loses large packets first); a random loss of the one
+/// retransmission is why one piece of evidence is not enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlackHoleCheck {
+    Idle,
+    /// Goes out with the next transmission; evidence must be transmitted
+    /// after `after_tx`.
+    Due {
+        after_tx: u64,
+    },
+    /// In flight with sequence number `seq` and transmission index `tx`.
+    Sent {
+        seq: u16,
+        after_tx: u64,
+        tx: u64,
+    },
 }
 
 /// One uTP connection.
@@ -170,6 +198,11 @@ pub struct Connection {
     /// The datagram last returned by poll_transmit is larger than the
     /// current path MTU (sent before a fall-back): send it without DF.
     fragmentable: bool,
+    /// A probe was lost: ask the OS whether ICMP taught it a smaller path
+    /// MTU (see `take_path_query`).
+    path_query: bool,
+    /// Black-hole check (see `on_large_timer_loss`).
+    bh_check: BlackHoleCheck,
 
     // Handshake.
     syn_seq: u16,
@@ -284,6 +317,8 @@ impl Connection {
             mss,
             pmtud,
             fragmentable: false,
+            path_query: false,
+            bh_check: BlackHoleCheck::Idle,
             syn_seq: 0,
             syn_send: false,
             syn_sent_at: None,
@@ -467,6 +502,15 @@ impl Connection {
     /// pass a shrunk path with fragmentation allowed (no DF bit).
     pub fn transmit_fragmentable(&self) -> bool {
         self.fragmentable
+    }
+
+    /// Whether the connection wants the OS's current idea of the path MTU
+    /// (cleared by the call): a probe was lost, and where ICMP "packet too
+    /// big" gets through the kernel has learnt the path MTU by then. The
+    /// I/O layer answers with [`Connection::set_max_datagram`]; nothing
+    /// depends on an answer.
+    pub fn take_path_query(&mut self) -> bool {
+        std::mem::take(&mut self.path_query)
     }
 
     /// Keeps the payload size (and the controller's idea of it) in step
@@ -802,6 +846,23 @@ impl Connection {
             }
         }
 
+        if let BlackHoleCheck::Sent {
+            seq: c,
+            after_tx,
+            tx,
+        } = self.bh_check
+        {
+            let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+            let delivered = seq::lt(c, front)
+                || self
+                    .outstanding
+                    .get(seq::ahead(c, front) as usize)
+                    .is_some_and(|p| p.sacked);
+            if delivered {
+                self.on_check_delivered(after_tx, tx, now);
+            }
+        }
+
         // Sample only when the newest packet acked was sent once (Karn). An
         // ack that fills a hole with a retransmission also covers packets
         // that waited behind it; their age is not a round trip.
@@ -912,7 +973,7 @@ impl Connection {
                     self.dup_ack_resent = Some(p.seq);
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     // A lost path MTU probe is not congestion (RFC 8899).
-                    if p.pad == 0 {
+                    if p.pad == 0 && !p.check {
                         first_lost.get_or_insert(p.seq);
                     }
                 }
@@ -938,7 +999,7 @@ impl Connection {
                 let by_count = sacked_any && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
                 if by_time || by_count {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    if p.pad == 0 {
+                    if p.pad == 0 && !p.check {
                         first_lost.get_or_insert(p.seq);
                     }
                 }
@@ -1223,12 +1284,47 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-            // A full-size packet lost to a timer: black-hole evidence.
             if p.pad == 0 && !p.payload.is_empty() {
                 let size = HEADER_LEN + p.payload.len();
-                if self.pmtud.on_timer_loss(size, now) {
-                    self.sync_mss();
-                }
+                self.on_large_timer_loss(size, now);
+            }
+        }
+    }
+
+    /// A packet of `size` bytes was declared lost by a timer: if it is
+    /// larger than the fall-back size, check for a black hole with a small
+    /// packet. After our FIN no new sequence number is left for the check;
+    /// then repeated timer losses decide alone.
+    fn on_large_timer_loss(&mut self, size: usize, now: Instant) {
+        if !self.pmtud.is_large(size) || self.state != State::Connected {
+            return;
+        }
+        if matches!(self.fin, FinState::Sent | FinState::Acked) {
+            if self.pmtud.on_timer_loss(size, now) {
+                self.sync_mss();
+            }
+        } else if self.bh_check == BlackHoleCheck::Idle {
+            self.bh_check = BlackHoleCheck::Due {
+                after_tx: self.tx_counter,
+            };
+        }
+    }
+
+    /// The black-hole check packet was delivered: a full-size packet
+    /// transmitted between the timer and the check and still undelivered
+    /// is evidence of a black hole.
+    fn on_check_delivered(&mut self, after_tx: u64, check_tx: u64, now: Instant) {
+        self.bh_check = BlackHoleCheck::Idle;
+        let vanished = self
+            .outstanding
+            .iter()
+            .filter(|p| !p.sacked && p.pad == 0 && !p.check)
+            .filter(|p| p.tx_index > after_tx && p.tx_index < check_tx)
+            .map(|p| HEADER_LEN + p.payload.len())
+            .find(|&size| self.pmtud.is_large(size));
+        if let Some(size) = vanished {
+            if self.pmtud.on_timer_loss(size, now) {
+                self.sync_mss();
             }
         }
     }
@@ -1275,11 +1371,13 @@ impl Connection {
         }
         // The oldest packet is lost to a timer: black-hole evidence when it
         // is full-size (a shrunk path drops every such packet).
-        if let Some(p) = self.outstanding.iter().find(|p| !p.sacked && p.pad == 0) {
-            if !p.payload.is_empty() && self.pmtud.on_timer_loss(HEADER_LEN + p.payload.len(), now)
-            {
-                self.sync_mss();
-            }
+        if let Some(size) = self
+            .outstanding
+            .iter()
+            .find(|p| !p.sacked && p.pad == 0 && !p.check)
+            .map(|p| HEADER_LEN + p.payload.len())
+        {
+            self.on_large_timer_loss(size, now);
         }
         self.rtt.back_off();
         self.cc.on_timeout(now);
@@ -1307,6 +1405,7 @@ impl Connection {
                     || self.synack_pending
                     || !self.resend.is_empty()
                     || self.fin == FinState::Queued
+                    || matches!(self.bh_check, BlackHoleCheck::Due { .. })
                     || (!self.pending.is_empty() && self.send_allowance() > 0)
             }
         }
@@ -1449,7 +1548,27 @@ impl Connection {
             return Some(self.send_outstanding(now, idx, buf, true));
         }
 
-        // 2. New data, led by a path MTU probe when one is due.
+        // 2. A black-hole check: a tiny packet after unanswered large ones.
+        if let BlackHoleCheck::Due { after_tx } = self.bh_check {
+            self.bh_check = BlackHoleCheck::Idle;
+            if self.state == State::Connected
+                && !matches!(self.fin, FinState::Sent | FinState::Acked)
+            {
+                let seq = self.seq_nr;
+                let n = self.send_new(now, PacketType::Data, Bytes::new(), buf, 0);
+                if let Some(p) = self.outstanding.back_mut() {
+                    p.check = true;
+                }
+                self.bh_check = BlackHoleCheck::Sent {
+                    seq,
+                    after_tx,
+                    tx: self.tx_counter,
+                };
+                return Some(n);
+            }
+        }
+
+        // 3. New data, led by a path MTU probe when one is due.
         if !self.pending.is_empty() {
             let allowance = self.send_allowance();
             if allowance > 0 {
@@ -1545,6 +1664,7 @@ impl Connection {
             in_flight: false,
             lost: false,
             pad,
+            check: false,
         });
         let idx = self.outstanding.len() - 1;
         self.send_outstanding(now, idx, buf, false)
@@ -1570,6 +1690,7 @@ impl Connection {
                 p.pad = 0;
                 self.stats.pmtud_probes_lost += 1;
                 self.pmtud.on_probe_lost(size, now);
+                self.path_query = true;
                 self.sync_mss();
             }
         }

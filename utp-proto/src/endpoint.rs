@@ -85,12 +85,17 @@ pub struct Endpoint {
     dirty: VecDeque<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     touched: Vec<ConnHandle>,
+    /// Connections asking for the OS's path MTU (see `poll_path_query`).
+    path_queries: VecDeque<ConnHandle>,
     resets: VecDeque<(SocketAddr, Header)>,
     reset_tokens: f64,
     reset_refill: Instant,
     rng: StdRng,
     stats: EndpointStats,
 }
+
+/// Most path MTU queries queued at once (see `Endpoint::poll_path_query`).
+const MAX_PATH_QUERIES: usize = 1024;
 
 /// Most RESET replies queued at once; more are dropped (and counted).
 const MAX_QUEUED_RESETS: usize = 64;
@@ -128,6 +133,7 @@ impl Endpoint {
             dirty: VecDeque::new(),
             timers: BinaryHeap::new(),
             touched: Vec::new(),
+            path_queries: VecDeque::new(),
             resets: VecDeque::new(),
             reset_refill: now,
             rng,
@@ -266,6 +272,11 @@ impl Endpoint {
             return;
         }
         e.conn.refresh(now);
+        // Bounded: a caller that never asks must not grow memory.
+        if e.conn.take_path_query() && self.path_queries.len() < MAX_PATH_QUERIES {
+            self.path_queries.push_back(ConnHandle(idx));
+        }
+        let e = &mut self.conns[idx];
         if !e.dirty && e.conn.wants_transmit() {
             e.dirty = true;
             self.dirty.push_back(idx);
@@ -479,6 +490,20 @@ impl Endpoint {
             self.conns[idx].conn.on_datagram_too_big(now, size);
             self.after_change(idx, now);
         }
+    }
+
+    /// A connection that lost a path MTU probe and asks for the OS's view
+    /// of its route's MTU, with its peer address. Answer (optionally) with
+    /// [`Endpoint::set_max_datagram`]: where ICMP "packet too big" is not
+    /// filtered, the kernel knows the path MTU by the time a probe counts
+    /// as lost, and the search ends at once instead of probing down.
+    pub fn poll_path_query(&mut self) -> Option<(ConnHandle, SocketAddr)> {
+        while let Some(h) = self.path_queries.pop_front() {
+            if let Some(e) = self.conns.get(h.0) {
+                return Some((h, e.addr));
+            }
+        }
+        None
     }
 
     /// Whether no connection is tracked at all.

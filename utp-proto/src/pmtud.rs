@@ -252,24 +252,46 @@ impl Pmtud {
         }
     }
 
+    /// Whether losing a packet of `size` bytes could mean a black hole: it
+    /// is larger than what the size would fall back to.
+    pub fn is_large(&self, size: usize) -> bool {
+        self.phase != Phase::Disabled && size > self.fallback_size()
+    }
+
+    fn fallback_size(&self) -> usize {
+        if self.current > self.cfg.base {
+            self.cfg.base
+        } else {
+            self.cfg.min
+        }
+    }
+
     /// A packet of `size` bytes was declared lost by a timer (tail loss
-    /// probe or retransmission timeout). Returns whether this declared a
-    /// black hole (the current size fell back).
+    /// probe or retransmission timeout), with no way to check smaller
+    /// packets: after [`BLACK_HOLE_LOSSES`] such losses in a row the size
+    /// falls back. Returns whether it did.
     pub fn on_timer_loss(&mut self, size: usize, now: Instant) -> bool {
-        if self.phase == Phase::Disabled || size <= self.cfg.min {
+        if !self.is_large(size) {
             return false;
         }
         self.large_losses = self.large_losses.saturating_add(1);
         if self.large_losses < BLACK_HOLE_LOSSES {
             return false;
         }
+        self.on_black_hole(size, now)
+    }
+
+    /// Packets of `size` bytes are black-holed: a small packet sent after
+    /// them was acknowledged while they were not. Falls back to the base
+    /// size (or to the minimum when the base itself vanishes) and searches
+    /// again below `size`. Returns whether the size fell back.
+    pub fn on_black_hole(&mut self, size: usize, now: Instant) -> bool {
+        if !self.is_large(size) {
+            return false;
+        }
         self.large_losses = 0;
         self.black_holes += 1;
-        let fallback = if self.current > self.cfg.base {
-            self.cfg.base
-        } else {
-            self.cfg.min
-        };
+        let fallback = self.fallback_size();
         tracing::debug!(
             from = self.current,
             to = fallback,
