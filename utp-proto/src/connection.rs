@@ -1634,7 +1634,7 @@ impl Connection {
         }
         let probe = self.pmtud.poll_probe(now)?;
         let size = probe.size.min(buf.len());
-        if size < HEADER_LEN + 2 {
+        if size < HEADER_LEN + packet::MIN_PADDING {
             return None;
         }
         self.pmtud.on_probe_sent(size);
