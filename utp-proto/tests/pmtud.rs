@@ -4,11 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::{pattern, LinkParams, SimNet, IP_UDP_OVERHEAD};
-use utp_proto::packet::HEADER_LEN;
-use utp_proto::{Config, ConnHandle, ConnectionStats};
+use common::{datagram, drain, hdr, pattern, peer, sack_of, LinkParams, SimNet, IP_UDP_OVERHEAD};
+use utp_proto::congestion::{AckInfo, ControllerFactory};
+use utp_proto::packet::{PacketType, HEADER_LEN};
+use utp_proto::{Aimd, Config, ConnHandle, ConnectionStats, Controller, Endpoint};
 
 const MIB: usize = 1 << 20;
 
@@ -261,12 +264,116 @@ fn mtu_rise_is_found_at_the_next_research() {
     );
 }
 
+/// Aimd that counts the congestion signals it gets.
+#[derive(Debug)]
+struct Counting {
+    inner: Aimd,
+    signals: Arc<AtomicU64>,
+}
+
+impl Controller for Counting {
+    fn on_ack(&mut self, now: Instant, ack: &AckInfo) {
+        self.inner.on_ack(now, ack)
+    }
+    fn on_loss(&mut self, now: Instant) {
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_loss(now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_timeout(now)
+    }
+    fn window(&self) -> usize {
+        self.inner.window()
+    }
+    fn set_mss(&mut self, mss: usize) {
+        self.inner.set_mss(mss)
+    }
+}
+
+#[derive(Debug)]
+struct CountingFactory(Arc<AtomicU64>);
+
+impl ControllerFactory for CountingFactory {
+    fn build(&self, mss: usize) -> Box<dyn Controller> {
+        Box::new(Counting {
+            inner: Aimd::new(mss, 16 << 20),
+            signals: self.0.clone(),
+        })
+    }
+}
+
+#[test]
+fn probe_is_an_empty_data_packet_padded_behind_an_empty_sack_and_its_loss_is_no_congestion() {
+    let t0 = Instant::now();
+    let signals = Arc::new(AtomicU64::new(0));
+    let cfg = Config::default().controller(Arc::new(CountingFactory(signals.clone())));
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 1);
+    let h = ep.connect(t0, peer()).unwrap();
+    ep.set_max_datagram(h, t0, 1472);
+    let syn = drain(&mut ep, t0).pop().expect("SYN");
+    let r = syn.h.conn_id;
+    let t1 = t0 + Duration::from_millis(20);
+    let synack = hdr(PacketType::State, r, 1000, syn.h.seq_nr);
+    ep.handle_datagram(t1, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    let n = ep.with_conn(h, t1, |c| c.write(&[7u8; 200_000])).unwrap();
+    assert_eq!(n, 200_000);
+    let out = drain(&mut ep, t1);
+    // The probe leads the first flight: an empty data packet of exactly
+    // the ceiling, its first extension an all-zero SACK (libutp drops a
+    // packet whose first extension type is 3 or more).
+    let probe = &out[0];
+    assert_eq!(probe.h.ty, PacketType::Data);
+    assert!(probe.payload.is_empty());
+    assert_eq!(probe.raw.len(), 1472);
+    assert_eq!(probe.raw[1], 1, "first extension is a SACK");
+    assert!(probe.sack.as_deref().unwrap().iter().all(|&b| b == 0));
+    let data: Vec<_> = out[1..].iter().collect();
+    assert!(data.len() >= 3);
+    assert!(data
+        .iter()
+        .all(|o| o.h.ty == PacketType::Data && o.payload.len() == 1212));
+    let cwnd = ep.conn(h).stats().cwnd;
+
+    // The peer gets every data packet but not the probe.
+    let t2 = t1 + Duration::from_millis(20);
+    let ps = probe.h.seq_nr;
+    let seqs: Vec<u16> = data.iter().map(|o| o.h.seq_nr).collect();
+    let ack = hdr(PacketType::State, r, 1000, ps.wrapping_sub(1));
+    ep.handle_datagram(
+        t2,
+        peer(),
+        &datagram(&ack, &sack_of(ack.ack_nr, &seqs), &[]),
+    )
+    .unwrap();
+    let out = drain(&mut ep, t2);
+    // Its (empty) data goes again unpadded: a bare 20-byte packet.
+    let resend = out
+        .iter()
+        .find(|o| o.h.seq_nr == ps)
+        .expect("probe's sequence number resent");
+    assert_eq!(resend.raw.len(), HEADER_LEN);
+    assert_eq!(resend.h.ty, PacketType::Data);
+    let st = ep.conn(h).stats();
+    assert_eq!(st.pmtud_probes_lost, 1);
+    assert_eq!(st.fast_retransmits, 0);
+    assert_eq!(
+        signals.load(Ordering::Relaxed),
+        0,
+        "controller told of a loss"
+    );
+    assert!(st.cwnd >= cwnd, "window shrank: {} -> {}", cwnd, st.cwnd);
+    assert_eq!(st.payload_size, 1212);
+}
+
 #[test]
 fn probe_losses_do_not_shrink_the_congestion_window() {
     // Clean path, no rate limit: the only losses are probes that are too
-    // big, so the window must only grow.
+    // big, so the controller must never hear of a loss.
+    let signals = Arc::new(AtomicU64::new(0));
     let run = transfer(
-        Config::default(),
+        Config::default().controller(Arc::new(CountingFactory(signals.clone()))),
         link(1280),
         9000 - IP_UDP_OVERHEAD,
         pattern(8 * MIB, 5),
@@ -276,6 +383,11 @@ fn probe_losses_do_not_shrink_the_congestion_window() {
     assert!(run.stats.pmtud_probes_lost >= 6, "{:?}", run.stats);
     assert_eq!(run.stats.fast_retransmits, 0);
     assert_eq!(run.stats.timeouts, 0);
+    assert_eq!(
+        signals.load(Ordering::Relaxed),
+        0,
+        "controller told of a loss"
+    );
     assert!(!run.cwnd_decreased, "a lost probe shrank the window");
 }
 
