@@ -545,6 +545,30 @@ mod tests {
     }
 
     #[test]
+    fn path_change_resets_to_base_and_searches_again() {
+        let now = Instant::now();
+        let mut p = Pmtud::new(cfg(8972), now);
+        search(&mut p, 8972, now);
+        assert!(!p.is_searching());
+        p.reset(now);
+        assert_eq!(p.current(), 1232);
+        let (size, _) = search(&mut p, 1472, now);
+        assert!((1464..=1472).contains(&size), "{size}");
+    }
+
+    #[test]
+    fn only_packets_above_the_fallback_size_count_as_black_hole_evidence() {
+        let now = Instant::now();
+        let mut p = Pmtud::new(cfg(1472), now);
+        search(&mut p, 1472, now);
+        assert!(!p.is_large(1232));
+        assert!(p.is_large(1233));
+        assert!(!p.on_timer_loss(1000, now));
+        assert!(!p.on_timer_loss(1000, now));
+        assert_eq!(p.current(), 1472);
+    }
+
+    #[test]
     fn disabled_uses_base_and_never_probes() {
         let now = Instant::now();
         let mut p = Pmtud::new(
