@@ -224,6 +224,7 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         socket.set_nonblocking(true)?;
+        udp::set_dont_fragment(&socket, socket.local_addr()?.is_ipv6());
         Self::from_udp(tokio::net::UdpSocket::from_std(socket)?, config)
     }
 
@@ -283,6 +284,8 @@ impl UtpSocket {
         config: Option<Arc<Config>>,
     ) -> io::Result<UtpStream> {
         let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
+        // The route's MTU caps the connection's path MTU search.
+        let max_datagram = udp::route_max_datagram(target);
         let h = {
             let mut inner = self.shared.lock();
             if let Some(kind) = inner.driver_gone {
@@ -294,6 +297,9 @@ impl UtpSocket {
                 None => inner.endpoint.connect(now, target),
             }
             .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+            if let Some(max) = max_datagram {
+                inner.endpoint.set_max_datagram(h, now, max);
+            }
             inner.wakers.insert(h, ConnWakers::default());
             inner.wake_driver();
             h
@@ -414,8 +420,9 @@ pub struct Driver {
     timer_at: Option<Instant>,
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
-    /// A datagram the socket wasn't ready for, waiting in `send_buf`.
-    pending_tx: Option<(SocketAddr, usize)>,
+    /// A datagram the socket wasn't ready for, waiting in `send_buf`
+    /// (destination, length, send without DF).
+    pending_tx: Option<(SocketAddr, usize, bool)>,
     /// Reused list of connections whose tasks need waking.
     touched: Vec<ConnHandle>,
 }
@@ -480,9 +487,27 @@ impl Driver {
 
         let mut sent = 0;
         loop {
-            if let Some((to, len)) = self.pending_tx {
-                match udp.poll_send_to(cx, &self.send_buf[..len], to) {
+            if let Some((to, len, fragmentable)) = self.pending_tx {
+                let buf = &self.send_buf[..len];
+                let r = if fragmentable {
+                    let v6 = self.shared.local_addr.is_ipv6();
+                    udp::with_fragmentation(udp, v6, || udp.poll_send_to(cx, buf, to))
+                } else {
+                    udp.poll_send_to(cx, buf, to)
+                };
+                match r {
                     Poll::Ready(Ok(_)) => {}
+                    // Larger than the route allows (its MTU shrank, or the
+                    // interface's is smaller than the search's ceiling): the
+                    // connections to `to` lower their size; the packet is
+                    // resent by the protocol like any loss.
+                    Poll::Ready(Err(e)) if udp::is_too_big(&e) => {
+                        let max = udp::route_max_datagram(to)
+                            .filter(|&m| m < len)
+                            .unwrap_or(len.saturating_sub(1));
+                        tracing::debug!(%to, len, max, "datagram too big");
+                        inner.endpoint.on_datagram_too_big(now, to, max);
+                    }
                     Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
                         tracing::debug!(%to, error = %e, "datagram not sent");
                     }
@@ -497,8 +522,16 @@ impl Driver {
                 break;
             }
             match inner.endpoint.poll_transmit(now, &mut self.send_buf) {
-                Some(t) => self.pending_tx = Some((t.destination, t.len)),
+                Some(t) => self.pending_tx = Some((t.destination, t.len, t.fragmentable)),
                 None => break,
+            }
+        }
+
+        // Connections that lost a path MTU probe: the route's MTU may have
+        // been lowered by ICMP meanwhile (cheap: no packet is sent).
+        while let Some((h, to)) = inner.endpoint.poll_path_query() {
+            if let Some(max) = udp::route_max_datagram(to) {
+                inner.endpoint.set_max_datagram(h, now, max);
             }
         }
 
