@@ -14,8 +14,8 @@
 #   2. ICMP allowed: same, and the search ends sooner (a lost probe makes
 #      the sender read the path MTU the kernel learnt from the ICMP).
 #   3. MTU drop mid-transfer: the 2nd link starts at 1500 and R's side of
-#      it drops to 1280 after 0.3 s, ICMP dropped: the connection must
-#      detect the black hole, fall back and finish.
+#      it drops to 1280 once a quarter of the data arrived, ICMP dropped:
+#      the connection must detect the black hole, fall back and finish.
 #
 # usage: interop/pmtud_netns.sh PATH_TO_UTP [SIZE_MIB]
 set -euo pipefail
@@ -92,7 +92,7 @@ run() {
     ip netns exec "$A" timeout 120 "$UTP" connect 10.77.2.1:4000 -q --stats-json "$WORK/a.json" \
         < "$WORK/in.bin" > /dev/null &
     local cpid=$!
-    if [ -n "$during" ]; then sleep 0.3; $during; fi
+    if [ -n "$during" ]; then $during "$cpid"; fi
     wait "$cpid" || rc=$?
     end=$(date +%s.%N)
     wait "$lpid" || rc=$?
@@ -101,6 +101,8 @@ run() {
         verdict="FAIL (exit $rc)"
     elif ! cmp -s "$WORK/in.bin" "$WORK/out.bin"; then
         verdict="FAIL (not bit-exact)"
+    elif [ -n "$during" ] && [ ! -e "$WORK/during.done" ]; then
+        verdict="FAIL (the transfer ended before the path changed)"
     else
         verdict=ok
     fi
@@ -140,7 +142,20 @@ icmp allow
 run "2 ICMP allowed" || FAILED=1
 link_mtu 1500
 icmp block
-drop_mtu() { ip -n "$R" link set "rb$ID" mtu 1280; }
+# drop_mtu PID: once a quarter of the data reached B, R's side of the
+# second link drops to 1280 (B's side stays 1500, so B still takes what R
+# fragments).
+drop_mtu() {
+    rm -f "$WORK/during.done"
+    while kill -0 "$1" 2>/dev/null; do
+        if [ "$(stat -c %s "$WORK/out.bin" 2>/dev/null || echo 0)" -ge $((MIB << 18)) ]; then
+            ip -n "$R" link set "rb$ID" mtu 1280
+            touch "$WORK/during.done"
+            return
+        fi
+        sleep 0.005
+    done
+}
 run "3 MTU 1500 -> 1280 mid-transfer, ICMP dropped" drop_mtu || FAILED=1
 if [ "$FAILED" -ne 0 ]; then echo "pmtud netns FAILED"; exit 1; fi
 echo "pmtud netns passed"

@@ -169,33 +169,36 @@ struct Sent {
     /// ordinary packets). Cleared when resent: a probe's (empty) data goes
     /// again unpadded.
     pad: usize,
-    /// A black-hole check: a small empty data packet sent after full-size
-    /// packets went unanswered.
-    check: bool,
 }
 
-/// Black-hole detection by contrast (RFC 8899 section 4.3): when a timer
-/// (tail loss probe, RTO) declares a full-size packet lost, the timer's
-/// retransmission is followed by a tiny empty data packet. If the tiny one
-/// is acknowledged while a full-size packet retransmitted after the timer
-/// (and sent before it) is not, that is one piece of evidence; two in a row
-/// with no full-size packet acknowledged in between make a black hole and
-/// the size falls back. Packets lost before the timer prove nothing (a
-/// drop-tail burst loses large packets first); a random loss of the one
-/// retransmission is why one piece of evidence is not enough.
+/// Black-hole detection by contrast (RFC 8899 section 4.3). When a timer
+/// (tail loss probe, RTO) declares a full-size packet lost, the oldest
+/// unacknowledged packet (full-size) is resent and followed by a tiny empty
+/// data packet carrying a sequence number the peer already acknowledged:
+/// every stack acks such a duplicate at once, and it needs no new sequence
+/// number, no reorder-buffer room and no SACK reach. If that ack comes while
+/// the resent full-size packet is still unacknowledged, that is one piece of
+/// evidence; three in a row with no full-size packet acknowledged in between
+/// make a black hole and the size falls back. Packets lost before the timer
+/// prove nothing (a drop-tail burst loses large packets first); a random
+/// loss of the one resend is why one piece of evidence is not enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BlackHoleCheck {
     Idle,
-    /// Goes out with the next transmission; evidence must be transmitted
-    /// after `after_tx`.
+    /// Goes out with the next transmission, after the resend of `big`.
     Due {
-        after_tx: u64,
+        big: u16,
     },
-    /// In flight with sequence number `seq` and transmission index `tx`.
+    /// Sent at `at`; its ack tells whether `big` got through.
     Sent {
-        seq: u16,
-        after_tx: u64,
-        tx: u64,
+        big: u16,
+        at: Instant,
+    },
+    /// Answered: unless `big` is acknowledged by `decide_at` (one more
+    /// round trip, for a reordered `big`), that is evidence.
+    Answered {
+        big: u16,
+        decide_at: Instant,
     },
 }
 
@@ -975,21 +978,12 @@ impl Connection {
             }
         }
 
-        if let BlackHoleCheck::Sent {
-            seq: c,
-            after_tx,
-            tx,
-        } = self.bh_check
-        {
-            let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
-            let delivered = seq::lt(c, front)
-                || self
-                    .outstanding
-                    .get(seq::ahead(c, front) as usize)
-                    .is_some_and(|p| p.sacked);
-            if delivered {
-                self.on_check_delivered(after_tx, tx, now);
+        match self.bh_check {
+            BlackHoleCheck::Sent { big, at } => self.on_check_answer(big, at, now),
+            BlackHoleCheck::Answered { big, .. } if self.check_target(big).is_none() => {
+                self.bh_check = BlackHoleCheck::Idle; // `big` got through
             }
+            _ => {}
         }
 
         // Sample only when the newest packet acked was sent once (Karn). An
@@ -1145,7 +1139,7 @@ impl Connection {
                     self.dup_ack_resent = Some(p.seq);
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     // A lost path MTU probe is not congestion (RFC 8899).
-                    if p.pad == 0 && !p.check {
+                    if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
                     }
                 }
@@ -1176,7 +1170,7 @@ impl Connection {
                     && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
                 if by_time || by_count {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    if p.pad == 0 && !p.check {
+                    if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
                     }
                 }
@@ -1384,6 +1378,10 @@ impl Connection {
             (self.state == State::Connected)
                 .then(|| self.pmtud.poll_timeout())
                 .flatten(),
+            match self.bh_check {
+                BlackHoleCheck::Answered { decide_at, .. } => Some(decide_at),
+                _ => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -1427,6 +1425,11 @@ impl Connection {
         }
         if self.state == State::Connected {
             self.pmtud.handle_timeout(now);
+        }
+        if let BlackHoleCheck::Answered { big, decide_at } = self.bh_check {
+            if now >= decide_at {
+                self.decide_check(big, now);
+            }
         }
         if let Some(d) = self.connect_deadline {
             if now >= d {
@@ -1499,47 +1502,84 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-            if p.pad == 0 && !p.payload.is_empty() {
-                let size = HEADER_LEN + p.payload.len();
-                self.on_large_timer_loss(size, now);
-            }
+            self.on_timer_loss(now);
         }
     }
 
-    /// A packet of `size` bytes was declared lost by a timer: if it is
-    /// larger than the fall-back size, check for a black hole with a small
-    /// packet. After our FIN no new sequence number is left for the check;
-    /// then repeated timer losses decide alone.
-    fn on_large_timer_loss(&mut self, size: usize, now: Instant) {
-        if !self.pmtud.is_large(size) || self.state != State::Connected {
+    /// A timer (tail loss probe, RTO) fired with packets unacknowledged:
+    /// if the oldest is full-size, check for a black hole (see
+    /// [`BlackHoleCheck`]). A check still unanswered is replaced.
+    fn on_timer_loss(&mut self, _now: Instant) {
+        if self.state != State::Connected {
             return;
         }
-        if matches!(self.fin, FinState::Sent | FinState::Acked) {
-            if self.pmtud.on_timer_loss(size, now) {
-                self.sync_mss();
-            }
-        } else if self.bh_check == BlackHoleCheck::Idle {
-            self.bh_check = BlackHoleCheck::Due {
-                after_tx: self.tx_counter,
-            };
+        let Some(p) = self.outstanding.front_mut() else {
+            return;
+        };
+        // Evidence must be a packet of the current size sent with DF (one
+        // from before a fall-back is resent without it and proves nothing).
+        let big = HEADER_LEN + p.payload.len();
+        if p.sacked || p.pad > 0 || !self.pmtud.is_large(big) || big > self.pmtud.current() {
+            return;
+        }
+        if !p.lost {
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+        }
+        self.bh_check = BlackHoleCheck::Due { big: p.seq };
+    }
+
+    /// An ack arrived while a black-hole check is out: unless it is too
+    /// early to answer the check, it tells whether `big` got through.
+    fn on_check_answer(&mut self, big: u16, at: Instant, now: Instant) {
+        let srtt = self.rtt.srtt().unwrap_or(self.cfg.min_rto);
+        if now.saturating_duration_since(at) < srtt / 2 {
+            return; // too early to be the check's answer
+        }
+        self.bh_check = match self.check_target(big) {
+            Some(_) => BlackHoleCheck::Answered {
+                big,
+                decide_at: now + srtt,
+            },
+            None => BlackHoleCheck::Idle,
+        };
+    }
+
+    /// The size of `big` while it is undelivered and was sent with DF at
+    /// the current size (the only kind of packet that is evidence).
+    fn check_target(&self, big: u16) -> Option<usize> {
+        let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+        if seq::lt(big, front) {
+            return None; // delivered
+        }
+        let p = self.outstanding.get(seq::ahead(big, front) as usize)?;
+        let size = HEADER_LEN + p.payload.len();
+        (!p.sacked && size <= self.pmtud.current()).then_some(size)
+    }
+
+    /// The check was answered a round trip ago and `big` is still missing:
+    /// one piece of evidence.
+    fn decide_check(&mut self, big: u16, now: Instant) {
+        self.bh_check = BlackHoleCheck::Idle;
+        let Some(size) = self.check_target(big) else {
+            return;
+        };
+        if self.pmtud.on_black_hole_evidence(size, now) {
+            self.sync_mss();
+            self.resend_oversized();
+        } else {
+            // Check again at once rather than wait for the next timer.
+            self.on_timer_loss(now);
         }
     }
 
-    /// The black-hole check packet was delivered: a full-size packet
-    /// transmitted between the timer and the check and still undelivered
-    /// is evidence of a black hole.
-    fn on_check_delivered(&mut self, after_tx: u64, check_tx: u64, now: Instant) {
-        self.bh_check = BlackHoleCheck::Idle;
-        let vanished = self
-            .outstanding
-            .iter()
-            .filter(|p| !p.sacked && p.pad == 0 && !p.check)
-            .filter(|p| p.tx_index > after_tx && p.tx_index < check_tx)
-            .map(|p| HEADER_LEN + p.payload.len())
-            .find(|&size| self.pmtud.is_large(size));
-        if let Some(size) = vanished {
-            if self.pmtud.on_timer_loss(size, now) {
-                self.sync_mss();
+    /// After a fall-back: every packet in flight larger than the new size
+    /// was sent into the black hole; resend them now (without DF, see
+    /// `transmit_fragmentable`) instead of waiting for timers.
+    fn resend_oversized(&mut self) {
+        let max = self.pmtud.current();
+        for p in self.outstanding.iter_mut() {
+            if !p.sacked && !p.lost && HEADER_LEN + p.payload.len() > max {
+                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
             }
         }
     }
@@ -1608,16 +1648,8 @@ impl Connection {
             self.fail(ConnectionError::TimedOut);
             return;
         }
-        // The oldest packet is lost to a timer: black-hole evidence when it
-        // is full-size (a shrunk path drops every such packet).
-        if let Some(size) = self
-            .outstanding
-            .iter()
-            .find(|p| !p.sacked && p.pad == 0 && !p.check)
-            .map(|p| HEADER_LEN + p.payload.len())
-        {
-            self.on_large_timer_loss(size, now);
-        }
+        // A shrunk path drops every full-size packet: check for that.
+        self.on_timer_loss(now);
         self.rtt.back_off();
         self.cc.on_timeout(now);
         self.dup_acks = 0;
@@ -1790,23 +1822,18 @@ impl Connection {
         }
 
         // 2. A black-hole check: a tiny packet after unanswered large ones.
-        if let BlackHoleCheck::Due { after_tx } = self.bh_check {
-            self.bh_check = BlackHoleCheck::Idle;
-            if self.state == State::Connected
-                && !matches!(self.fin, FinState::Sent | FinState::Acked)
-            {
-                let seq = self.seq_nr;
-                let n = self.send_new(now, PacketType::Data, Bytes::new(), buf, 0);
-                if let Some(p) = self.outstanding.back_mut() {
-                    p.check = true;
-                }
-                self.bh_check = BlackHoleCheck::Sent {
-                    seq,
-                    after_tx,
-                    tx: self.tx_counter,
-                };
-                return Some(n);
-            }
+        if let BlackHoleCheck::Due { big } = self.bh_check {
+            // After the resend of `big` (retransmissions go first): an
+            // empty data packet with the last sequence number the peer
+            // acknowledged, which it answers with an ack at once.
+            let acked = self
+                .seq_nr
+                .wrapping_sub(self.outstanding.len() as u16)
+                .wrapping_sub(1);
+            self.bh_check = BlackHoleCheck::Sent { big, at: now };
+            let h = self.header(PacketType::Data, acked, now);
+            self.stats.packets_sent += 1;
+            return Some(packet::encode(&h, &[], &[], buf));
         }
 
         // 3. New data, led by a path MTU probe when one is due, paced.
@@ -1920,7 +1947,6 @@ impl Connection {
             in_flight: false,
             lost: false,
             pad,
-            check: false,
         });
         let idx = self.outstanding.len() - 1;
         self.send_outstanding(now, idx, buf, false)

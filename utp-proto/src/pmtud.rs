@@ -13,12 +13,12 @@
 //! a lost probe is not congestion. When the search is done, it starts again
 //! after [`PmtudConfig::raise_interval`] to find a grown path MTU.
 //!
-//! Black holes: when full-size packets keep being lost to timers (a tail
-//! loss probe or retransmission timeout with nothing of that size acked in
-//! between) the path has shrunk without telling us (ICMP filtered). The size
-//! falls back to the base at once, and the search starts over. If the base
-//! itself is black-holed, it falls to [`PmtudConfig::min`] (RFC 8899's
-//! ERROR state).
+//! Black holes: when small packets keep getting through while full-size
+//! ones do not ([`Pmtud::on_black_hole_evidence`], gathered by the
+//! connection after timer-declared losses) the path has shrunk without
+//! telling us (ICMP filtered). The size falls back to the base at once, and
+//! the search starts over. If the base itself is black-holed, it falls to
+//! [`PmtudConfig::min`] (RFC 8899's ERROR state).
 
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 /// wrongly ends the search is corrected by the next periodic re-search).
 pub const MAX_PROBES: u8 = 2;
 
-/// Timer-driven losses of full-size packets, with none of them acked in
-/// between, that declare a black hole.
-pub const BLACK_HOLE_LOSSES: u8 = 2;
+/// Pieces of black-hole evidence in a row (a small packet acknowledged
+/// while a full-size one sent just before it was not, with no full-size
+/// packet acknowledged in between) that declare a black hole. Three keep a
+/// path with 25% random loss below a 2% chance of a false alarm per check.
+pub const BLACK_HOLE_EVIDENCE: u8 = 3;
 
 /// The search stops when the confirmed size and the smallest failed size
 /// are this close (bytes).
@@ -89,7 +91,7 @@ pub struct Pmtud {
     losses_at_size: u8,
     /// Size being tried (the next probe's size).
     trying: Option<usize>,
-    /// Timer-driven losses of packets larger than `base` since one was acked.
+    /// Black-hole evidence in a row (see [`BLACK_HOLE_EVIDENCE`]).
     large_losses: u8,
     /// Times the size fell back because of a black hole.
     black_holes: u64,
@@ -266,16 +268,16 @@ impl Pmtud {
         }
     }
 
-    /// A packet of `size` bytes was declared lost by a timer (tail loss
-    /// probe or retransmission timeout), with no way to check smaller
-    /// packets: after [`BLACK_HOLE_LOSSES`] such losses in a row the size
-    /// falls back. Returns whether it did.
-    pub fn on_timer_loss(&mut self, size: usize, now: Instant) -> bool {
+    /// A packet of `size` bytes was lost while a small packet sent after it
+    /// got through: after [`BLACK_HOLE_EVIDENCE`] such pieces in a row (no
+    /// full-size packet acknowledged in between) the size falls back.
+    /// Returns whether it did.
+    pub fn on_black_hole_evidence(&mut self, size: usize, now: Instant) -> bool {
         if !self.is_large(size) {
             return false;
         }
         self.large_losses = self.large_losses.saturating_add(1);
-        if self.large_losses < BLACK_HOLE_LOSSES {
+        if self.large_losses < BLACK_HOLE_EVIDENCE {
             return false;
         }
         self.on_black_hole(size, now)
@@ -475,8 +477,12 @@ mod tests {
         let mut p = Pmtud::new(cfg(8972), now);
         search(&mut p, 8972, now);
         assert_eq!(p.current(), 8972);
-        assert!(!p.on_timer_loss(8972, now), "one timer loss is not enough");
-        assert!(p.on_timer_loss(8972, now));
+        assert!(
+            !p.on_black_hole_evidence(8972, now),
+            "one piece is not enough"
+        );
+        assert!(!p.on_black_hole_evidence(8972, now));
+        assert!(p.on_black_hole_evidence(8972, now));
         assert_eq!(p.current(), 1232);
         assert_eq!(p.black_holes(), 1);
         let (size, _) = search(&mut p, 1252, now);
@@ -488,9 +494,11 @@ mod tests {
         let now = Instant::now();
         let mut p = Pmtud::new(cfg(1472), now);
         search(&mut p, 1472, now);
-        assert!(!p.on_timer_loss(1472, now));
+        assert!(!p.on_black_hole_evidence(1472, now));
+        assert!(!p.on_black_hole_evidence(1472, now));
         p.on_packet_acked(1472);
-        assert!(!p.on_timer_loss(1472, now));
+        assert!(!p.on_black_hole_evidence(1472, now));
+        assert!(!p.on_black_hole_evidence(1472, now));
         assert_eq!(p.current(), 1472);
     }
 
@@ -500,8 +508,9 @@ mod tests {
         let mut p = Pmtud::new(cfg(1472), now);
         search(&mut p, 1000, now);
         assert_eq!(p.current(), 1232, "nothing above base confirmed");
-        p.on_timer_loss(1232, now);
-        assert!(p.on_timer_loss(1232, now));
+        p.on_black_hole_evidence(1232, now);
+        p.on_black_hole_evidence(1232, now);
+        assert!(p.on_black_hole_evidence(1232, now));
         assert_eq!(p.current(), 548);
         let (size, _) = search(&mut p, 1000, now);
         assert!((992..=1000).contains(&size), "{size}");
@@ -563,8 +572,9 @@ mod tests {
         search(&mut p, 1472, now);
         assert!(!p.is_large(1232));
         assert!(p.is_large(1233));
-        assert!(!p.on_timer_loss(1000, now));
-        assert!(!p.on_timer_loss(1000, now));
+        for _ in 0..BLACK_HOLE_EVIDENCE {
+            assert!(!p.on_black_hole_evidence(1000, now));
+        }
         assert_eq!(p.current(), 1472);
     }
 
@@ -579,8 +589,9 @@ mod tests {
             now,
         );
         assert_eq!(p.poll_probe(now), None);
-        assert!(!p.on_timer_loss(1232, now));
-        assert!(!p.on_timer_loss(1232, now));
+        for _ in 0..BLACK_HOLE_EVIDENCE {
+            assert!(!p.on_black_hole_evidence(1232, now));
+        }
         assert_eq!(p.current(), 1232);
         assert_eq!(p.poll_timeout(), None);
     }

@@ -405,3 +405,64 @@ fn discovery_off_keeps_the_base_size_and_never_probes() {
     assert_eq!(run.stats.payload_size, 1212);
     assert_eq!(run.stats.max_payload_sent, 1212);
 }
+
+#[test]
+fn mtu_drop_under_a_window_of_700_packets_is_caught_by_the_tail_loss_probe() {
+    // 0.8 ms RTT and a 1 MiB window of 1452-byte packets: far more in
+    // flight than a SACK can describe, so the black-hole check must not
+    // depend on SACK reach; the tail loss probe (not the 500 ms RTO)
+    // starts it.
+    let mut dropped_at = None;
+    let run = transfer(
+        Config::default(),
+        LinkParams {
+            delay: Duration::from_micros(400),
+            ..link(1500)
+        },
+        1500 - IP_UDP_OVERHEAD,
+        pattern(32 * MIB, 7),
+        Duration::from_secs(60),
+        |net, received| {
+            if received >= 8 * MIB && dropped_at.is_none() {
+                net.params.mtu = Some(1280);
+                dropped_at = Some(net.elapsed());
+            }
+        },
+    );
+    let dropped_at = dropped_at.expect("MTU dropped mid-transfer");
+    let (fell_back_at, _) = *run
+        .sizes
+        .iter()
+        .find(|&&(t, s)| t > dropped_at && s == 1212)
+        .expect("fell back to the base size");
+    assert!(
+        fell_back_at - dropped_at < Duration::from_millis(100),
+        "fell back {:?} after the drop",
+        fell_back_at - dropped_at
+    );
+    assert_eq!(run.stats.pmtud_black_holes, 1);
+    let size = run.stats.payload_size;
+    assert!(size <= fits(1280) && size + 8 >= fits(1280), "{size}");
+    assert!(run.longest_stall.0 < 3 * Config::default().min_rto);
+}
+
+#[test]
+fn random_loss_reordering_and_queue_drops_are_not_taken_for_a_black_hole() {
+    // 5% loss, 10% of datagrams reordered by up to 30 ms, 1% duplicated,
+    // a 100 Mbit/s bottleneck with a 50 ms drop-tail queue: plenty of
+    // timer-declared losses of full-size packets, none of them a black hole.
+    let run = transfer(
+        Config::default(),
+        LinkParams::lossy(),
+        1500 - IP_UDP_OVERHEAD,
+        pattern(8 * MIB, 8),
+        Duration::from_secs(300),
+        |_, _| {},
+    );
+    assert!(
+        run.stats.tail_loss_probes + run.stats.timeouts > 0,
+        "no timer fired"
+    );
+    assert_eq!(run.stats.pmtud_black_holes, 0);
+    assert!(run.stats.payload_size > 1212, "{}", run.stats.payload_size);
+}
