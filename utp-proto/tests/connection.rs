@@ -704,6 +704,31 @@ fn three_duplicate_acks_fast_retransmit_the_oldest_unacked_packet() {
 }
 
 #[test]
+fn window_updates_and_zero_windows_are_not_duplicate_acks() {
+    let mut hs = initiator();
+    hs.write(&[3u8; 5 * MSS]);
+    hs.out();
+    let (peer, ack) = (hs.peer_first, hs.sy(0));
+    assert!(hs.ack(ack).is_empty());
+    // Same ack, but each with a new window: window updates (RFC 5681), and
+    // a receiver with no room is flow control. None of them is a loss.
+    for wnd in [MIB - 1000, MIB - 2000, 0, 0, 0, MIB - 3000] {
+        hs.feed(PacketType::State, peer, ack, wnd, &[]);
+    }
+    let st = hs.conn().stats();
+    assert_eq!(
+        (st.fast_retransmits, st.packets_retransmitted),
+        (0, 0),
+        "{st:?}"
+    );
+    // Three true duplicates (same ack, same window) still are.
+    for _ in 0..3 {
+        hs.feed(PacketType::State, peer, ack, MIB - 3000, &[]);
+    }
+    assert_eq!(hs.conn().stats().fast_retransmits, 1);
+}
+
+#[test]
 fn sack_of_three_later_packets_retransmits_the_hole_but_two_do_not() {
     let mut hs = initiator();
     hs.write(&[4u8; 5 * MSS]);
