@@ -355,6 +355,26 @@ impl UtpSocket {
         self.shared.lock().endpoint.rate_limits()
     }
 
+    /// Marks every packet this socket sends with `tos`: the IPv4 TOS byte
+    /// and the IPv6 traffic class, DSCP in the upper six bits. LEDBAT
+    /// traffic is commonly marked "lower effort": [`UtpSocket::DSCP_LE`]
+    /// (RFC 8622) or the older [`UtpSocket::DSCP_CS1`]. The application's
+    /// own datagrams on a shared port ([`UtpSocket::send_to`]) are marked
+    /// too.
+    pub fn set_traffic_class(&self, tos: u8) -> io::Result<()> {
+        udp::set_traffic_class(&self.shared.udp, tos)
+    }
+
+    /// The marking in use (read back from the socket).
+    pub fn traffic_class(&self) -> io::Result<u8> {
+        udp::traffic_class(&self.shared.udp)
+    }
+
+    /// TOS byte for DSCP LE, "lower effort" (RFC 8622): DSCP 1.
+    pub const DSCP_LE: u8 = 1 << 2;
+    /// TOS byte for DSCP CS1, the older "scavenger" class: DSCP 8.
+    pub const DSCP_CS1: u8 = 8 << 2;
+
     /// Receives the next datagram that is not uTP (version nibble other than
     /// 1, or not parseable as uTP), such as DHT or UDP-tracker traffic
     /// sharing this socket's port. Returns its length and sender; a datagram

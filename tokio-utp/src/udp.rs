@@ -269,3 +269,30 @@ mod tests {
         assert_eq!(after, libc::IP_PMTUDISC_PROBE);
     }
 }
+
+/// Marks every datagram the socket sends with `tos`: the IPv4 TOS byte and,
+/// on IPv6 sockets, the traffic class (DSCP in the upper six bits, ECN bits
+/// left to the OS). A dual-stack socket gets both, for its IPv4-mapped peers.
+pub(crate) fn set_traffic_class(sock: &tokio::net::UdpSocket, tos: u8) -> io::Result<()> {
+    let s = socket2::SockRef::from(sock);
+    if sock.local_addr()?.is_ipv6() {
+        s.set_tclass_v6(tos.into())?;
+        // IPv4-mapped traffic of a dual-stack socket uses IP_TOS; an
+        // IPv6-only socket may refuse it, which is fine.
+        let _ = s.set_tos(tos.into());
+        Ok(())
+    } else {
+        s.set_tos(tos.into())
+    }
+}
+
+/// The marking set by [`set_traffic_class`], read back from the socket.
+pub(crate) fn traffic_class(sock: &tokio::net::UdpSocket) -> io::Result<u8> {
+    let s = socket2::SockRef::from(sock);
+    let v = if sock.local_addr()?.is_ipv6() {
+        s.tclass_v6()?
+    } else {
+        s.tos()?
+    };
+    Ok((v & 0xff) as u8)
+}

@@ -1,4 +1,5 @@
-//! Rate limits and per-connection configuration through the tokio API, on
+//! Rate limits, per-connection configuration and DSCP marking through the
+//! tokio API, on
 //! loopback. Limits only make things slower, so the assertions are lower
 //! bounds on durations (a loaded machine can't make them fail); the limits'
 //! accuracy is measured in virtual time in utp-proto/tests/rate_limits.rs.
@@ -78,4 +79,43 @@ async fn per_connection_config_overrides_the_socket() {
     assert_eq!(n, SIZE);
     assert_eq!(stats.payload_size, 500);
     assert!(stats.max_payload_sent <= 500, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_class_marks_ipv4_and_ipv6_sockets() {
+    for bind in ["127.0.0.1:0", "[::1]:0"] {
+        let sock = UtpSocket::bind(bind).await.unwrap();
+        assert_eq!(
+            sock.traffic_class().unwrap(),
+            0,
+            "{bind}: unmarked by default"
+        );
+        sock.set_traffic_class(UtpSocket::DSCP_LE).unwrap();
+        assert_eq!(sock.traffic_class().unwrap(), 0x04, "{bind}");
+        sock.set_traffic_class(UtpSocket::DSCP_CS1).unwrap();
+        assert_eq!(sock.traffic_class().unwrap(), 0x20, "{bind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marked_socket_still_transfers() {
+    // The marking must not disturb the batched send path.
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.set_traffic_class(UtpSocket::DSCP_CS1).unwrap();
+    let mut c = sock.connect(addr).await.unwrap();
+    c.write_all(&[7u8; 300_000]).await.unwrap();
+    c.close().await.unwrap();
+    let got = timeout(Duration::from_secs(30), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, vec![7u8; 300_000]);
 }
