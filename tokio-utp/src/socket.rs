@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use tokio::io::ReadBuf;
 use tokio::net::ToSocketAddrs;
 use tokio::time::Sleep;
 use utp_proto::{Config, ConnHandle, Endpoint, EndpointStats};
@@ -26,6 +25,12 @@ pub(crate) struct ConnWakers {
 }
 
 impl ConnWakers {
+    /// Moves the wakers to `out`, to be called once the lock is released.
+    fn take_into(&mut self, out: &mut Vec<Waker>) {
+        out.extend(self.read.take());
+        out.extend(self.write.take());
+    }
+
     fn wake(&mut self) {
         if let Some(w) = self.read.take() {
             w.wake();
@@ -244,7 +249,7 @@ impl UtpSocket {
             udp,
             local_addr,
         });
-        let driver = Driver::new(shared.clone());
+        let driver = Driver::new(shared.clone())?;
         Ok((
             Self {
                 shared: SharedRef::new(shared),
@@ -349,27 +354,29 @@ impl UtpSocket {
     }
 }
 
-/// Most datagrams read, and sent, per driver step before yielding.
-const BATCH: usize = 128;
-/// Driver steps per poll before yielding to other tasks.
-const STEPS: usize = 8;
-/// Receive buffer: the largest UDP payload.
-const MAX_DATAGRAM: usize = 65_536;
+/// Driver steps (one receive call, its processing, one send batch) per poll
+/// before yielding to other tasks.
+const STEPS: usize = 16;
 
 /// The future that runs a socket: reads datagrams, feeds the protocol core,
 /// sends what it produces and keeps its timers. It completes when every
 /// handle is gone and every connection has finished closing.
+///
+/// System calls happen outside the shared lock, so streams on other threads
+/// can read and write while the driver waits on the kernel.
 #[must_use = "the driver does nothing unless polled or spawned"]
 pub struct Driver {
     shared: Arc<Shared>,
+    io: udp::BatchIo,
+    rx: udp::RxBuffers,
+    tx: udp::TxBatch,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
-    recv_buf: Vec<u8>,
-    send_buf: Vec<u8>,
-    /// A datagram the socket wasn't ready for, waiting in `send_buf`.
-    pending_tx: Option<(SocketAddr, usize)>,
     /// Reused list of connections whose tasks need waking.
     touched: Vec<ConnHandle>,
+    /// Wakers collected under the lock, called after it is released (a woken
+    /// task on another thread would only contend for it).
+    wake: Vec<Waker>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -381,91 +388,104 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    fn new(shared: Arc<Shared>) -> Self {
-        Self {
+    fn new(shared: Arc<Shared>) -> io::Result<Self> {
+        let io = udp::BatchIo::new(&shared.udp)?;
+        let tx = udp::TxBatch::new(&io);
+        Ok(Self {
             shared,
+            io,
+            rx: udp::RxBuffers::new(),
+            tx,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
             timer_at: None,
-            recv_buf: vec![0; MAX_DATAGRAM],
-            send_buf: vec![0; MAX_DATAGRAM],
-            pending_tx: None,
             touched: Vec::new(),
+            wake: Vec::new(),
+        })
+    }
+
+    /// Receives one batch, without the lock. Returns whether datagrams (or a
+    /// per-peer error) came in; `false` means the socket is drained and the
+    /// task will be woken when more arrives.
+    fn receive(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        match self.io.poll_recv(cx, &self.shared.udp, &mut self.rx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            // ICMP errors surface here on some systems (Linux reports "port
+            // unreachable" as refused); they concern one peer, not the socket.
+            Poll::Ready(Err(e)) if udp::is_transient(&e) || udp::is_peer_error(&e) => {
+                tracing::debug!(error = %e, "transient receive error");
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
         }
     }
 
-    /// One step: receive, run timers, transmit, wake tasks. Returns whether
-    /// more work is probably waiting.
-    fn step(&mut self, cx: &mut Context<'_>, inner: &mut Inner) -> io::Result<bool> {
-        let udp = &self.shared.udp;
-        let mut more = false;
-        let mut received = 0;
-        while received < BATCH {
-            let mut rb = ReadBuf::new(&mut self.recv_buf);
-            match udp.poll_recv_from(cx, &mut rb) {
-                Poll::Ready(Ok(from)) => {
-                    received += 1;
-                    if let Err(e) =
-                        inner
-                            .endpoint
-                            .handle_datagram(Instant::now(), from, rb.filled())
-                    {
-                        // Not uTP: maybe DHT or a tracker sharing the port.
-                        tracing::trace!(%from, error = %e, "non-uTP datagram");
-                        inner.other.push(from, rb.filled());
-                    }
-                }
-                // ICMP errors surface here on some systems (Windows reports
-                // "port unreachable" as a reset); they concern one peer, not
-                // the socket.
-                Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
-                    tracing::debug!(error = %e, "transient receive error");
-                    received += 1;
-                }
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => break,
+    /// Under the lock: feeds what `receive` got to the endpoint, runs timers,
+    /// collects datagrams to send and the wakers to call. Returns whether the
+    /// send batch filled up (the endpoint has more).
+    fn process(&mut self, inner: &mut Inner) -> bool {
+        let now = Instant::now();
+        for (from, data) in self.rx.datagrams() {
+            if let Err(e) = inner.endpoint.handle_datagram(now, from, data) {
+                // Not uTP: maybe DHT or a tracker sharing the port.
+                tracing::trace!(%from, error = %e, "non-uTP datagram");
+                inner.other.push(from, data);
             }
         }
-        more |= received == BATCH;
-
-        let now = Instant::now();
+        self.rx.clear();
         inner.endpoint.handle_timeout(now);
 
-        let mut sent = 0;
-        loop {
-            if let Some((to, len)) = self.pending_tx {
-                match udp.poll_send_to(cx, &self.send_buf[..len], to) {
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
-                        tracing::debug!(%to, error = %e, "datagram not sent");
-                    }
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => break,
-                }
-                self.pending_tx = None;
-                sent += 1;
-            }
-            if sent >= BATCH {
-                more |= inner.endpoint.has_transmit();
-                break;
-            }
-            match inner.endpoint.poll_transmit(now, &mut self.send_buf) {
-                Some(t) => self.pending_tx = Some((t.destination, t.len)),
-                None => break,
-            }
+        let mut full = false;
+        if self.tx.is_empty() {
+            let endpoint = &mut inner.endpoint;
+            full = self.tx.fill(|buf| {
+                endpoint
+                    .poll_transmit(now, buf)
+                    .map(|t| (t.destination, t.len))
+            });
         }
 
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {
-                w.wake();
+                w.take_into(&mut self.wake);
             }
         }
         if inner.endpoint.accept_queue_len() > 0 {
             if let Some(w) = inner.accept_waker.take() {
-                w.wake();
+                self.wake.push(w);
             }
         }
-        Ok(more)
+        full
+    }
+
+    /// Sends the batch, without the lock. `Ok(false)`: the socket is full and
+    /// the task will be woken when it drains.
+    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if self.tx.is_empty() {
+            return Ok(true);
+        }
+        match self.io.poll_flush(cx, &self.shared.udp, &mut self.tx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// One step: receive, process, send. Returns whether more work is
+    /// probably waiting.
+    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let received = self.receive(cx)?;
+        let full = {
+            let shared = self.shared.clone();
+            let mut inner = shared.lock();
+            self.process(&mut inner)
+        };
+        for w in self.wake.drain(..) {
+            w.wake();
+        }
+        let sent_all = self.flush(cx)?;
+        Ok(received || (full && sent_all))
     }
 
     fn fail_all(&mut self, inner: &mut Inner, kind: io::ErrorKind) {
@@ -482,58 +502,41 @@ impl Driver {
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory
-    ) || e.raw_os_error() == Some(105) // ENOBUFS: the kernel dropped it, like the network would
-}
-
-/// Errors about one destination (unreachable, refused, too big): drop the
-/// datagram, the protocol's retransmission and timeouts handle the rest.
-fn is_peer_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            | io::ErrorKind::AddrNotAvailable
-            | io::ErrorKind::PermissionDenied
-            | io::ErrorKind::InvalidInput
-    ) || e.raw_os_error() == Some(90) // EMSGSIZE
-}
-
 impl Future for Driver {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let shared = this.shared.clone();
-        let mut inner = shared.lock();
-        if !inner
-            .driver_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            inner.driver_waker = Some(cx.waker().clone());
+            let mut inner = shared.lock();
+            if !inner
+                .driver_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.driver_waker = Some(cx.waker().clone());
+            }
         }
         let mut steps = 0;
-        loop {
-            match this.step(cx, &mut inner) {
+        let result = loop {
+            // Leftovers from a send the socket wasn't ready for go first.
+            match this.flush(cx).and_then(|_| this.step(cx)) {
                 Ok(true) if steps + 1 < STEPS => steps += 1,
                 Ok(true) => {
                     // Yield so streams on this runtime get to run, then go on.
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "uTP socket failed");
-                    this.fail_all(&mut inner, e.kind());
-                    return Poll::Ready(Err(e));
-                }
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
             }
+        };
+        let mut inner = shared.lock();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "uTP socket failed");
+            this.fail_all(&mut inner, e.kind());
+            return Poll::Ready(Err(e));
         }
 
         // Nobody holds a handle and every connection has wound down.
