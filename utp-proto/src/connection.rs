@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::congestion::{AckInfo, Controller};
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
 use crate::rtt::RttEstimator;
+use crate::sendbuf::SendQueue;
 use crate::seq;
 
 /// Retransmission timeouts of our FIN, when it is all that is left after
@@ -168,7 +169,7 @@ pub struct Connection {
 
     // Send side.
     seq_nr: u16,
-    pending: BytesMut,
+    pending: SendQueue,
     outstanding: VecDeque<Sent>,
     /// Payload bytes in `outstanding` (sacked ones included): the send
     /// buffer's share of unacknowledged data, kept as a running sum.
@@ -271,7 +272,7 @@ impl Connection {
             synack_pending: false,
             early: Vec::new(),
             seq_nr,
-            pending: BytesMut::new(),
+            pending: SendQueue::new(),
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             resend: VecDeque::new(),
@@ -1341,7 +1342,7 @@ impl Connection {
             if allowance > 0 {
                 self.probe_allowed = false;
                 let n = allowance.min(self.pending.len());
-                let payload = self.pending.split_to(n).freeze();
+                let payload = self.pending.split_to(n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf));

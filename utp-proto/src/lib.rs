@@ -14,6 +14,7 @@ pub mod connection;
 pub mod endpoint;
 pub mod packet;
 pub mod rtt;
+mod sendbuf;
 pub mod seq;
 
 pub use config::Config;
