@@ -47,6 +47,14 @@ struct Args {
     /// Bytes for the single-stream cases (default 256 MiB, quick 128 MiB).
     #[arg(long)]
     size: Option<u64>,
+    /// Payload cap for the default tokio-utp stack (to try sizes path MTU
+    /// discovery would pick; the `bulk1400` case always caps at 1400).
+    #[arg(long)]
+    utp_payload: Option<usize>,
+    /// Send and receive buffer per tokio-utp connection, in bytes (default:
+    /// the library's default).
+    #[arg(long)]
+    utp_buffer: Option<usize>,
     /// Watchdog per measurement, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -122,6 +130,19 @@ enum Client {
     Rqbit(Arc<librqbit_utp::UtpSocketUdp>),
 }
 
+/// Settings from the command line for the default tokio-utp stack.
+#[derive(Debug, Clone, Copy, Default)]
+struct UtpTuning {
+    payload: Option<usize>,
+    buffer: Option<usize>,
+}
+
+static UTP_TUNING: std::sync::OnceLock<UtpTuning> = std::sync::OnceLock::new();
+
+fn utp_tuning() -> UtpTuning {
+    UTP_TUNING.get().copied().unwrap_or_default()
+}
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -132,8 +153,11 @@ async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, Socket
     Ok(match stack {
         Stack::Utp(payload) => {
             let mut cfg = tokio_utp::Config::default();
-            if let Some(p) = payload {
+            if let Some(p) = payload.or(utp_tuning().payload) {
                 cfg = cfg.max_payload(p);
+            }
+            if let Some(b) = utp_tuning().buffer {
+                cfg = cfg.send_buffer(b).recv_buffer(b);
             }
             let l = tokio_utp::UtpListener::bind_with_config(loopback(), cfg.clone()).await?;
             let addr = l.local_addr()?;
@@ -680,6 +704,10 @@ fn print_table(rows: &[Row]) {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let _ = UTP_TUNING.set(UtpTuning {
+        payload: args.utp_payload,
+        buffer: args.utp_buffer,
+    });
     raise_fd_limit();
     let json = args.json;
     let rt = tokio::runtime::Builder::new_multi_thread()

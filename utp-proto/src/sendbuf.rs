@@ -12,8 +12,9 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 /// Largest chunk: big enough that chunk boundaries (and the copy they cost)
-/// are rare, small enough not to overshoot the send buffer by much.
-const MAX_CHUNK: usize = 64 * 1024;
+/// are rare even with 64 KiB packets. A chunk grows with the queue, so a
+/// connection only gets large chunks while it has that much queued.
+const MAX_CHUNK: usize = 1024 * 1024;
 /// Smallest chunk: small writes (request/response traffic) share one.
 const MIN_CHUNK: usize = 4 * 1024;
 
@@ -54,7 +55,7 @@ impl SendQueue {
                 .back()
                 .map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
-                let cap = data.len().clamp(MIN_CHUNK, MAX_CHUNK);
+                let cap = data.len().max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
                 self.chunks.push_back(BytesMut::with_capacity(cap));
                 continue;
             }
