@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     driver_timer: Option<Instant>,
     /// Datagrams that are not uTP, for the application (shared-port use).
     pub(crate) other: OtherQueue,
+    /// Buffer for [`Shared::send_direct`], allocated on first use.
+    direct_buf: Vec<u8>,
 }
 
 /// Most non-uTP datagrams, and bytes, held for [`UtpSocket::recv_other`].
@@ -119,11 +121,43 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
 }
 
+/// Most datagrams [`Shared::send_direct`] sends itself.
+const DIRECT_DATAGRAMS: usize = 4;
+
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent-enough state for
         // the remaining handles to fail cleanly; don't cascade the poison.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends the endpoint's next few datagrams from the calling task, then
+    /// wakes the driver if anything is left. For small writes
+    /// (request/response traffic) this saves a task hop to the driver and
+    /// back on every message, which is most of a loopback round trip. A
+    /// socket too full to take a datagram loses it, as a full network queue
+    /// would; the protocol's retransmission covers that rare case.
+    pub(crate) fn send_direct(&self, inner: &mut Inner) {
+        if inner.driver_gone.is_none() {
+            let now = Instant::now();
+            let Inner {
+                endpoint,
+                direct_buf,
+                ..
+            } = inner;
+            if direct_buf.is_empty() {
+                *direct_buf = vec![0; udp::MAX_DATAGRAM];
+            }
+            for _ in 0..DIRECT_DATAGRAMS {
+                let Some(t) = endpoint.poll_transmit(now, direct_buf) else {
+                    break;
+                };
+                if let Err(e) = self.udp.try_send_to(&direct_buf[..t.len], t.destination) {
+                    tracing::debug!(to = %t.destination, error = %e, "datagram not sent");
+                }
+            }
+        }
+        inner.wake_driver_if_needed();
     }
 }
 
@@ -245,6 +279,7 @@ impl UtpSocket {
                 driver_gone: None,
                 driver_timer: None,
                 other: OtherQueue::default(),
+                direct_buf: Vec::new(),
             }),
             udp,
             local_addr,
@@ -352,6 +387,16 @@ impl UtpSocket {
         let target = udp::map_target(self.shared.local_addr, target)?;
         self.shared.udp.send_to(buf, target).await
     }
+}
+
+/// What a driver step left to do.
+enum Step {
+    /// Nothing until the socket or a timer wakes the driver.
+    Idle,
+    /// Probably more to receive or send right away.
+    More,
+    /// Tasks were woken: let them run first, then go on.
+    Yield,
 }
 
 /// Driver steps (one receive call, its processing, one send batch) per poll
@@ -472,20 +517,31 @@ impl Driver {
         }
     }
 
-    /// One step: receive, process, send. Returns whether more work is
-    /// probably waiting.
-    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+    /// One step: receive, process, send.
+    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
         let received = self.receive(cx)?;
         let full = {
             let shared = self.shared.clone();
             let mut inner = shared.lock();
             self.process(&mut inner)
         };
-        for w in self.wake.drain(..) {
-            w.wake();
+        if !self.wake.is_empty() {
+            for w in self.wake.drain(..) {
+                w.wake();
+            }
+            // Let the woken tasks run before sending: a reply written now
+            // carries the ack that would otherwise go out alone, and a
+            // reader that drained its data makes that ack advertise the
+            // reopened window. The batch goes out when the driver runs
+            // again, right after them.
+            return Ok(Step::Yield);
         }
         let sent_all = self.flush(cx)?;
-        Ok(received || (full && sent_all))
+        Ok(if received || (full && sent_all) {
+            Step::More
+        } else {
+            Step::Idle
+        })
     }
 
     fn fail_all(&mut self, inner: &mut Inner, kind: io::ErrorKind) {
@@ -522,13 +578,13 @@ impl Future for Driver {
         let result = loop {
             // Leftovers from a send the socket wasn't ready for go first.
             match this.flush(cx).and_then(|_| this.step(cx)) {
-                Ok(true) if steps + 1 < STEPS => steps += 1,
-                Ok(true) => {
+                Ok(Step::More) if steps + 1 < STEPS => steps += 1,
+                Ok(Step::More | Step::Yield) => {
                     // Yield so streams on this runtime get to run, then go on.
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                Ok(false) => break Ok(()),
+                Ok(Step::Idle) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
