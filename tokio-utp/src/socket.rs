@@ -401,7 +401,7 @@ enum Step {
 
 /// Driver steps (one receive call, its processing, one send batch) per poll
 /// before yielding to other tasks.
-const STEPS: usize = 16;
+const STEPS: usize = 64;
 
 /// The future that runs a socket: reads datagrams, feeds the protocol core,
 /// sends what it produces and keeps its timers. It completes when every
@@ -477,7 +477,7 @@ impl Driver {
                 inner.other.push(from, data);
             }
         }
-        self.rx.clear();
+        self.rx.processed();
         inner.endpoint.handle_timeout(now);
 
         let mut full = false;
@@ -525,15 +525,18 @@ impl Driver {
             let mut inner = shared.lock();
             self.process(&mut inner)
         };
-        if !self.wake.is_empty() {
-            for w in self.wake.drain(..) {
-                w.wake();
-            }
-            // Let the woken tasks run before sending: a reply written now
-            // carries the ack that would otherwise go out alone, and a
-            // reader that drained its data makes that ack advertise the
-            // reopened window. The batch goes out when the driver runs
-            // again, right after them.
+        let woke = !self.wake.is_empty();
+        for w in self.wake.drain(..) {
+            w.wake();
+        }
+        if woke && !self.rx.was_full() {
+            // The socket is drained: let the woken tasks run before sending.
+            // A reply written now carries the ack that would otherwise go
+            // out alone, and a reader that drained its data makes that ack
+            // advertise the reopened window. The batch goes out when the
+            // driver runs again, right after them. (While datagrams keep
+            // coming, draining the socket comes first: a full socket buffer
+            // drops them.)
             return Ok(Step::Yield);
         }
         let sent_all = self.flush(cx)?;

@@ -117,6 +117,7 @@ impl BatchIo {
         rx: &mut RxBuffers,
     ) -> Poll<io::Result<()>> {
         rx.count = 0;
+        rx.full = false;
         loop {
             std::task::ready!(udp.poll_recv_ready(cx))?;
             let mut slices = slices(&mut rx.buf);
@@ -205,6 +206,7 @@ pub(crate) struct RxBuffers {
     buf: Vec<u8>,
     meta: [RecvMeta; RX_BUFFERS],
     count: usize,
+    full: bool,
 }
 
 impl RxBuffers {
@@ -214,12 +216,20 @@ impl RxBuffers {
             buf: vec![0; RX_BUFFERS * MAX_DATAGRAM],
             meta: [RecvMeta::default(); RX_BUFFERS],
             count: 0,
+            full: false,
         }
     }
 
-    /// Forgets the last receive once its datagrams were handled.
-    pub(crate) fn clear(&mut self) {
+    /// Marks the last receive's datagrams as handled.
+    pub(crate) fn processed(&mut self) {
+        self.full = self.count == RX_BUFFERS;
         self.count = 0;
+    }
+
+    /// Whether the last receive filled every buffer (more is probably
+    /// waiting in the socket).
+    pub(crate) fn was_full(&self) -> bool {
+        self.full
     }
 
     /// The datagrams of the last receive, GRO buffers split at their stride.

@@ -25,7 +25,10 @@ mod udp;
 const GIB: f64 = (1u64 << 30) as f64;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Loopback benchmark: tokio-utp and its references, side by side")]
+#[command(
+    version,
+    about = "Loopback benchmark: tokio-utp and its references, side by side"
+)]
 struct Args {
     /// A short run (well under two minutes): smaller transfers and fewer
     /// connections.
@@ -183,7 +186,9 @@ async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, Socket
 /// connections per socket when a case needs more.
 async fn rqbit_socket(conns: usize) -> Result<Arc<librqbit_utp::UtpSocketUdp>> {
     let opts = librqbit_utp::SocketOpts {
-        max_live_vsocks: (conns > 100).then(|| std::num::NonZeroUsize::new(conns + 28)).flatten(),
+        max_live_vsocks: (conns > 100)
+            .then(|| std::num::NonZeroUsize::new(conns + 28))
+            .flatten(),
         ..Default::default()
     };
     librqbit_utp::UtpSocketUdp::new_udp_with_opts(loopback(), opts, Default::default())
@@ -315,14 +320,30 @@ fn rss_bytes() -> u64 {
 
 /// Raises the open-file limit to the hard limit (10,000 TCP connections
 /// need 20,000 descriptors in one process).
-fn raise_fd_limit() {
+fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit read and write the struct we pass.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
         }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        lim.rlim_cur
+    }
+}
+
+static FD_LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Connections a stack can have open in this process: TCP needs two file
+/// descriptors per connection (both ends are here); uTP needs none.
+fn n_for(stack: Stack, n: usize) -> usize {
+    match stack {
+        Stack::Tcp => {
+            let fds = FD_LIMIT.get().copied().unwrap_or(1024);
+            n.min((fds.saturating_sub(128) / 2) as usize)
+        }
+        _ => n,
     }
 }
 
@@ -594,7 +615,8 @@ async fn run(args: Args) -> Result<Vec<Row>> {
                 "  {:<10} {:<26} {}",
                 r.case,
                 r.stack,
-                r.value.map_or(r.status.clone(), |v| format!("{v:.1} {}", r.unit))
+                r.value
+                    .map_or(r.status.clone(), |v| format!("{v:.1} {}", r.unit))
             );
         }
     };
@@ -605,7 +627,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         for s in connected.into_iter().filter(|&s| want(s)) {
             let p = pat.clone();
             let r = measure("conc10k", s, "MB/s", 1, watchdog * 2, || {
-                concurrent(s, p.clone(), n, 4096, 64, true)
+                concurrent(s, p.clone(), n_for(s, n), 4096, 64, true)
             })
             .await;
             note(&r);
@@ -708,7 +730,7 @@ fn main() -> Result<()> {
         payload: args.utp_payload,
         buffer: args.utp_buffer,
     });
-    raise_fd_limit();
+    let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -81,9 +81,15 @@ async fn recv_gro(
 fn check(pat: &Pattern, d: &[u8], size: u64) -> Result<usize> {
     ensure!(d.len() >= HEADER, "short datagram");
     let seq = u64::from_le_bytes(d[..HEADER].try_into().expect("8 bytes"));
-    ensure!(seq * (PAYLOAD as u64) < size, "datagram number out of range");
+    ensure!(
+        seq * (PAYLOAD as u64) < size,
+        "datagram number out of range"
+    );
     let payload = &d[HEADER..];
-    ensure!(payload.len() == datagram_len(seq, size), "wrong datagram length");
+    ensure!(
+        payload.len() == datagram_len(seq, size),
+        "wrong datagram length"
+    );
     ensure!(
         pat.matches(seq * PAYLOAD as u64, payload),
         "corrupt datagram {seq}"

@@ -50,10 +50,7 @@ impl SendQueue {
     pub(crate) fn extend_from_slice(&mut self, mut data: &[u8]) {
         self.len += data.len();
         while !data.is_empty() {
-            let room = self
-                .chunks
-                .back()
-                .map_or(0, |c| c.capacity() - c.len());
+            let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
                 let cap = data.len().max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
                 self.chunks.push_back(BytesMut::with_capacity(cap));
@@ -105,7 +102,13 @@ mod tests {
     #[test]
     fn bytes_come_out_in_order_whatever_the_write_and_packet_sizes() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        for (write, packet) in [(1, 7), (100, 1400), (4096, 1400), (256 * 1024, 1400), (70_000, 65_000)] {
+        for (write, packet) in [
+            (1, 7),
+            (100, 1400),
+            (4096, 1400),
+            (256 * 1024, 1400),
+            (70_000, 65_000),
+        ] {
             let mut q = SendQueue::new();
             let mut out = Vec::new();
             let mut written = 0;
