@@ -465,10 +465,9 @@ impl Driver {
         }
     }
 
-    /// Under the lock: feeds what `receive` got to the endpoint, runs timers,
-    /// collects datagrams to send and the wakers to call. Returns whether the
-    /// send batch filled up (the endpoint has more).
-    fn process(&mut self, inner: &mut Inner) -> bool {
+    /// Under the lock: feeds what `receive` got to the endpoint, runs timers
+    /// and collects the wakers to call.
+    fn process(&mut self, inner: &mut Inner) {
         let now = Instant::now();
         for (from, data) in self.rx.datagrams() {
             if let Err(e) = inner.endpoint.handle_datagram(now, from, data) {
@@ -479,16 +478,6 @@ impl Driver {
         }
         self.rx.processed();
         inner.endpoint.handle_timeout(now);
-
-        let mut full = false;
-        if self.tx.is_empty() {
-            let endpoint = &mut inner.endpoint;
-            full = self.tx.fill(|buf| {
-                endpoint
-                    .poll_transmit(now, buf)
-                    .map(|t| (t.destination, t.len))
-            });
-        }
 
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
@@ -501,7 +490,21 @@ impl Driver {
                 self.wake.push(w);
             }
         }
-        full
+    }
+
+    /// Under the lock: collects the endpoint's datagrams into the send
+    /// batch. Returns whether the batch filled up (the endpoint has more).
+    fn collect(&mut self, inner: &mut Inner) -> bool {
+        if !self.tx.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let endpoint = &mut inner.endpoint;
+        self.tx.fill(|buf| {
+            endpoint
+                .poll_transmit(now, buf)
+                .map(|t| (t.destination, t.len))
+        })
     }
 
     /// Sends the batch, without the lock. `Ok(false)`: the socket is full and
@@ -520,24 +523,29 @@ impl Driver {
     /// One step: receive, process, send.
     fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
         let received = self.receive(cx)?;
-        let full = {
-            let shared = self.shared.clone();
-            let mut inner = shared.lock();
-            self.process(&mut inner)
-        };
-        let woke = !self.wake.is_empty();
+        let shared = self.shared.clone();
+        let mut inner = shared.lock();
+        self.process(&mut inner);
+        if !self.wake.is_empty() && !self.rx.was_full() {
+            // The socket is drained: let the woken tasks run before anything
+            // is collected for sending. A reply written now carries the ack
+            // that would otherwise go out alone (one datagram per message
+            // instead of two, as TCP's delayed ack achieves), and a reader
+            // that drained its data makes the ack advertise the reopened
+            // window. The driver collects and sends right after them, so
+            // an ack is late by one scheduling turn at most. (While
+            // datagrams keep coming, draining the socket comes first: a full
+            // socket buffer drops them.)
+            drop(inner);
+            for w in self.wake.drain(..) {
+                w.wake();
+            }
+            return Ok(Step::Yield);
+        }
+        let full = self.collect(&mut inner);
+        drop(inner);
         for w in self.wake.drain(..) {
             w.wake();
-        }
-        if woke && !self.rx.was_full() {
-            // The socket is drained: let the woken tasks run before sending.
-            // A reply written now carries the ack that would otherwise go
-            // out alone, and a reader that drained its data makes that ack
-            // advertise the reopened window. The batch goes out when the
-            // driver runs again, right after them. (While datagrams keep
-            // coming, draining the socket comes first: a full socket buffer
-            // drops them.)
-            return Ok(Step::Yield);
         }
         let sent_all = self.flush(cx)?;
         Ok(if received || (full && sent_all) {
@@ -558,6 +566,17 @@ impl Driver {
         if let Some(w) = inner.other.waker.take() {
             w.wake();
         }
+    }
+}
+
+/// Schedules the driver to run again after the tasks that are ready now.
+/// A plain self-wake would not do: tokio runs a task that wakes itself
+/// next, ahead of the tasks it just woke.
+fn yield_to_others(cx: &mut Context<'_>) {
+    let yield_now = std::pin::pin!(tokio::task::yield_now());
+    if yield_now.poll(cx).is_ready() {
+        // Not expected on a first poll; never lose the wakeup.
+        cx.waker().wake_by_ref();
     }
 }
 
@@ -583,8 +602,8 @@ impl Future for Driver {
             match this.flush(cx).and_then(|_| this.step(cx)) {
                 Ok(Step::More) if steps + 1 < STEPS => steps += 1,
                 Ok(Step::More | Step::Yield) => {
-                    // Yield so streams on this runtime get to run, then go on.
-                    cx.waker().wake_by_ref();
+                    // Let streams on this runtime run, then go on.
+                    yield_to_others(cx);
                     return Poll::Pending;
                 }
                 Ok(Step::Idle) => break Ok(()),
