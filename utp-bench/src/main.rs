@@ -41,7 +41,7 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): bulk, bulk1400, conc100, conc10k,
-    /// pingpong, connects.
+    /// loss, pingpong, connects.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Only these stacks (comma-separated): utp, tcp, rqbit, udp1, udpgso.
@@ -440,6 +440,31 @@ async fn bulk(stack: Stack, pat: Pattern, size: u64) -> Result<Sample> {
     })
 }
 
+/// One stream through a relay that drops `loss` of the datagrams each way.
+async fn lossy(stack: Stack, pat: Pattern, size: u64, loss: f64) -> Result<Sample> {
+    let (server, client, addr) = endpoints(stack, 1).await?;
+    let (relay_addr, _relay) = udp::relay(addr, loss, 7)?;
+    let p = pat.clone();
+    let rx = tokio::spawn(async move {
+        let mut c = server.accept().await?;
+        recv_verify(&mut c, &p, size).await
+    });
+    let mut c = client.connect(relay_addr).await?;
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    send_pattern(&mut c, &pat, size).await?;
+    rx.await??;
+    let (dt, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    Ok(Sample {
+        value: size as f64 / dt.as_secs_f64() / 1e6,
+        cpu,
+        bytes: size,
+        detail: format!(
+            "{:.2} s through a relay (one datagram per system call; its CPU counts)",
+            dt.as_secs_f64()
+        ),
+    })
+}
+
 /// `n` connections on one socket each side, `per_conn` bytes each, all at
 /// once. Connects go `parallel` at a time (bounded like a real client would
 /// be, and below the listener's accept backlog).
@@ -672,6 +697,25 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             .await;
             note(&r);
             rows.push(r);
+        }
+    }
+    if want_case("loss") {
+        // The relay forwards one datagram per system call, which caps the
+        // rate: compare 0% with 1%, not with the loopback cases.
+        let size = if quick { 16 << 20 } else { 64 << 20 };
+        for s in [Stack::Utp(None), Stack::Rqbit]
+            .into_iter()
+            .filter(|&s| want(s))
+        {
+            for (case, loss) in [("relay 0%", 0.0), ("relay 1%", 0.01)] {
+                let p = pat.clone();
+                let r = measure(case, s, "MB/s", runs, watchdog, || {
+                    lossy(s, p.clone(), size, loss)
+                })
+                .await;
+                note(&r);
+                rows.push(r);
+            }
         }
     }
     if want_case("pingpong") {
