@@ -1041,6 +1041,10 @@ impl Connection {
     /// every input): a closed peer window with data waiting and nothing in
     /// flight starts the persist timer, whose expiry allows one probe.
     pub fn refresh(&mut self, now: Instant) {
+        if self.outstanding.is_empty() && self.pending.is_empty() {
+            // All acknowledged: an idle connection keeps no send memory.
+            self.pending.release_spare();
+        }
         if self.rto_deadline.is_none()
             && matches!(self.state, State::Connected | State::SynRecv)
             && !self.pending.is_empty()

@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 /// are rare even with 64 KiB packets. A chunk grows with the queue, so a
 /// connection only gets large chunks while it has that much queued.
 const MAX_CHUNK: usize = 1024 * 1024;
+/// Most drained chunks kept for reuse.
+const MAX_SPARES: usize = 4;
 /// Smallest chunk: small writes (request/response traffic) share one.
 const MIN_CHUNK: usize = 4 * 1024;
 
@@ -23,6 +25,10 @@ const MIN_CHUNK: usize = 4 * 1024;
 pub(crate) struct SendQueue {
     chunks: VecDeque<BytesMut>,
     len: usize,
+    /// Drained chunks whose allocations in-flight packets may still share.
+    /// Once they are acknowledged one is reused for the next chunk instead
+    /// of allocating (and page-faulting in) a fresh one.
+    spares: Vec<BytesMut>,
 }
 
 impl SendQueue {
@@ -43,6 +49,35 @@ impl SendQueue {
     pub(crate) fn clear(&mut self) {
         self.chunks = VecDeque::new();
         self.len = 0;
+        self.spares = Vec::new();
+    }
+
+    /// Frees the spare chunks; for when nothing is queued or in flight, so an
+    /// idle connection holds no send memory.
+    pub(crate) fn release_spare(&mut self) {
+        if !self.spares.is_empty() {
+            self.spares = Vec::new();
+        }
+    }
+
+    fn new_chunk(&mut self, cap: usize) -> BytesMut {
+        let reusable = self
+            .spares
+            .iter_mut()
+            .position(|c| c.is_empty() && c.try_reclaim(cap));
+        match reusable {
+            Some(i) => self.spares.swap_remove(i),
+            None => BytesMut::with_capacity(cap),
+        }
+    }
+
+    /// Keeps a drained chunk as a spare, a few at most (a send buffer's
+    /// worth of chunks cycles through them).
+    fn retire(&mut self, mut chunk: BytesMut) {
+        if self.spares.len() < MAX_SPARES {
+            chunk.clear();
+            self.spares.push(chunk);
+        }
     }
 
     /// Appends `data`, filling the last chunk's spare room first; never
@@ -53,7 +88,8 @@ impl SendQueue {
             let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
                 let cap = data.len().max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
-                self.chunks.push_back(BytesMut::with_capacity(cap));
+                let chunk = self.new_chunk(cap);
+                self.chunks.push_back(chunk);
                 continue;
             }
             let n = room.min(data.len());
@@ -67,14 +103,17 @@ impl SendQueue {
     pub(crate) fn split_to(&mut self, n: usize) -> Bytes {
         let n = n.min(self.len);
         self.len -= n;
+        let several = self.chunks.len() > 1;
         let Some(front) = self.chunks.front_mut() else {
             return Bytes::new();
         };
-        if front.len() > n {
-            return front.split_to(n).freeze();
-        }
-        if front.len() == n {
-            let out = self.chunks.pop_front().expect("front exists").freeze();
+        if front.len() >= n {
+            let out = front.split_to(n).freeze();
+            if front.is_empty() && (several || front.capacity() == 0) {
+                // Drained and no longer the chunk writes go to.
+                let chunk = self.chunks.pop_front().expect("front exists");
+                self.retire(chunk);
+            }
             return out;
         }
         // Spans chunks: assemble a copy.
@@ -86,7 +125,8 @@ impl SendQueue {
             let take = (n - out.len()).min(front.len());
             out.extend_from_slice(&front[..take]);
             if take == front.len() {
-                self.chunks.pop_front();
+                let chunk = self.chunks.pop_front().expect("front exists");
+                self.retire(chunk);
             } else {
                 let _ = front.split_to(take);
             }
@@ -127,8 +167,28 @@ mod tests {
             }
             assert_eq!(out, data, "write {write}, packet {packet}");
             assert!(q.is_empty());
-            assert!(q.chunks.is_empty(), "drained chunks are freed");
+            assert!(q.chunks.len() <= 1, "drained chunks are let go");
+            q.release_spare();
+            assert!(q.spares.is_empty());
         }
+    }
+
+    #[test]
+    fn a_chunk_is_reused_once_its_packets_are_gone() {
+        let mut q = SendQueue::new();
+        q.extend_from_slice(&[1; 8192]);
+        q.extend_from_slice(&[2; 8192]);
+        let first_ptr = q.chunks[0].as_ptr();
+        let packets: Vec<Bytes> = (0..8).map(|_| q.split_to(1024)).collect();
+        assert_eq!(q.spares.len(), 1, "the drained first chunk is kept");
+        // Still shared with packets in flight: not reused yet.
+        q.extend_from_slice(&[3; 8192]);
+        assert_ne!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
+        drop(packets);
+        let _ = q.split_to(16384);
+        q.extend_from_slice(&[4; 8192]);
+        assert_eq!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
+        assert_eq!(q.split_to(8192), Bytes::from(vec![4; 8192]));
     }
 
     #[test]
