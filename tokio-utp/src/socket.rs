@@ -302,16 +302,38 @@ impl UtpSocket {
     /// handshake. Fails with `TimedOut` after [`Config::connect_timeout`] and
     /// `ConnectionRefused` when the peer answers with a RESET.
     pub async fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<UtpStream> {
+        self.connect_inner(addr, None).await
+    }
+
+    /// Like [`UtpSocket::connect`], with settings for this connection only
+    /// (timeouts, buffers, payload size, congestion controller, pacing, rate
+    /// limits). Socket-wide settings (accept backlog, half-open bound, RESET
+    /// rate) stay the socket's.
+    pub async fn connect_with_config(
+        &self,
+        addr: impl ToSocketAddrs,
+        config: Config,
+    ) -> io::Result<UtpStream> {
+        self.connect_inner(addr, Some(Arc::new(config))).await
+    }
+
+    async fn connect_inner(
+        &self,
+        addr: impl ToSocketAddrs,
+        config: Option<Arc<Config>>,
+    ) -> io::Result<UtpStream> {
         let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
         let h = {
             let mut inner = self.shared.lock();
             if let Some(kind) = inner.driver_gone {
                 return Err(io::Error::new(kind, "uTP socket driver stopped"));
             }
-            let h = inner
-                .endpoint
-                .connect(Instant::now(), target)
-                .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+            let now = Instant::now();
+            let h = match config {
+                Some(cfg) => inner.endpoint.connect_with_config(now, target, cfg),
+                None => inner.endpoint.connect(now, target),
+            }
+            .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
             inner.wakers.insert(h, ConnWakers::default());
             inner.wake_driver();
             h
@@ -339,6 +361,32 @@ impl UtpSocket {
     /// Socket-wide counters (datagrams, drops by reason, connections).
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().endpoint.stats()
+    }
+
+    /// Caps the upload of all this socket's connections together, in payload
+    /// bytes per second (`None`: unlimited). Sends are paced to the limit;
+    /// nothing is dropped. Per-connection limits:
+    /// [`UtpStream::set_upload_limit`], [`Config::upload_limit`].
+    pub fn set_upload_limit(&self, bytes_per_sec: Option<u64>) {
+        let mut inner = self.shared.lock();
+        inner.endpoint.set_upload_limit(bytes_per_sec);
+        inner.wake_driver();
+    }
+
+    /// Caps the download of all this socket's connections together, in
+    /// payload bytes per second (`None`: unlimited). Reads are metered, so
+    /// receive buffers fill and the windows advertised to the peers shrink
+    /// until they send no faster; nothing is dropped.
+    pub fn set_download_limit(&self, bytes_per_sec: Option<u64>) {
+        self.shared
+            .lock()
+            .endpoint
+            .set_download_limit(bytes_per_sec);
+    }
+
+    /// The socket-wide (upload, download) limits in bytes per second.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        self.shared.lock().endpoint.rate_limits()
     }
 
     /// Receives the next datagram that is not uTP (version nibble other than

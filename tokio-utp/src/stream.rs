@@ -72,6 +72,8 @@ impl StreamInner {
                     return Poll::Ready(Err(driver_gone(kind)));
                 }
                 register(&mut inner, h, cx, true);
+                // A download limit may have armed a timer to retry the read.
+                inner.wake_driver_if_needed();
                 Poll::Pending
             }
             Ok((n, _)) => {
@@ -151,6 +153,14 @@ impl StreamInner {
 
     fn stats(&self) -> ConnectionStats {
         self.shared.lock().endpoint.conn(self.handle).stats()
+    }
+
+    /// Runs `f` on the connection, then lets the driver act on the change.
+    fn with_conn<R>(&self, f: impl FnOnce(&mut utp_proto::Connection) -> R) -> R {
+        let mut inner = self.shared.lock();
+        let r = inner.endpoint.with_conn(self.handle, Instant::now(), f);
+        inner.wake_driver_if_needed();
+        r
     }
 }
 
@@ -286,6 +296,20 @@ impl UtpStream {
     /// Counters and current figures of this connection.
     pub fn stats(&self) -> ConnectionStats {
         self.inner.stats()
+    }
+
+    /// Caps this connection's upload, in payload bytes per second (`None`:
+    /// unlimited); the socket's limit ([`crate::UtpSocket::set_upload_limit`])
+    /// applies as well.
+    pub fn set_upload_limit(&self, bytes_per_sec: Option<u64>) {
+        self.inner.with_conn(|c| c.set_upload_limit(bytes_per_sec));
+    }
+
+    /// Caps this connection's download, in payload bytes per second (`None`:
+    /// unlimited); the socket's limit applies as well.
+    pub fn set_download_limit(&self, bytes_per_sec: Option<u64>) {
+        self.inner
+            .with_conn(|c| c.set_download_limit(bytes_per_sec));
     }
 
     /// Splits into owned halves that can move to different tasks. Dropping the

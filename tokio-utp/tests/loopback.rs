@@ -235,6 +235,12 @@ async fn connect_to_closed_port_fails_in_bounded_time() {
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     assert!(start.elapsed() >= Duration::from_secs(3));
     assert!(start.elapsed() < Duration::from_secs(6));
+    let stats = sock.stats();
+    assert_eq!(
+        (stats.connections_initiated, stats.connections_timed_out),
+        (1, 1),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +254,8 @@ async fn connect_to_socket_without_listener_is_refused() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(sock.stats().connections_refused, 1);
+    assert_eq!(other.stats().syn_refused, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

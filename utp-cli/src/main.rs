@@ -12,7 +12,9 @@ use tokio_utp::Config;
 mod demo;
 mod pipe;
 mod progress;
+mod sim;
 mod size;
+mod soak;
 mod stats;
 
 #[derive(Debug, Parser)]
@@ -54,6 +56,15 @@ enum Command {
     /// Send seeded random data from a client to a server in this process
     /// over 127.0.0.1, verify it, and print throughput and statistics.
     Demo(DemoArgs),
+    /// Run a congestion-control scenario in the deterministic network
+    /// simulator (virtual time) and print its figures; `--plot` draws it.
+    Sim(SimArgs),
+    /// Many concurrent connections over loopback through an impairment
+    /// relay (loss, duplication, reordering, delay, garbage), opened and
+    /// closed continuously; every byte verified both ways. Exits non-zero
+    /// on any corrupted or lost byte, failed stream, leaked connection or
+    /// growing memory.
+    Soak(SoakArgs),
 }
 
 /// Options shared by `listen` and `connect`.
@@ -99,6 +110,92 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Named scenario (see --list); without it, a custom one from the flags.
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// List the named scenarios.
+    #[arg(long)]
+    pub list: bool,
+    /// Seed (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the simulated duration, in seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Write an SVG plot of window, queueing delay and throughput.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print the figures and series as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Custom: bottleneck rate in Mbit/s.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Custom: one-way delay in ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub delay: f64,
+    /// Custom: bottleneck buffer in packets.
+    #[arg(long, default_value_t = 300)]
+    pub buffer: usize,
+    /// Custom: random loss in percent.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Custom: jitter (order-keeping) in ms.
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter: f64,
+    /// Custom: number of uTP flows.
+    #[arg(long, default_value_t = 1)]
+    pub flows: usize,
+    /// Custom: seconds between the starts of the uTP flows.
+    #[arg(long, default_value_t = 0.0)]
+    pub stagger: f64,
+    /// Custom: number of Reno (loss-based) flows.
+    #[arg(long, default_value_t = 0)]
+    pub reno: usize,
+    /// Custom: when the Reno flows start, in seconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub reno_start: f64,
+    /// Custom: when the Reno flows stop, in seconds.
+    #[arg(long)]
+    pub reno_stop: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// How long to run, e.g. 10m, 60s, 1h.
+    #[arg(long, default_value = "10m", value_parser = soak::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Concurrent connections (each opens the next when it finishes).
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Largest stream in bytes (each is uniform in 0..=N, echoed back).
+    #[arg(long, default_value = "1MiB", value_parser = size::parse_size)]
+    pub max_size: u64,
+    /// Probability a datagram is lost.
+    #[arg(long, default_value_t = 0.02)]
+    pub loss: f64,
+    /// Probability a datagram is duplicated.
+    #[arg(long, default_value_t = 0.01)]
+    pub dup: f64,
+    /// Probability a datagram is delayed by up to --reorder-ms extra.
+    #[arg(long, default_value_t = 0.05)]
+    pub reorder: f64,
+    /// Largest extra delay of a reordered datagram, in ms.
+    #[arg(long, default_value_t = 20)]
+    pub reorder_ms: u64,
+    /// Delay of every datagram through the relay, in ms.
+    #[arg(long, default_value_t = 2)]
+    pub delay_ms: u64,
+    /// A burst of garbage datagrams at both endpoints every N ms.
+    #[arg(long, default_value_t = 500)]
+    pub garbage_ms: u64,
+    /// Seed of the data and the impairments (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -115,6 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen { addr, opts } => pipe::run(pipe::Mode::Listen, addr, opts).await,
         Command::Connect { addr, opts } => pipe::run(pipe::Mode::Connect, addr, opts).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Sim(args) => sim::run(args),
+        Command::Soak(args) => soak::run(args).await,
     }
 }
 

@@ -28,6 +28,14 @@ pub struct StatsReport {
     /// configured size when nothing was sent.
     pub payload_size: usize,
     pub duration_s: f64,
+    /// LEDBAT's base one-way delay (raw µs in the peer's clock minus ours:
+    /// only meaningful next to other samples); `null` without a sample or
+    /// with a loss-based controller.
+    pub base_delay_us: Option<u32>,
+    /// LEDBAT's queueing delay estimate at the end, in ms.
+    pub queuing_delay_ms: Option<f64>,
+    /// LEDBAT's target queueing delay, in ms.
+    pub target_delay_ms: Option<f64>,
 }
 
 impl StatsReport {
@@ -52,6 +60,9 @@ impl StatsReport {
             max_cwnd_bytes: stats.max_cwnd,
             payload_size: payload_in_use(stats),
             duration_s: duration.as_secs_f64(),
+            base_delay_us: stats.delay.map(|d| d.base_delay_us),
+            queuing_delay_ms: stats.delay.map(|d| d.queuing_delay.as_secs_f64() * 1e3),
+            target_delay_ms: stats.delay.map(|d| d.target.as_secs_f64() * 1e3),
         }
     }
 

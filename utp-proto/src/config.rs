@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::congestion::{AimdFactory, SharedControllerFactory};
+use crate::congestion::{LedbatFactory, SharedControllerFactory};
 
 /// Settings for connections and the endpoint that owns them.
 ///
@@ -45,6 +45,12 @@ pub struct Config {
     /// Connections accepted by the endpoint but not yet taken by the
     /// application; SYNs beyond it are dropped. Default 128.
     pub accept_backlog: usize,
+    /// Incoming connections whose initiator has not spoken since its SYN
+    /// (half-open, whether or not the application accepted them yet); SYNs
+    /// beyond it are dropped and counted, so a SYN flood holds at most this
+    /// many connections (each freed after [`Config::connect_timeout`]).
+    /// Default 1024.
+    pub max_half_open: usize,
     /// RESET replies to packets of unknown connections, per second. Default 100.
     pub reset_rate: u32,
     /// Send a keep-alive (an ack) after this long without sending anything
@@ -56,7 +62,18 @@ pub struct Config {
     /// without keep-alive. libutp peers send keep-alives every 29 s, so a
     /// few minutes is a safe setting to detect dead peers.
     pub idle_timeout: Option<Duration>,
-    /// Congestion controller factory. Default [`AimdFactory`].
+    /// Upload limit of each connection, in payload bytes per second (`None`,
+    /// the default: unlimited). The endpoint-wide limit is
+    /// [`crate::Endpoint::set_upload_limit`].
+    pub upload_limit: Option<u64>,
+    /// Download limit of each connection, in payload bytes per second
+    /// (`None`, the default: unlimited).
+    pub download_limit: Option<u64>,
+    /// Pace new data over the RTT instead of sending a window at once.
+    /// Default true.
+    pub pacing: bool,
+    /// Congestion controller factory. Default [`LedbatFactory`] (LEDBAT with
+    /// a 100 ms target); [`crate::AimdFactory`] competes like TCP instead.
     pub controller: SharedControllerFactory,
 }
 
@@ -75,10 +92,14 @@ impl Default for Config {
             linger: Duration::from_secs(10),
             max_reorder_packets: 1024,
             accept_backlog: 128,
+            max_half_open: 1024,
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
             idle_timeout: None,
-            controller: Arc::new(AimdFactory::default()),
+            upload_limit: None,
+            download_limit: None,
+            pacing: true,
+            controller: Arc::new(LedbatFactory::default()),
         }
     }
 }
@@ -122,12 +143,20 @@ setters! {
     max_reorder_packets: usize;
     /// Sets [`Config::accept_backlog`].
     accept_backlog: usize;
+    /// Sets [`Config::max_half_open`].
+    max_half_open: usize;
     /// Sets [`Config::reset_rate`].
     reset_rate: u32;
     /// Sets [`Config::keepalive_interval`].
     keepalive_interval: Option<Duration>;
     /// Sets [`Config::idle_timeout`].
     idle_timeout: Option<Duration>;
+    /// Sets [`Config::upload_limit`].
+    upload_limit: Option<u64>;
+    /// Sets [`Config::download_limit`].
+    download_limit: Option<u64>;
+    /// Sets [`Config::pacing`].
+    pacing: bool;
     /// Sets [`Config::controller`].
     controller: SharedControllerFactory;
 }

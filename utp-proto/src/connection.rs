@@ -13,8 +13,11 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::congestion::{AckInfo, Controller};
+use crate::congestion::{AckInfo, Controller, DelayState};
+use crate::drops::DropStats;
+use crate::pacing::Pacer;
 use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
+use crate::ratelimit::{ConnLimits, SharedLimits, TokenBucket};
 use crate::rtt::RttEstimator;
 use crate::sendbuf::SendQueue;
 use crate::seq;
@@ -84,14 +87,21 @@ pub struct ConnectionStats {
     pub timeouts: u64,
     /// Fast retransmits (duplicate acks or SACK evidence).
     pub fast_retransmits: u64,
+    /// Zero-window probes the peer could not take, sent again (flow
+    /// control, not counted as timeouts or congestion).
+    pub zero_window_probes: u64,
     /// Tail loss probes sent (the newest packet resent after ~2 RTTs of silence).
     pub tail_loss_probes: u64,
     /// Data packets received that were already held or delivered.
     pub duplicates_received: u64,
-    /// Packets ignored because they acked data never sent.
+    /// Packets ignored because they acked data never sent (also in
+    /// `drops.ack_beyond_sent`).
     pub invalid_acks: u64,
-    /// Data packets dropped: outside the receive window or buffer full.
+    /// Data packets dropped: outside the receive window or buffer full
+    /// (`drops.seq_out_of_window` plus `drops.recv_buffer_full`).
     pub dropped_out_of_window: u64,
+    /// Everything ignored, by reason.
+    pub drops: DropStats,
     /// Smoothed round-trip time.
     pub rtt: Option<Duration>,
     /// Current congestion window in bytes.
@@ -100,6 +110,10 @@ pub struct ConnectionStats {
     pub max_cwnd: usize,
     /// Payload size in use (bytes per full packet).
     pub payload_size: usize,
+    /// The delay-based controller's state (LEDBAT: base delay, queueing
+    /// delay, target); `None` for loss-based controllers or before the
+    /// first delay sample.
+    pub delay: Option<DelayState>,
     /// Largest payload actually sent in one packet.
     pub max_payload_sent: usize,
     /// Peer's last advertised receive window.
@@ -170,6 +184,14 @@ pub struct Connection {
     // Send side.
     seq_nr: u16,
     pending: SendQueue,
+    pacer: Pacer,
+    /// New data waits for the pacer or an upload limit until then.
+    paced_until: Option<Instant>,
+    limits: ConnLimits,
+    /// A download limit holds reads back until then.
+    read_limited_until: Option<Instant>,
+    /// The latest time the connection was told (reads have no clock).
+    clock: Instant,
     outstanding: VecDeque<Sent>,
     /// Payload bytes in `outstanding` (sacked ones included): the send
     /// buffer's share of unacknowledged data, kept as a running sum.
@@ -216,6 +238,8 @@ pub struct Connection {
     /// A second copy of the last ack, carrying our FIN's seq (see poll_transmit).
     ack_echo_pending: bool,
     last_wnd_sent: u32,
+    /// The window of the latest ack (duplicate acks must repeat it).
+    last_wnd_seen: u32,
     reply_micro: u32,
     last_recv: Instant,
     /// When we last sent anything (keep-alives go out after silence).
@@ -272,7 +296,16 @@ impl Connection {
             synack_pending: false,
             early: Vec::new(),
             seq_nr,
-            pending: SendQueue::new(),
+            pending: SendQueue::default(),
+            pacer: Pacer::default(),
+            paced_until: None,
+            limits: ConnLimits {
+                shared: SharedLimits::default(),
+                up: cfg.upload_limit.map(TokenBucket::new),
+                down: cfg.download_limit.map(TokenBucket::new),
+            },
+            read_limited_until: None,
+            clock: now,
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             resend: VecDeque::new(),
@@ -307,6 +340,7 @@ impl Connection {
             ack_pending: false,
             ack_echo_pending: false,
             last_wnd_sent: cfg.recv_buffer as u32,
+            last_wnd_seen: 0,
             reply_micro: 0,
             last_recv: now,
             last_sent: now,
@@ -397,9 +431,45 @@ impl Connection {
         }
     }
 
+    /// Limits this connection's upload, in payload bytes per second
+    /// (`None`: unlimited); the endpoint's shared limit applies as well.
+    pub fn set_upload_limit(&mut self, rate: Option<u64>) {
+        self.limits.up = rate.map(TokenBucket::new);
+    }
+
+    /// Limits this connection's download, in payload bytes per second
+    /// (`None`: unlimited): reads are metered, so the receive buffer fills
+    /// and the advertised window shrinks until the peer slows down.
+    pub fn set_download_limit(&mut self, rate: Option<u64>) {
+        self.limits.down = rate.map(TokenBucket::new);
+    }
+
+    /// This connection's own (upload, download) limits.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.limits.up.as_ref().map(TokenBucket::rate),
+            self.limits.down.as_ref().map(TokenBucket::rate),
+        )
+    }
+
+    pub(crate) fn set_shared_limits(&mut self, shared: SharedLimits) {
+        self.limits.shared = shared;
+    }
+
+    /// Tells the connection the time before an application call (reads
+    /// meter the download against it).
+    pub(crate) fn observe(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
     /// Whether the handshake is complete (from our side's view).
     pub fn is_established(&self) -> bool {
         !matches!(self.state, State::SynSent | State::Failed(_))
+    }
+
+    /// Packets ignored so far, by reason (cheaper than [`Connection::stats`]).
+    pub fn drop_stats(&self) -> &DropStats {
+        &self.stats.drops
     }
 
     /// Counters and current figures.
@@ -411,6 +481,7 @@ impl Connection {
         s.bytes_in_flight = self.in_flight;
         s.bytes_unacked = self.queued_bytes();
         s.max_cwnd = s.max_cwnd.max(s.cwnd);
+        s.delay = self.cc.delay_state();
         s
     }
 
@@ -428,7 +499,7 @@ impl Connection {
         let queued = self.queued_bytes();
         let room = self.cfg.send_buffer.saturating_sub(queued);
         let n = room.min(data.len());
-        self.pending.extend_from_slice(&data[..n]);
+        self.pending.push(&data[..n]);
         Ok(n)
     }
 
@@ -448,6 +519,24 @@ impl Connection {
     /// `buf` means end of stream only when [`Connection::is_eof`]; otherwise
     /// nothing is available yet.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
+        // Download limits: read no more than the buckets allow; with nothing
+        // allowed, a timer says when to try again (and wakes the reader).
+        // Reads go in chunks of at least 8 KiB (or what is there): waking
+        // for every few bytes the bucket refills would be all overhead.
+        let want = self.readable_bytes().min(buf.len()).min(8 * 1024);
+        let allowed = self.limits.download_allowance(self.clock);
+        if want > 0 && allowed < want {
+            let wait = self.limits.download_delay(self.clock, want);
+            self.read_limited_until = Some(self.clock + wait);
+            return Ok(0);
+        }
+        let limit = buf.len().min(allowed);
+        let n = self.read_unlimited(&mut buf[..limit])?;
+        self.limits.on_download(n);
+        Ok(n)
+    }
+
+    fn read_unlimited(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
         let mut n = 0;
         while n < buf.len() {
             let Some(front) = self.ready.front_mut() else {
@@ -480,10 +569,16 @@ impl Connection {
                 }
             }
         }
-        // Tell a sender stalled on our window that room opened up.
+        // Tell a sender stalled on our window that room opened up: once half
+        // the buffer is free (fewer, bigger updates), or with a download
+        // limit metering the reads, once a few packets fit (the room grows
+        // slowly then, and a stalled sender would wait for its persist timer).
         let wnd = self.recv_window();
-        let half = (self.cfg.recv_buffer / 2) as u32;
-        if n > 0 && self.last_wnd_sent < half && wnd >= half && self.is_established() {
+        let mut threshold = (self.cfg.recv_buffer / 2) as u32;
+        if self.limits.download_limited() {
+            threshold = threshold.min((8 * self.mss) as u32);
+        }
+        if n > 0 && self.last_wnd_sent < threshold && wnd >= threshold && self.is_established() {
             self.ack_pending = true;
         }
         Ok(n)
@@ -548,15 +643,40 @@ impl Connection {
 
     /// Processes one packet addressed to this connection.
     pub fn handle_packet(&mut self, now: Instant, pkt: &Packet<'_>) {
+        self.clock = self.clock.max(now);
         let h = &pkt.header;
         self.stats.packets_received += 1;
         if matches!(self.state, State::Failed(_) | State::Done) {
+            self.stats.drops.after_close += 1;
             return;
         }
         if h.ty == PacketType::Reset {
             if self.state == State::TimeWait {
                 // Everything was delivered both ways; a late RESET (the peer's
                 // own hold ended) changes nothing.
+                return;
+            }
+            let only_fin_left = self.state == State::Connected
+                && self.eof
+                && self.fin == FinState::Sent
+                && self.pending.is_empty()
+                && self.outstanding.len() == 1
+                && self.outstanding[0].ty == PacketType::Fin;
+            if only_fin_left {
+                // All our data was acked and the peer's FIN arrived; only the
+                // ack of our FIN is missing (lost, and the peer's hold ended
+                // before our resend). Nothing is lost: a clean close, as when
+                // the FIN goes unanswered (see on_rto).
+                tracing::debug!(recv_id = self.recv_id, "RESET after both FINs; closing");
+                self.stats.fin_unacknowledged = true;
+                self.outstanding.clear();
+                self.outstanding_bytes = 0;
+                self.in_flight = 0;
+                self.resend.clear();
+                self.rto_deadline = None;
+                self.tlp_deadline = None;
+                self.fin = FinState::Acked;
+                self.update_teardown(now);
                 return;
             }
             self.fail(if self.state == State::SynSent {
@@ -574,6 +694,8 @@ impl Connection {
                 } else {
                     self.ack_pending = true;
                 }
+            } else {
+                self.stats.drops.unexpected_syn += 1;
             }
             return;
         }
@@ -617,6 +739,8 @@ impl Connection {
                 // SYN per data packet received, so no amplification).
                 self.early.push((*h, Bytes::copy_from_slice(pkt.payload)));
                 self.syn_send = true;
+            } else {
+                self.stats.drops.before_handshake += 1;
             }
             // Anything else before the SYN-ACK is dropped; the peer resends.
             return;
@@ -627,6 +751,7 @@ impl Connection {
         let highest_sent = self.seq_nr.wrapping_sub(1);
         if seq::lt(highest_sent, h.ack_nr) {
             self.stats.invalid_acks += 1;
+            self.stats.drops.ack_beyond_sent += 1;
             return;
         }
         self.last_recv = now;
@@ -706,6 +831,7 @@ impl Connection {
                 let s = h.ack_nr.wrapping_add(2).wrapping_add(i as u16);
                 if !seq::lt(s, self.seq_nr) {
                     // SACK bits beyond what we sent are ignored.
+                    self.stats.drops.sack_beyond_sent += 1;
                     break;
                 }
                 if seq::lt(s, front) {
@@ -736,8 +862,12 @@ impl Connection {
         // Sample only when the newest packet acked was sent once (Karn). An
         // ack that fills a hole with a retransmission also covers packets
         // that waited behind it; their age is not a round trip.
-        if let Some((sent, true)) = newest {
-            self.rtt.on_sample(now.saturating_duration_since(sent));
+        let rtt_sample = match newest {
+            Some((sent, true)) => Some(now.saturating_duration_since(sent)),
+            _ => None,
+        };
+        if let Some(sample) = rtt_sample {
+            self.rtt.on_sample(sample);
         }
         if progressed || sacked_any {
             self.consecutive_timeouts = 0;
@@ -755,6 +885,11 @@ impl Connection {
         } else if h.ty == PacketType::State
             && h.ack_nr == self.last_ack_seen
             && !self.outstanding.is_empty()
+            // RFC 5681: an ack that changes the window is a window update,
+            // and one from a receiver with no room is flow control; neither
+            // says a packet was lost.
+            && h.wnd_size == self.last_wnd_seen
+            && h.wnd_size as usize >= self.mss
         {
             self.dup_acks += 1;
             // The answer to a tail loss probe that still doesn't move the
@@ -765,6 +900,7 @@ impl Connection {
             }
         }
         self.last_ack_seen = h.ack_nr;
+        self.last_wnd_seen = h.wnd_size;
 
         // RACK (RFC 8985): the send time of the newest packet known to be
         // delivered. An ack arriving sooner than half an RTT after a
@@ -784,7 +920,9 @@ impl Connection {
                     bytes_acked,
                     bytes_in_flight: in_flight_before,
                     srtt: self.rtt.srtt(),
+                    rtt_sample,
                     peer_delay_us: h.timestamp_diff,
+                    reverse_delay_us: self.reply_micro,
                 },
             );
             let w = self.cc.window();
@@ -894,18 +1032,29 @@ impl Connection {
         // lost our earlier one).
         self.ack_pending = true;
         if let Some(fin) = self.peer_fin {
-            if seq::lt(fin, s) || (h.ty == PacketType::Fin && fin != s) {
-                // Past the FIN, or a FIN contradicting the first: ignore.
+            if h.ty == PacketType::Fin && fin != s {
+                self.stats.drops.fin_mismatch += 1;
+                return;
+            }
+            if seq::lt(fin, s) {
+                self.stats.drops.data_past_fin += 1;
                 return;
             }
         }
         if seq::le(s, self.ack_nr) {
-            self.stats.duplicates_received += 1;
+            if seq::ahead(self.ack_nr, s) as usize >= self.cfg.max_reorder_packets {
+                // Far behind: no packet of this connection's window, but a
+                // duplicate from long ago is harmless, so only counted.
+                self.stats.drops.seq_out_of_window += 1;
+            } else {
+                self.stats.duplicates_received += 1;
+            }
             return;
         }
         let offset = seq::ahead(s, self.ack_nr) as usize - 1;
         if offset >= self.cfg.max_reorder_packets {
             self.stats.dropped_out_of_window += 1;
+            self.stats.drops.seq_out_of_window += 1;
             return;
         }
         // A duplicate of a packet held out of order is a duplicate, even
@@ -914,10 +1063,17 @@ impl Connection {
             self.stats.duplicates_received += 1;
             return;
         }
-        if self.released {
+        let used = self.ready_bytes + self.reorder_bytes;
+        // The next in-order packet is taken while the buffer is not over its
+        // size yet (so by at most one packet): it is a zero-window probe,
+        // and acking it (with a zero window) keeps the sender's persist
+        // timer going instead of a retransmission timeout.
+        let probe = offset == 0 && used <= self.cfg.recv_buffer;
+        if self.released || probe {
             // Nobody will read it; accept it only to keep the stream moving.
-        } else if self.ready_bytes + self.reorder_bytes + payload.len() > self.cfg.recv_buffer {
+        } else if used + payload.len() > self.cfg.recv_buffer {
             self.stats.dropped_out_of_window += 1;
+            self.stats.drops.recv_buffer_full += 1;
             return;
         }
         if offset == 0
@@ -1032,6 +1188,11 @@ impl Connection {
             self.state = State::TimeWait;
             self.time_wait_until = Some(now + self.cfg.time_wait);
             self.linger_until = None;
+            // Nothing is sent or reordered any more; TIME_WAIT may hold
+            // many connections, so drop what the queues had grown to.
+            self.outstanding = VecDeque::new();
+            self.resend = VecDeque::new();
+            self.reorder = VecDeque::new();
         } else if ours_done && self.released {
             self.linger_until = Some(self.last_recv + self.cfg.linger);
         }
@@ -1065,6 +1226,8 @@ impl Connection {
             self.tlp_deadline,
             self.time_wait_until,
             self.linger_until,
+            self.paced_until,
+            self.read_limited_until,
             self.keepalive_at(),
             self.idle_deadline(),
         ]
@@ -1092,6 +1255,14 @@ impl Connection {
 
     /// Runs timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+        if self.paced_until.is_some_and(|t| now >= t) {
+            self.paced_until = None;
+        }
+        if self.read_limited_until.is_some_and(|t| now >= t) {
+            // The reader is woken (the endpoint marks the connection touched).
+            self.read_limited_until = None;
+        }
         if self.idle_deadline().is_some_and(|t| now >= t) {
             tracing::debug!(recv_id = self.recv_id, "peer silent past the idle timeout");
             self.fail(ConnectionError::TimedOut);
@@ -1154,6 +1325,11 @@ impl Connection {
 
     fn on_tail_loss_probe(&mut self) {
         self.tlp_deadline = None;
+        if self.peer_wnd_known && (self.peer_wnd as usize) < self.mss {
+            // Silence behind a closed window is flow control: the persist
+            // timer probes, a tail loss probe would only look like loss.
+            return;
+        }
         self.tlp_fired = true;
         // Resend the newest unacknowledged packet: not a congestion signal,
         // just a way to get a fresh (selective) ack.
@@ -1177,6 +1353,30 @@ impl Connection {
             if self.peer_wnd_known && !self.pending.is_empty() {
                 self.probe_allowed = true;
             }
+            return;
+        }
+        if self.peer_wnd_known
+            && (self.peer_wnd as usize) < self.mss
+            && self.outstanding.len() == 1
+            && self.outstanding[0].ty == PacketType::Data
+        {
+            // A zero-window probe the full receiver could not take (it acks
+            // it with a closed window, so the peer is alive): flow control,
+            // not congestion. Probe again later, window untouched. An
+            // orphaned connection (the application let go) still gives up
+            // after `max_timeouts` probes, like TCP's orphan retries.
+            if self.released {
+                self.consecutive_timeouts += 1;
+                if self.consecutive_timeouts >= self.cfg.max_timeouts {
+                    self.fail(ConnectionError::TimedOut);
+                    return;
+                }
+            }
+            self.stats.zero_window_probes += 1;
+            self.rtt.back_off();
+            let p = &mut self.outstanding[0];
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            self.rto_deadline = Some(now + self.rtt.rto());
             return;
         }
         self.consecutive_timeouts += 1;
@@ -1235,7 +1435,9 @@ impl Connection {
                     || self.synack_pending
                     || !self.resend.is_empty()
                     || self.fin == FinState::Queued
-                    || (!self.pending.is_empty() && self.send_allowance() > 0)
+                    || (!self.pending.is_empty()
+                        && self.paced_until.is_none()
+                        && self.send_allowance() > 0)
             }
         }
     }
@@ -1376,13 +1578,28 @@ impl Connection {
             return Some(self.send_outstanding(now, idx, buf, true));
         }
 
-        // 2. New data.
-        if !self.pending.is_empty() {
+        // 2. New data, paced.
+        if !self.pending.is_empty() && self.paced_until.is_none() {
             let allowance = self.send_allowance();
-            if allowance > 0 {
+            let n = allowance.min(self.pending.len());
+            let paced = if self.cfg.pacing && n > 0 {
+                let (cwnd, srtt) = (self.cc.window(), self.rtt.srtt());
+                self.pacer.delay(now, n, cwnd, srtt, self.mss)
+            } else {
+                None
+            };
+            let limited = if n > 0 {
+                self.limits.upload_delay(now, n)
+            } else {
+                None
+            };
+            if let Some(wait) = paced.max(limited) {
+                self.paced_until = Some(now + wait);
+            } else if allowance > 0 {
+                self.pacer.on_sent(n);
+                self.limits.on_upload(n);
                 self.probe_allowed = false;
-                let n = allowance.min(self.pending.len());
-                let payload = self.pending.split_to(n);
+                let payload = self.pending.take(n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf));

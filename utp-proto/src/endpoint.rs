@@ -13,8 +13,10 @@ use rand::{Rng, SeedableRng};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::Connection;
+use crate::connection::{Connection, ConnectionError, State};
+use crate::drops::DropStats;
 use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
+use crate::ratelimit::SharedLimits;
 
 /// Identifies a connection inside an [`Endpoint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,16 +44,25 @@ pub struct EndpointStats {
     pub datagrams_received: u64,
     /// Datagrams produced by [`Endpoint::poll_transmit`].
     pub datagrams_sent: u64,
-    /// Datagrams that failed to parse as uTP.
+    /// Datagrams that failed to parse as uTP (malformed).
     pub invalid_datagrams: u64,
-    /// Packets for no known connection.
+    /// Packets for no known connection (RESET-answered, rate-limited).
     pub unknown_connection: u64,
+    /// Packets carrying the id of a live connection but coming from another
+    /// address (spoofed, or a peer whose NAT mapping changed): never handed
+    /// to the connection. Not counted in `unknown_connection`.
+    pub wrong_source_address: u64,
     /// RESETs sent in reply to unknown connections.
     pub resets_sent: u64,
     /// RESET replies suppressed by the rate limit.
     pub resets_suppressed: u64,
     /// SYNs dropped because the accept backlog was full.
     pub syn_backlog_full: u64,
+    /// SYNs dropped because [`Config::max_half_open`] connections were
+    /// still waiting for their initiator's first packet after the SYN.
+    pub syn_half_open_full: u64,
+    /// Half-open incoming connections now (see [`Config::max_half_open`]).
+    pub half_open: u64,
     /// SYNs refused (with RESET) because nobody listens.
     pub syn_refused: u64,
     /// Connections accepted into the backlog.
@@ -60,6 +71,16 @@ pub struct EndpointStats {
     pub connections_initiated: u64,
     /// Connections currently tracked.
     pub connections_open: u64,
+    /// Connections that failed because the peer stopped answering (connect
+    /// timeout, retransmission limit, idle timeout).
+    pub connections_timed_out: u64,
+    /// Connections the peer reset.
+    pub connections_reset: u64,
+    /// Our connection attempts the peer refused (RESET in reply to the SYN).
+    pub connections_refused: u64,
+    /// Packets the connections ignored, by reason, summed over every
+    /// connection this endpoint had (live and freed).
+    pub connection_drops: DropStats,
 }
 
 struct Entry {
@@ -68,11 +89,17 @@ struct Entry {
     dirty: bool,
     touched: bool,
     scheduled: Option<Instant>,
+    /// Counted in `Endpoint::half_open`.
+    half_open: bool,
+    /// Its failure is counted in the stats.
+    failure_counted: bool,
 }
 
 /// The sans-IO endpoint: owns every connection of one socket.
 pub struct Endpoint {
     cfg: Arc<Config>,
+    /// Upload and download limits shared by all connections.
+    limits: SharedLimits,
     epoch: Instant,
     conns: Slab<Entry>,
     by_key: HashMap<(SocketAddr, u16), usize>,
@@ -88,6 +115,12 @@ pub struct Endpoint {
     reset_refill: Instant,
     rng: StdRng,
     stats: EndpointStats,
+    /// Live connections per receive id, whatever the address: tells a
+    /// packet from a wrong address apart from one for no connection.
+    ids: HashMap<u16, u32>,
+    half_open: usize,
+    /// Drop counters of connections already freed.
+    retired_drops: DropStats,
 }
 
 /// Most RESET replies queued at once; more are dropped (and counted).
@@ -118,6 +151,7 @@ impl Endpoint {
         Self {
             reset_tokens: cfg.reset_rate as f64,
             cfg,
+            limits: SharedLimits::default(),
             epoch: now,
             conns: Slab::new(),
             by_key: HashMap::new(),
@@ -131,12 +165,33 @@ impl Endpoint {
             reset_refill: now,
             rng,
             stats: EndpointStats::default(),
+            ids: HashMap::new(),
+            half_open: 0,
+            retired_drops: DropStats::default(),
         }
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &Arc<Config> {
         &self.cfg
+    }
+
+    /// Limits the upload of all connections together, in payload bytes per
+    /// second (`None`: unlimited). New data is held back, never dropped.
+    pub fn set_upload_limit(&mut self, rate: Option<u64>) {
+        self.limits.set_upload(rate);
+    }
+
+    /// Limits the download of all connections together, in payload bytes
+    /// per second (`None`: unlimited): reads are metered, so receive buffers
+    /// fill and the advertised windows shrink until peers slow down.
+    pub fn set_download_limit(&mut self, rate: Option<u64>) {
+        self.limits.set_download(rate);
+    }
+
+    /// The endpoint-wide limits (upload, download) in bytes per second.
+    pub fn rate_limits(&self) -> (Option<u64>, Option<u64>) {
+        (self.limits.upload(), self.limits.download())
     }
 
     /// Whether incoming SYNs are accepted (otherwise answered with RESET).
@@ -148,6 +203,11 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         let mut s = self.stats.clone();
         s.connections_open = self.conns.len() as u64;
+        s.half_open = self.half_open as u64;
+        s.connection_drops = self.retired_drops;
+        for (_, e) in &self.conns {
+            s.connection_drops += e.conn.drop_stats();
+        }
         s
     }
 
@@ -160,6 +220,20 @@ impl Endpoint {
     /// [`Endpoint::poll_transmit`]. Fails only when every connection id
     /// towards `addr` is in use.
     pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> Result<ConnHandle, NoFreeIds> {
+        let cfg = self.cfg.clone();
+        self.connect_with_config(now, addr, cfg)
+    }
+
+    /// Like [`Endpoint::connect`], with settings for this connection only
+    /// (timeouts, buffers, controller, payload size, rate limits). The
+    /// endpoint-wide settings (accept backlog, half-open bound, RESET rate)
+    /// stay the endpoint's.
+    pub fn connect_with_config(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        cfg: Arc<Config>,
+    ) -> Result<ConnHandle, NoFreeIds> {
         // Random start, then a bounded scan: never spins, even when full.
         let start: u16 = self.rng.gen();
         let recv_id = (0..=u16::MAX)
@@ -167,7 +241,8 @@ impl Endpoint {
             .find(|id| !self.by_key.contains_key(&(addr, *id)))
             .ok_or(NoFreeIds)?;
         let isn = self.rng.gen();
-        let conn = Connection::connect(self.cfg.clone(), now, self.epoch, recv_id, isn);
+        let mut conn = Connection::connect(cfg, now, self.epoch, recv_id, isn);
+        conn.set_shared_limits(self.limits.clone());
         tracing::debug!(peer = %addr, recv_id, "connecting");
         self.stats.connections_initiated += 1;
         Ok(self.insert(now, addr, conn))
@@ -175,21 +250,58 @@ impl Endpoint {
 
     fn insert(&mut self, now: Instant, addr: SocketAddr, conn: Connection) -> ConnHandle {
         let key = (addr, conn.recv_id());
+        let half_open = conn.state() == State::SynRecv;
+        self.half_open += usize::from(half_open);
+        *self.ids.entry(conn.recv_id()).or_default() += 1;
         let idx = self.conns.insert(Entry {
             conn,
             addr,
             dirty: false,
             touched: false,
             scheduled: None,
+            half_open,
+            failure_counted: false,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
         ConnHandle(idx)
     }
 
-    /// Takes the next connection from the accept queue.
+    /// Takes the next connection from the accept queue. Connections that
+    /// failed while waiting (reset, or the initiator never spoke again) are
+    /// freed instead of handed out.
     pub fn accept(&mut self) -> Option<ConnHandle> {
-        self.accept_queue.pop_front()
+        while let Some(h) = self.accept_queue.pop_front() {
+            if self.conns[h.0].conn.error().is_none() {
+                return Some(h);
+            }
+            self.free(h.0);
+        }
+        None
+    }
+
+    /// Frees the failed connections waiting in the accept queue, so dead
+    /// half-open connections from a SYN flood do not keep the backlog full
+    /// while the application is busy.
+    fn purge_accept_queue(&mut self) {
+        let mut i = 0;
+        while i < self.accept_queue.len() {
+            let idx = self.accept_queue[i].0;
+            if self.conns[idx].conn.error().is_some() {
+                self.accept_queue.remove(i);
+                self.free(idx);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Releases a connection nobody holds a handle to, and frees it if it is done.
+    fn free(&mut self, idx: usize) {
+        // A failed connection has nothing to finish; release makes it done.
+        let now = self.epoch;
+        self.conns[idx].conn.release(now);
+        self.after_change(idx, now);
     }
 
     /// Connections waiting in the accept queue.
@@ -215,7 +327,10 @@ impl Endpoint {
         now: Instant,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> R {
-        let r = f(&mut self.conns[h.0].conn);
+        let e = &mut self.conns[h.0];
+        let _span = conn_span(&e.conn, e.addr).entered();
+        e.conn.observe(now);
+        let r = f(&mut e.conn);
         self.after_change(h.0, now);
         r
     }
@@ -256,11 +371,32 @@ impl Endpoint {
 
     fn after_change(&mut self, idx: usize, now: Instant) {
         let e = &mut self.conns[idx];
+        if e.half_open && (e.conn.state() != State::SynRecv || e.conn.is_done()) {
+            e.half_open = false;
+            self.half_open -= 1;
+        }
+        if !e.failure_counted {
+            if let Some(err) = e.conn.error() {
+                e.failure_counted = true;
+                match err {
+                    ConnectionError::TimedOut => self.stats.connections_timed_out += 1,
+                    ConnectionError::Reset => self.stats.connections_reset += 1,
+                    ConnectionError::Refused => self.stats.connections_refused += 1,
+                }
+            }
+        }
         if e.conn.is_done() {
             let key = (e.addr, e.conn.recv_id());
             if self.by_key.get(&key) == Some(&idx) {
                 self.by_key.remove(&key);
             }
+            if let Some(n) = self.ids.get_mut(&key.1) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ids.remove(&key.1);
+                }
+            }
+            self.retired_drops += e.conn.drop_stats();
             self.conns.remove(idx);
             return;
         }
@@ -310,6 +446,7 @@ impl Endpoint {
                 continue;
             }
             e.scheduled = None;
+            let _span = conn_span(&e.conn, e.addr).entered();
             e.conn.handle_timeout(now);
             self.touch(idx);
             self.after_change(idx, now);
@@ -347,9 +484,21 @@ impl Endpoint {
         };
         match idx {
             Some(idx) => {
-                self.conns[idx].conn.handle_packet(now, &pkt);
+                let e = &mut self.conns[idx];
+                // Everything the connection logs carries its id and peer.
+                let _span = conn_span(&e.conn, e.addr).entered();
+                e.conn.handle_packet(now, &pkt);
                 self.touch(idx);
                 self.after_change(idx, now);
+            }
+            None if h.ty != PacketType::Syn && self.ids.contains_key(&h.conn_id) => {
+                // Another address's connection id (RESETs: or the id next to
+                // it, as find_reset_target accepts). Answering with a RESET
+                // is harmless (it goes to the sender), but rate-limited.
+                self.stats.wrong_source_address += 1;
+                if h.ty != PacketType::Reset {
+                    self.queue_reset(now, from, &h);
+                }
             }
             None => {
                 self.stats.unknown_connection += 1;
@@ -402,12 +551,21 @@ impl Endpoint {
             return;
         }
         if self.accept_queue.len() >= self.cfg.accept_backlog {
+            self.purge_accept_queue();
+        }
+        if self.half_open >= self.cfg.max_half_open {
+            self.stats.syn_half_open_full += 1;
+            tracing::debug!(peer = %from, "too many half-open connections, SYN dropped");
+            return;
+        }
+        if self.accept_queue.len() >= self.cfg.accept_backlog {
             self.stats.syn_backlog_full += 1;
             tracing::debug!(peer = %from, "accept backlog full, SYN dropped");
             return;
         }
         let isn = self.rng.gen();
-        let conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        let mut conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        conn.set_shared_limits(self.limits.clone());
         tracing::debug!(peer = %from, conn_id = syn.conn_id, "incoming connection");
         self.stats.connections_accepted += 1;
         let h = self.insert(now, from, conn);
@@ -475,4 +633,10 @@ impl Endpoint {
     pub fn is_idle(&self) -> bool {
         self.conns.is_empty()
     }
+}
+
+/// The tracing span of one connection: its receive id and peer. Cheap when
+/// debug logging is off (the level is checked before anything is built).
+fn conn_span(conn: &Connection, peer: SocketAddr) -> tracing::Span {
+    tracing::debug_span!("utp", id = conn.recv_id(), %peer)
 }

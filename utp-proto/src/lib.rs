@@ -11,14 +11,21 @@
 pub mod config;
 pub mod congestion;
 pub mod connection;
+pub mod drops;
 pub mod endpoint;
+mod pacing;
 pub mod packet;
+pub mod ratelimit;
 pub mod rtt;
 mod sendbuf;
 pub mod seq;
 
 pub use config::Config;
-pub use congestion::{Aimd, AimdFactory, Controller, ControllerFactory};
+pub use congestion::{
+    Aimd, AimdFactory, Controller, ControllerFactory, DelayState, Ledbat, LedbatConfig,
+    LedbatFactory,
+};
 pub use connection::{Connection, ConnectionError, ConnectionStats, Role, State, WriteError};
+pub use drops::DropStats;
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};

@@ -32,10 +32,6 @@ pub(crate) struct SendQueue {
 }
 
 impl SendQueue {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
     /// Bytes queued.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -82,7 +78,7 @@ impl SendQueue {
 
     /// Appends `data`, filling the last chunk's spare room first; never
     /// moves bytes already queued.
-    pub(crate) fn extend_from_slice(&mut self, mut data: &[u8]) {
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
         self.len += data.len();
         while !data.is_empty() {
             let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
@@ -99,8 +95,20 @@ impl SendQueue {
         }
     }
 
-    /// Takes the first `n` bytes (at most [`SendQueue::len`]).
-    pub(crate) fn split_to(&mut self, n: usize) -> Bytes {
+    /// Removes and returns the oldest `n` bytes (fewer if fewer are queued).
+    pub(crate) fn take(&mut self, n: usize) -> Bytes {
+        let out = self.take_inner(n);
+        if self.len == 0 {
+            // Nothing queued: the chunk writes went to becomes a spare too,
+            // so an idle connection can drop it (`release_spare`).
+            while let Some(chunk) = self.chunks.pop_front() {
+                self.retire(chunk);
+            }
+        }
+        out
+    }
+
+    fn take_inner(&mut self, n: usize) -> Bytes {
         let n = n.min(self.len);
         self.len -= n;
         let several = self.chunks.len() > 1;
@@ -149,25 +157,25 @@ mod tests {
             (256 * 1024, 1400),
             (70_000, 65_000),
         ] {
-            let mut q = SendQueue::new();
+            let mut q = SendQueue::default();
             let mut out = Vec::new();
             let mut written = 0;
             while out.len() < data.len() {
                 if written < data.len() {
                     let n = write.min(data.len() - written);
-                    q.extend_from_slice(&data[written..written + n]);
+                    q.push(&data[written..written + n]);
                     written += n;
                 }
                 assert_eq!(q.len(), written - out.len());
                 while q.len() >= packet || (written == data.len() && !q.is_empty()) {
-                    let p = q.split_to(packet);
+                    let p = q.take(packet);
                     assert!(!p.is_empty() && p.len() <= packet);
                     out.extend_from_slice(&p);
                 }
             }
             assert_eq!(out, data, "write {write}, packet {packet}");
             assert!(q.is_empty());
-            assert!(q.chunks.len() <= 1, "drained chunks are let go");
+            assert!(q.chunks.is_empty(), "drained chunks are let go");
             q.release_spare();
             assert!(q.spares.is_empty());
         }
@@ -175,32 +183,72 @@ mod tests {
 
     #[test]
     fn a_chunk_is_reused_once_its_packets_are_gone() {
-        let mut q = SendQueue::new();
-        q.extend_from_slice(&[1; 8192]);
-        q.extend_from_slice(&[2; 8192]);
+        let mut q = SendQueue::default();
+        q.push(&[1; 8192]);
+        q.push(&[2; 8192]);
         let first_ptr = q.chunks[0].as_ptr();
-        let packets: Vec<Bytes> = (0..8).map(|_| q.split_to(1024)).collect();
+        let packets: Vec<Bytes> = (0..8).map(|_| q.take(1024)).collect();
         assert_eq!(q.spares.len(), 1, "the drained first chunk is kept");
         // Still shared with packets in flight: not reused yet.
-        q.extend_from_slice(&[3; 8192]);
+        q.push(&[3; 8192]);
         assert_ne!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
         drop(packets);
-        let _ = q.split_to(16384);
-        q.extend_from_slice(&[4; 8192]);
+        let _ = q.take(16384);
+        q.push(&[4; 8192]);
         assert_eq!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
-        assert_eq!(q.split_to(8192), Bytes::from(vec![4; 8192]));
+        assert_eq!(q.take(8192), Bytes::from(vec![4; 8192]));
+    }
+
+    #[test]
+    fn bytes_come_out_in_write_order_across_chunks_and_tail() {
+        let mut q = SendQueue::default();
+        let mut expect = Vec::new();
+        for (i, len) in [10usize, 5000, 3, 20_000, 1, 4095, 17_000, 7]
+            .into_iter()
+            .enumerate()
+        {
+            let data: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            q.push(&data);
+            expect.extend_from_slice(&data);
+        }
+        assert_eq!(q.len(), expect.len());
+        let mut got = Vec::new();
+        for n in [1usize, 1400, 7, 9000, 1400, 65_000, 1400] {
+            let b = q.take(n);
+            assert_eq!(b.len(), n.min(expect.len() - got.len()));
+            got.extend_from_slice(&b);
+        }
+        assert!(q.is_empty());
+        assert_eq!(got, expect);
+        assert_eq!(q.take(10).len(), 0);
+    }
+
+    #[test]
+    fn small_writes_are_gathered_not_kept_one_chunk_each() {
+        let mut q = SendQueue::default();
+        for _ in 0..100_000 {
+            q.push(&[7u8; 10]);
+        }
+        assert_eq!(q.len(), 1_000_000);
+        assert!(
+            q.chunks.len() <= 1_000_000 / MIN_CHUNK + 1,
+            "{} chunks",
+            q.chunks.len()
+        );
+        q.clear();
+        assert!(q.is_empty());
     }
 
     #[test]
     fn small_writes_share_a_chunk() {
-        let mut q = SendQueue::new();
+        let mut q = SendQueue::default();
         for _ in 0..50 {
-            q.extend_from_slice(&[1; 64]);
+            q.push(&[1; 64]);
         }
         assert_eq!(q.chunks.len(), 1);
         assert_eq!(q.len(), 3200);
         q.clear();
         assert!(q.is_empty());
-        assert_eq!(q.split_to(10), Bytes::new());
+        assert_eq!(q.take(10), Bytes::new());
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{datagram, drain, hdr, me, peer, sack_of, Out};
 use utp_proto::packet::{Header, PacketType};
-use utp_proto::{Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError};
+use utp_proto::{
+    AimdFactory, Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError,
+};
 
 const MSS: usize = 1400;
 const MIB: u32 = 1 << 20;
@@ -150,10 +152,16 @@ impl Harness {
 }
 
 /// An endpoint for exact packet-by-packet tests: keep-alives are off so an
-/// idle connection has no timer (they have their own tests).
+/// idle connection has no timer (they have their own tests), and the window
+/// follows the AIMD rules (10 packets to start, halving on loss), unpaced, so
+/// the tests can count packets; LEDBAT and pacing are tested in their modules
+/// and in the simulator.
 fn endpoint(cfg: Config, seed: u64) -> (Endpoint, Instant) {
     let t0 = Instant::now();
-    let cfg = cfg.keepalive_interval(None);
+    let cfg = cfg
+        .keepalive_interval(None)
+        .pacing(false)
+        .controller(Arc::new(AimdFactory::default()));
     (Endpoint::with_seed(Arc::new(cfg), t0, seed), t0)
 }
 
@@ -620,7 +628,7 @@ fn advertised_window_shrinks_with_unread_data_and_grows_after_read() {
 }
 
 #[test]
-fn full_receive_buffer_drops_data_and_reading_sends_window_update() {
+fn full_receive_buffer_takes_one_probe_then_drops_and_reading_sends_window_update() {
     let cfg = Config::default().recv_buffer(10_000);
     let (mut hs, _) = initiator_with(cfg, 100, MIB);
     let ack = hs.sy(0).wrapping_sub(1);
@@ -637,14 +645,19 @@ fn full_receive_buffer_drops_data_and_reading_sends_window_update() {
     let last = last.unwrap();
     assert_eq!(last.h.wnd_size, 0);
     assert_eq!(last.h.ack_nr, hs.py(9));
-    // One more packet does not fit: dropped, but acked (ack unchanged).
+    // The next in-order packet is still taken, one packet over the buffer
+    // (a zero-window probe), and acked with a zero window...
     let a = only(hs.feed(PacketType::Data, hs.py(10), ack, MIB, &[10; 1000]));
-    assert_eq!(a.h.ack_nr, hs.py(9));
+    assert_eq!(a.h.ack_nr, hs.py(10));
+    assert_eq!(a.h.wnd_size, 0);
+    // ...but nothing more: dropped, and acked with the ack unchanged.
+    let a = only(hs.feed(PacketType::Data, hs.py(11), ack, MIB, &[11; 1000]));
+    assert_eq!(a.h.ack_nr, hs.py(10));
     assert_eq!(a.h.wnd_size, 0);
     assert_eq!(hs.conn().stats().dropped_out_of_window, 1);
     // Reading makes room, and the stalled sender is told so unprompted.
     let got = hs.read_all();
-    assert_eq!(got.len(), 10_000);
+    assert_eq!(got.len(), 11_000);
     assert!(got
         .chunks(1000)
         .enumerate()
@@ -652,10 +665,10 @@ fn full_receive_buffer_drops_data_and_reading_sends_window_update() {
     let upd = only(hs.out());
     assert_eq!(upd.h.ty, PacketType::State);
     assert_eq!(upd.h.wnd_size, 10_000);
-    assert_eq!(upd.h.ack_nr, hs.py(9));
+    assert_eq!(upd.h.ack_nr, hs.py(10));
     // The retransmitted packet is accepted now.
-    let a = only(hs.feed(PacketType::Data, hs.py(10), ack, MIB, &[10; 1000]));
-    assert_eq!(a.h.ack_nr, hs.py(10));
+    let a = only(hs.feed(PacketType::Data, hs.py(11), ack, MIB, &[11; 1000]));
+    assert_eq!(a.h.ack_nr, hs.py(11));
     assert_eq!(a.h.wnd_size, 9_000);
 }
 
@@ -999,6 +1012,11 @@ fn reset_on_established_connection_is_connection_reset() {
     assert!(out.is_empty());
     assert_eq!(hs.conn().error(), Some(ConnectionError::Reset));
     assert_eq!(hs.conn().state(), State::Failed(ConnectionError::Reset));
+    let stats = hs.ep.stats();
+    assert_eq!(
+        (stats.connections_reset, stats.connections_timed_out),
+        (1, 0)
+    );
     hs.assert_quiet(secs(60));
     let now = hs.now;
     let mut buf = [0u8; 8];

@@ -101,10 +101,14 @@ impl H {
 #[test]
 fn packets_in_flight_stay_below_half_the_sequence_space() {
     let big = 64 << 20;
+    // Unpaced AIMD slow start: the window doubles per simulated round trip,
+    // so the cap is reached in a few rounds of a fake clock.
     let cfg = Config::default()
         .max_payload(64)
         .send_buffer(big)
-        .recv_buffer(big);
+        .recv_buffer(big)
+        .pacing(false)
+        .controller(std::sync::Arc::new(utp_proto::AimdFactory::default()));
     let mut hs = H::initiator(cfg, 1000);
     let n = hs
         .ep
@@ -219,4 +223,124 @@ fn released_connection_against_zero_window_peer_is_eventually_freed() {
             hs.ack(first, 0);
         }
     }
+}
+
+/// A bulk sender's heap stays near its send buffer. Packets used to be
+/// split off the application's write buffer and so shared its allocation:
+/// every write after an ack reallocated (and copied) the whole remaining
+/// buffer, and each packet in flight pinned an old ~1 MiB copy (123 MiB of
+/// heap for 500 KB in flight).
+#[test]
+fn sender_heap_stays_near_the_send_buffer() {
+    use common::{LinkParams, SimNet};
+    let params = LinkParams {
+        rate: Some(4_000_000),
+        ..LinkParams::clean()
+    };
+    let data = vec![7u8; 4 << 20];
+    let base = live();
+    let mut net = SimNet::new(Config::default(), params, 42);
+    let c = net.eps[0].connect(net.now, net.addrs[1]).unwrap();
+    let mut written = 0;
+    let mut peak = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut server = None;
+    net.run(Duration::from_secs(5), 5_000_000, |net| {
+        if let Some(h) = net.eps[1].accept() {
+            server = Some(h);
+        }
+        while written < data.len() {
+            let n = net.eps[0]
+                .with_conn(c, net.now, |cc| cc.write(&data[written..]))
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            written += n;
+        }
+        if let Some(h) = server {
+            while net.eps[1]
+                .with_conn(h, net.now, |cc| cc.read(&mut buf))
+                .unwrap()
+                > 0
+            {}
+        }
+        peak = peak.max(live() - base);
+        net.app_wake = Some(net.now + Duration::from_millis(100));
+        net.elapsed() > Duration::from_millis(1500)
+    });
+    let st = net.eps[0].conn(c).stats();
+    eprintln!(
+        "peak heap {} KiB for a 1 MiB send buffer; {} bytes sent",
+        peak / 1024,
+        st.bytes_sent
+    );
+    assert!(st.bytes_sent > 4_000_000);
+    // Send buffer, the receiver's buffer, datagrams in the simulated queue.
+    assert!(peak < 8 << 20, "{} KiB", peak / 1024);
+}
+
+/// Connections that are done sending keep no buffer-sized allocations: an
+/// idle one used to hold its (1 MiB) send buffer's allocation, and one in
+/// TIME_WAIT its grown queues, which made RSS scale with TIME_WAIT count
+/// (~1 MiB each in `utp soak`).
+#[test]
+fn idle_and_time_wait_connections_release_their_buffers() {
+    use common::{LinkParams, SimNet};
+    let data = vec![7u8; 2 << 20];
+    let mut net = SimNet::new(Config::default(), LinkParams::clean(), 3);
+    let base = live();
+    let c = net.eps[0].connect(net.now, net.addrs[1]).unwrap();
+    let (mut written, mut got, mut server) = (0, 0, None);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut closing = false;
+    let mut idle_heap = None;
+    net.run(Duration::from_secs(60), 1_000_000, |net| {
+        if let Some(h) = net.eps[1].accept() {
+            server = Some(h);
+        }
+        let now = net.now;
+        while written < data.len() {
+            let n = net.eps[0]
+                .with_conn(c, now, |cc| cc.write(&data[written..]))
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            written += n;
+        }
+        if let Some(h) = server {
+            loop {
+                let n = net.eps[1]
+                    .with_conn(h, now, |cc| cc.read(&mut buf))
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let all_acked = net.eps[0].conn(c).stats().bytes_unacked == 0;
+            if got == data.len() && all_acked && idle_heap.is_none() {
+                // Everything delivered and acked; both sides idle.
+                idle_heap = Some(live() - base);
+                net.eps[0].with_conn(c, now, |cc| cc.close());
+                net.eps[1].with_conn(h, now, |cc| cc.close());
+                closing = true;
+            }
+            if closing
+                && net.eps[0].conn(c).state() == State::TimeWait
+                && net.eps[1].conn(h).state() == State::TimeWait
+            {
+                return true;
+            }
+        }
+        false
+    });
+    let idle = idle_heap.unwrap();
+    let time_wait = live() - base;
+    eprintln!("heap: idle {idle} bytes, both in TIME_WAIT {time_wait} bytes");
+    // The simulator's queues and the endpoints' bookkeeping (~0.2 MiB), no
+    // send-buffer-sized allocations (2.3 MiB before the fix).
+    assert!(idle < 1 << 20, "{idle} bytes while idle");
+    assert!(time_wait < 1 << 20, "{time_wait} bytes in TIME_WAIT");
 }

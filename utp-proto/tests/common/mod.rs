@@ -179,6 +179,28 @@ impl LinkParams {
     }
 }
 
+/// What a scripted path does to one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fate {
+    /// Lost.
+    pub drop: bool,
+    /// Delivered twice (the copy a little later).
+    pub dup: bool,
+    /// Added to the path delay (reorders it behind later datagrams).
+    pub extra_delay: Duration,
+}
+
+/// A deterministic impairment pattern instead of random loss: datagram
+/// number `i` (both directions counted together) meets `fates[i % len]`,
+/// and nothing gets through during a blackout.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Fates applied in turn; empty: every datagram passes.
+    pub fates: Vec<Fate>,
+    /// (start, length) since the simulation started: total outages.
+    pub blackouts: Vec<(Duration, Duration)>,
+}
+
 struct InFlight {
     at: Instant,
     id: u64,
@@ -219,6 +241,9 @@ pub struct NetStats {
     pub duplicated: u64,
     /// Datagrams given an extra delay.
     pub reordered: u64,
+    /// Datagrams to addresses outside the simulation (replies to packets
+    /// a test injected), discarded.
+    pub unroutable: u64,
 }
 
 /// Two endpoints joined by a lossy, reordering, duplicating path, run in
@@ -241,6 +266,14 @@ pub struct SimNet {
     /// The application asks to be called again at this time (a reader that
     /// reads on a schedule); cleared when reached.
     pub app_wake: Option<Instant>,
+    /// A scripted impairment replacing the random loss, duplication and
+    /// reordering of `params` (delay and rate still apply).
+    pub script: Option<Script>,
+    script_pos: usize,
+    /// Discard (and count) datagrams to addresses other than the two
+    /// endpoints' instead of panicking: for tests that inject packets from
+    /// elsewhere.
+    pub allow_strangers: bool,
     rng: StdRng,
     queue: BinaryHeap<InFlight>,
     link_free: [Instant; 2],
@@ -265,6 +298,9 @@ impl SimNet {
             iterations: 0,
             stats: NetStats::default(),
             app_wake: None,
+            script: None,
+            script_pos: 0,
+            allow_strangers: false,
             rng: StdRng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
             link_free: [start; 2],
@@ -280,9 +316,27 @@ impl SimNet {
 
     fn send(&mut self, from: usize, dest: SocketAddr, data: &[u8]) {
         let to = 1 - from;
+        if self.allow_strangers && dest != self.addrs[to] {
+            self.stats.unroutable += 1;
+            return;
+        }
         assert_eq!(dest, self.addrs[to], "datagram to an unknown address");
         self.stats.sent += 1;
         let p = self.params.clone();
+        if let Some(fate) = self.scripted_fate() {
+            if fate.drop {
+                self.stats.lost += 1;
+                return;
+            }
+            self.stats.duplicated += u64::from(fate.dup);
+            self.stats.reordered += u64::from(!fate.extra_delay.is_zero());
+            let at = self.now + p.delay + fate.extra_delay;
+            self.enqueue(to, at, data);
+            if fate.dup {
+                self.enqueue(to, at + Duration::from_millis(1), data);
+            }
+            return;
+        }
         if p.loss > 0.0 && self.rng.gen_bool(p.loss) {
             self.stats.lost += 1;
             return;
@@ -319,6 +373,39 @@ impl SimNet {
                 data: data.to_vec(),
             });
         }
+    }
+
+    /// The scripted fate of the next datagram, if a script is set.
+    fn scripted_fate(&mut self) -> Option<Fate> {
+        let sc = self.script.as_ref()?;
+        let t = self.now - self.start;
+        if sc.blackouts.iter().any(|&(s, l)| t >= s && t < s + l) {
+            return Some(Fate {
+                drop: true,
+                dup: false,
+                extra_delay: Duration::ZERO,
+            });
+        }
+        if sc.fates.is_empty() {
+            return Some(Fate {
+                drop: false,
+                dup: false,
+                extra_delay: Duration::ZERO,
+            });
+        }
+        let f = sc.fates[self.script_pos % sc.fates.len()];
+        self.script_pos += 1;
+        Some(f)
+    }
+
+    fn enqueue(&mut self, to: usize, at: Instant, data: &[u8]) {
+        self.next_id += 1;
+        self.queue.push(InFlight {
+            at,
+            id: self.next_id,
+            to,
+            data: data.to_vec(),
+        });
     }
 
     /// Runs the event loop until `app` returns true. Each iteration delivers

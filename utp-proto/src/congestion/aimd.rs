@@ -1,47 +1,9 @@
-//! Congestion control behind the [`Controller`] trait.
-//!
-//! The default today is [`Aimd`]: slow start, then additive increase and
-//! multiplicative decrease on loss. LEDBAT will plug in behind the same trait.
+//! Slow start plus AIMD: the loss-based controller, kept as an alternative to
+//! LEDBAT (a uTP flow that should compete like TCP, or a baseline to compare).
 
-use std::fmt::Debug;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// What a controller learns from one acknowledgement.
-#[derive(Debug, Clone, Copy)]
-pub struct AckInfo {
-    /// Bytes newly acknowledged (cumulatively or selectively).
-    pub bytes_acked: usize,
-    /// Bytes in flight before this ack was applied.
-    pub bytes_in_flight: usize,
-    /// Smoothed RTT, if known.
-    pub srtt: Option<Duration>,
-    /// One-way delay the peer measured for our packets (`timestamp_difference`), in µs.
-    pub peer_delay_us: u32,
-}
-
-/// A congestion controller: decides how many bytes may be in flight.
-pub trait Controller: Send + Debug {
-    /// New data was acknowledged.
-    fn on_ack(&mut self, now: Instant, ack: &AckInfo);
-    /// A loss was detected (fast retransmit); called at most once per window.
-    fn on_loss(&mut self, now: Instant);
-    /// A retransmission timeout fired.
-    fn on_timeout(&mut self, now: Instant);
-    /// The congestion window in bytes.
-    fn window(&self) -> usize;
-    /// Tells the controller the payload size in use (for per-packet rules).
-    fn set_mss(&mut self, mss: usize);
-}
-
-/// Builds a fresh controller for each connection.
-pub trait ControllerFactory: Send + Sync + Debug {
-    /// A controller for a connection whose packets carry up to `mss` payload bytes.
-    fn build(&self, mss: usize) -> Box<dyn Controller>;
-}
-
-/// Shared handle to a controller factory, as held by configurations.
-pub type SharedControllerFactory = Arc<dyn ControllerFactory>;
+use super::{AckInfo, Controller, ControllerFactory};
 
 /// Slow start plus AIMD (NewReno-like), in bytes.
 #[derive(Debug, Clone)]
@@ -145,7 +107,9 @@ mod tests {
             bytes_acked: bytes,
             bytes_in_flight: in_flight,
             srtt: None,
+            rtt_sample: None,
             peer_delay_us: 0,
+            reverse_delay_us: 0,
         }
     }
 

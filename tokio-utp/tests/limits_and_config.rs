@@ -1,0 +1,81 @@
+//! Rate limits and per-connection configuration through the tokio API, on
+//! loopback. Limits only make things slower, so the assertions are lower
+//! bounds on durations (a loaded machine can't make them fail); the limits'
+//! accuracy is measured in virtual time in utp-proto/tests/rate_limits.rs.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_utp::{Config, UtpListener, UtpSocket};
+
+const SIZE: usize = 2_000_000;
+const LIMIT: u64 = 1_000_000;
+
+/// Sends SIZE bytes from a client socket to a listener; `setup` may limit
+/// either side. Returns the receiving duration and the bytes received.
+async fn transfer(
+    limit_socket_upload: bool,
+    limit_stream_download: bool,
+    client_cfg: Option<Config>,
+) -> (Duration, usize, tokio_utp::ConnectionStats) {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        if limit_stream_download {
+            s.set_download_limit(Some(LIMIT));
+        }
+        let start = Instant::now();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        (start.elapsed(), got.len())
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    if limit_socket_upload {
+        sock.set_upload_limit(Some(LIMIT));
+        assert_eq!(sock.rate_limits(), (Some(LIMIT), None));
+    }
+    let mut c = match client_cfg {
+        Some(cfg) => sock.connect_with_config(addr, cfg).await.unwrap(),
+        None => sock.connect(addr).await.unwrap(),
+    };
+    c.write_all(&vec![0x5a; SIZE]).await.unwrap();
+    c.shutdown().await.unwrap();
+    let (took, n) = timeout(Duration::from_secs(60), server)
+        .await
+        .unwrap()
+        .unwrap();
+    (took, n, c.stats())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_upload_limit_paces_the_sender() {
+    let (took, n, stats) = transfer(true, false, None).await;
+    assert_eq!(n, SIZE);
+    println!("2 MB at a 1 MB/s upload limit took {took:?}");
+    // 2 MB at 1 MB/s, less the 50 ms bucket: at least 1.9 s.
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert_eq!(stats.timeouts, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_download_limit_meters_reads() {
+    let (took, n, stats) = transfer(false, true, None).await;
+    assert_eq!(n, SIZE);
+    println!("2 MB at a 1 MB/s download limit took {took:?}");
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert_eq!(
+        stats.timeouts, 0,
+        "a metered reader is flow control: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_connection_config_overrides_the_socket() {
+    let cfg = Config::default().max_payload(500);
+    let (_, n, stats) = transfer(false, false, Some(cfg)).await;
+    assert_eq!(n, SIZE);
+    assert_eq!(stats.payload_size, 500);
+    assert!(stats.max_payload_sent <= 500, "{stats:?}");
+}

@@ -1,0 +1,383 @@
+//! Every reason a packet is ignored has its own counter, visible per
+//! connection (`ConnectionStats::drops`) and summed per endpoint
+//! (`EndpointStats::connection_drops`, plus the endpoint's own reasons).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{datagram, drain, hdr, peer, sack_of};
+use utp_proto::packet::PacketType;
+use utp_proto::{Config, ConnHandle, DropStats, Endpoint, State};
+
+const PEER_ID: u16 = 100;
+const PEER_ISN: u16 = 500;
+
+/// A listening endpoint that accepted a SYN from [`peer`]: the handle and
+/// our first sequence number (the SYN-ACK's).
+struct Resp {
+    ep: Endpoint,
+    h: ConnHandle,
+    now: Instant,
+    y: u16,
+}
+
+impl Resp {
+    fn new(cfg: Config) -> Self {
+        let now = Instant::now();
+        let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 7);
+        ep.set_listening(true);
+        let syn = hdr(PacketType::Syn, PEER_ID, PEER_ISN, 0);
+        ep.handle_datagram(now, peer(), &datagram(&syn, &[], &[]))
+            .unwrap();
+        let h = ep.accept().expect("accepted");
+        let out = drain(&mut ep, now);
+        assert_eq!(out.len(), 1);
+        let y = out[0].h.seq_nr;
+        Resp { ep, h, now, y }
+    }
+
+    /// A packet from the peer: `k` is the peer's packet index after its SYN.
+    fn send(&mut self, ty: PacketType, k: u16, ack_nr: u16, sack: &[u8], payload: &[u8]) {
+        self.send_from(peer(), ty, PEER_ISN.wrapping_add(k), ack_nr, sack, payload);
+    }
+
+    fn send_from(
+        &mut self,
+        from: SocketAddr,
+        ty: PacketType,
+        seq_nr: u16,
+        ack_nr: u16,
+        sack: &[u8],
+        payload: &[u8],
+    ) {
+        let h = hdr(ty, PEER_ID + 1, seq_nr, ack_nr);
+        self.ep
+            .handle_datagram(self.now, from, &datagram(&h, sack, payload))
+            .unwrap();
+        drain(&mut self.ep, self.now);
+    }
+
+    /// The peer's ack of everything before our first data packet.
+    fn base_ack(&self) -> u16 {
+        self.y.wrapping_sub(1)
+    }
+
+    fn drops(&self) -> DropStats {
+        let d = self.ep.conn(self.h).stats().drops;
+        // The endpoint's sum agrees with the only connection's counters.
+        assert_eq!(self.ep.stats().connection_drops, d);
+        d
+    }
+
+    fn read_all(&mut self) -> Vec<u8> {
+        let mut v = vec![0u8; 1 << 16];
+        let n = self
+            .ep
+            .with_conn(self.h, self.now, |c| c.read(&mut v))
+            .unwrap();
+        v.truncate(n);
+        v
+    }
+}
+
+fn only(d: DropStats) -> (u64, DropStats) {
+    (d.total(), d)
+}
+
+#[test]
+fn ack_for_data_never_sent_is_counted_and_ignored() {
+    let mut r = Resp::new(Config::default());
+    let ack = r.y.wrapping_add(5);
+    r.send(PacketType::Data, 1, ack, &[], b"forged");
+    let (total, d) = only(r.drops());
+    assert_eq!(d.ack_beyond_sent, 1);
+    assert_eq!(total, 1);
+    // Ignored entirely: the payload was not delivered.
+    assert!(r.read_all().is_empty());
+}
+
+#[test]
+fn sack_bits_beyond_what_was_sent_are_counted_and_ignored() {
+    let mut r = Resp::new(Config::default());
+    r.ep.with_conn(r.h, r.now, |c| c.write(&[1; 100])).unwrap();
+    let out = drain(&mut r.ep, r.now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].h.seq_nr, r.y);
+    // Bit for y + 1: never sent.
+    let sack = sack_of(r.base_ack(), &[r.y.wrapping_add(1)]);
+    r.send(PacketType::State, 0, r.base_ack(), &sack, &[]);
+    let (total, d) = only(r.drops());
+    assert_eq!(d.sack_beyond_sent, 1);
+    assert_eq!(total, 1);
+    // The packet was not considered delivered.
+    assert_eq!(r.ep.conn(r.h).stats().bytes_unacked, 100);
+}
+
+#[test]
+fn data_far_ahead_of_the_window_is_counted_and_dropped() {
+    let cfg = Config::default().max_reorder_packets(64);
+    let mut r = Resp::new(cfg);
+    r.send(PacketType::Data, 1 + 64, r.base_ack(), &[], b"far");
+    r.send(PacketType::Data, 1 + 63, r.base_ack(), &[], b"near");
+    let (total, d) = only(r.drops());
+    assert_eq!(d.seq_out_of_window, 1);
+    assert_eq!(total, 1);
+    let st = r.ep.conn(r.h).stats();
+    assert_eq!(st.dropped_out_of_window, 1);
+}
+
+#[test]
+fn data_far_behind_the_window_is_counted_not_taken_for_a_duplicate() {
+    let cfg = Config::default().max_reorder_packets(64);
+    let mut r = Resp::new(cfg);
+    r.send(PacketType::Data, 1, r.base_ack(), &[], b"a");
+    r.send(PacketType::Data, 1, r.base_ack(), &[], b"a");
+    r.send(
+        PacketType::Data,
+        1u16.wrapping_sub(64),
+        r.base_ack(),
+        &[],
+        b"old",
+    );
+    let (total, d) = only(r.drops());
+    assert_eq!(d.seq_out_of_window, 1);
+    assert_eq!(total, 1);
+    assert_eq!(r.ep.conn(r.h).stats().duplicates_received, 1);
+    assert_eq!(r.read_all(), b"a");
+}
+
+#[test]
+fn data_that_does_not_fit_the_receive_buffer_is_counted() {
+    let mut r = Resp::new(Config::default().recv_buffer(1000));
+    r.send(PacketType::Data, 2, r.base_ack(), &[], &[2; 800]);
+    r.send(PacketType::Data, 3, r.base_ack(), &[], &[3; 800]);
+    let (total, d) = only(r.drops());
+    assert_eq!(d.recv_buffer_full, 1);
+    assert_eq!(total, 1);
+}
+
+#[test]
+fn data_past_the_fin_and_contradicting_fins_are_counted() {
+    let mut r = Resp::new(Config::default());
+    r.send(PacketType::Data, 1, r.base_ack(), &[], b"x");
+    r.send(PacketType::Fin, 2, r.base_ack(), &[], &[]);
+    r.send(PacketType::Data, 3, r.base_ack(), &[], b"after");
+    r.send(PacketType::Fin, 5, r.base_ack(), &[], &[]);
+    r.send(PacketType::Fin, 1, r.base_ack(), &[], &[]);
+    // The same FIN again is a duplicate, not a contradiction.
+    r.send(PacketType::Fin, 2, r.base_ack(), &[], &[]);
+    let (total, d) = only(r.drops());
+    assert_eq!(d.data_past_fin, 1);
+    assert_eq!(d.fin_mismatch, 2);
+    assert_eq!(total, 3);
+    assert_eq!(r.read_all(), b"x");
+    assert!(r.ep.conn(r.h).is_eof());
+}
+
+#[test]
+fn a_syn_that_is_not_the_peers_syn_is_counted() {
+    let mut r = Resp::new(Config::default());
+    // Same connection id, another ISN: not a retransmission.
+    let syn = hdr(PacketType::Syn, PEER_ID, PEER_ISN + 7, 0);
+    r.ep.handle_datagram(r.now, peer(), &datagram(&syn, &[], &[]))
+        .unwrap();
+    let out = drain(&mut r.ep, r.now);
+    assert!(out.is_empty(), "no SYN-ACK for a different SYN: {out:?}");
+    // The real retransmission is answered and not counted.
+    let syn = hdr(PacketType::Syn, PEER_ID, PEER_ISN, 0);
+    r.ep.handle_datagram(r.now, peer(), &datagram(&syn, &[], &[]))
+        .unwrap();
+    assert_eq!(drain(&mut r.ep, r.now).len(), 1);
+    let (total, d) = only(r.drops());
+    assert_eq!(d.unexpected_syn, 1);
+    assert_eq!(total, 1);
+}
+
+#[test]
+fn packets_after_a_reset_are_counted() {
+    let mut r = Resp::new(Config::default());
+    r.send(PacketType::Reset, 1, r.base_ack(), &[], &[]);
+    assert!(r.ep.conn(r.h).error().is_some());
+    r.send(PacketType::Data, 1, r.base_ack(), &[], b"late");
+    let (total, d) = only(r.drops());
+    assert_eq!(d.after_close, 1);
+    assert_eq!(total, 1);
+}
+
+#[test]
+fn packets_before_the_synack_that_cannot_be_kept_are_counted() {
+    let now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 9);
+    let h = ep.connect(now, peer()).unwrap();
+    let syn = drain(&mut ep, now).pop().unwrap();
+    let id = syn.h.conn_id;
+    // A STATE that doesn't ack our SYN.
+    let bad = hdr(PacketType::State, id, 900, syn.h.seq_nr.wrapping_add(3));
+    ep.handle_datagram(now, peer(), &datagram(&bad, &[], &[]))
+        .unwrap();
+    assert_eq!(ep.conn(h).state(), State::SynSent);
+    let d = ep.conn(h).stats().drops;
+    assert_eq!(d.before_handshake, 1);
+    assert_eq!(d.total(), 1);
+    assert_eq!(ep.stats().connection_drops, d);
+}
+
+#[test]
+fn a_packet_for_a_connection_from_another_address_is_counted_and_not_delivered() {
+    let mut r = Resp::new(Config::default());
+    let other: SocketAddr = "10.0.0.99:6882".parse().unwrap();
+    r.send_from(
+        other,
+        PacketType::Data,
+        PEER_ISN + 1,
+        r.base_ack(),
+        &[],
+        b"spoof",
+    );
+    let st = r.ep.stats();
+    assert_eq!(st.wrong_source_address, 1);
+    assert_eq!(st.unknown_connection, 0);
+    assert!(r.read_all().is_empty());
+    assert_eq!(r.ep.conn(r.h).stats().packets_received, 1, "only the SYN");
+    // A truly unknown id is counted as such.
+    let h = hdr(PacketType::Data, 4242, 1, 1);
+    r.ep.handle_datagram(r.now, other, &datagram(&h, &[], b"?"))
+        .unwrap();
+    let st = r.ep.stats();
+    assert_eq!((st.wrong_source_address, st.unknown_connection), (1, 1));
+}
+
+#[test]
+fn malformed_datagrams_are_counted() {
+    let mut r = Resp::new(Config::default());
+    for d in [&b""[..], &[0x41; 10][..], &[0x01; 20][..]] {
+        assert!(r.ep.handle_datagram(r.now, peer(), d).is_err());
+    }
+    assert_eq!(r.ep.stats().invalid_datagrams, 3);
+}
+
+#[test]
+fn drop_counters_survive_the_connection() {
+    let mut r = Resp::new(Config::default().time_wait(Duration::from_millis(10)));
+    r.send(PacketType::State, 0, r.y.wrapping_add(9), &[], &[]);
+    r.send(PacketType::Reset, 1, r.base_ack(), &[], &[]);
+    r.ep.release(r.h, r.now);
+    assert_eq!(r.ep.connection_count(), 0);
+    assert_eq!(r.ep.stats().connection_drops.ack_beyond_sent, 1);
+}
+
+// ------------------------------------------------------------ half-open bound
+
+fn syn_from(ep: &mut Endpoint, now: Instant, port: u16) {
+    let from = SocketAddr::from(([10, 0, 9, 1], port));
+    let syn = hdr(PacketType::Syn, port, 1, 0);
+    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+        .unwrap();
+}
+
+#[test]
+fn half_open_connections_are_bounded_even_when_the_application_accepts_them() {
+    let now = Instant::now();
+    let cfg = Config::default().max_half_open(4).accept_backlog(100);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 11);
+    ep.set_listening(true);
+    let mut accepted = Vec::new();
+    for port in 1..=10 {
+        syn_from(&mut ep, now, port);
+        accepted.extend(ep.accept());
+    }
+    let synacks = drain(&mut ep, now);
+    assert_eq!(synacks.len(), 4);
+    assert_eq!(accepted.len(), 4);
+    let st = ep.stats();
+    assert_eq!((st.half_open, st.syn_half_open_full), (4, 6));
+    assert_eq!(ep.connection_count(), 4);
+
+    // The first initiator speaks: its slot frees and a new SYN gets in.
+    let first = accepted[0];
+    assert_eq!(ep.conn(first).state(), State::SynRecv);
+    let from = ep.peer_addr(first);
+    let synack = synacks.iter().find(|o| o.to == from).unwrap();
+    let ack = hdr(PacketType::State, 2, 2, synack.h.seq_nr.wrapping_sub(1));
+    ep.handle_datagram(now, from, &datagram(&ack, &[], &[]))
+        .unwrap();
+    assert_eq!(ep.conn(first).state(), State::Connected);
+    assert_eq!(ep.stats().half_open, 3);
+    syn_from(&mut ep, now, 11);
+    assert!(ep.accept().is_some());
+    assert_eq!(ep.stats().half_open, 4);
+
+    // Silent initiators time out and free their slots.
+    let later = now + Config::default().connect_timeout + Duration::from_millis(1);
+    ep.handle_timeout(later);
+    assert_eq!(ep.stats().half_open, 0);
+    syn_from(&mut ep, later, 12);
+    assert_eq!(ep.stats().half_open, 1);
+}
+
+#[test]
+fn dead_half_open_connections_do_not_keep_the_backlog_full() {
+    let now = Instant::now();
+    let cfg = Config::default().accept_backlog(2);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 12);
+    ep.set_listening(true);
+    syn_from(&mut ep, now, 1);
+    syn_from(&mut ep, now, 2);
+    syn_from(&mut ep, now, 3);
+    assert_eq!(ep.stats().syn_backlog_full, 1);
+    // Nobody accepts; the flooders never speak again.
+    let later = now + Config::default().connect_timeout + Duration::from_millis(1);
+    ep.handle_timeout(later);
+    syn_from(&mut ep, later, 4);
+    assert_eq!(ep.stats().syn_backlog_full, 1, "the dead ones made room");
+    assert_eq!(ep.connection_count(), 1);
+    let h = ep.accept().expect("the live one");
+    assert_eq!(ep.peer_addr(h).port(), 4);
+    assert!(ep.accept().is_none());
+}
+
+// ------------------------------------------------------------ close and RESET
+
+/// The peer's FIN arrived and all our data was acked; only the ack of our
+/// FIN is missing when the peer (whose hold on the connection ended) answers
+/// our resent FIN with a RESET: nothing was lost, so the close completes
+/// instead of failing with "reset" (found by `utp soak`).
+#[test]
+fn reset_when_only_our_fin_is_unacked_completes_the_close() {
+    let mut r = Resp::new(Config::default());
+    r.ep.with_conn(r.h, r.now, |c| c.write(b"reply")).unwrap();
+    let out = drain(&mut r.ep, r.now);
+    assert_eq!(out.len(), 1);
+    // The peer acks our data and sends its FIN.
+    r.send(PacketType::Fin, 1, r.y, &[], &[]);
+    assert!(r.ep.conn(r.h).is_eof());
+    r.ep.with_conn(r.h, r.now, |c| c.close());
+    let fin = drain(&mut r.ep, r.now);
+    assert!(fin.iter().any(|o| o.h.ty == PacketType::Fin));
+    // Our FIN's ack is lost; the peer forgot us and resets.
+    r.send(PacketType::Reset, 2, r.y, &[], &[]);
+    let c = r.ep.conn(r.h);
+    assert_eq!(c.error(), None);
+    assert!(c.is_fin_acked());
+    assert!(c.stats().fin_unacknowledged);
+    r.ep.release(r.h, r.now);
+}
+
+/// With data of ours still unacknowledged, a RESET is a reset.
+#[test]
+fn reset_with_data_unacked_fails_the_connection() {
+    let mut r = Resp::new(Config::default());
+    r.ep.with_conn(r.h, r.now, |c| c.write(b"reply")).unwrap();
+    drain(&mut r.ep, r.now);
+    r.send(PacketType::Fin, 1, r.base_ack(), &[], &[]);
+    r.ep.with_conn(r.h, r.now, |c| c.close());
+    drain(&mut r.ep, r.now);
+    r.send(PacketType::Reset, 2, r.base_ack(), &[], &[]);
+    assert_eq!(
+        r.ep.conn(r.h).error(),
+        Some(utp_proto::ConnectionError::Reset)
+    );
+}
