@@ -17,6 +17,7 @@ by either side.
 import os
 import queue
 import random
+import re
 import shutil
 import signal
 import struct
@@ -531,6 +532,28 @@ def case_e_close_after_lt_fin(ctx, mode, how):
     return f"close() Ok, our FIN seq={f['seq']} acked by libtorrent"
 
 
+def case_f(ctx):
+    """We seed (bulk data from us): path MTU discovery runs against
+    libtorrent, which reads datagrams into 1,500 bytes. Probes beyond that
+    arrive truncated, their padding runs past the end and libtorrent drops
+    them, so the search must settle at or just below 1,500-byte datagrams."""
+    script = os.path.join(HERE, "bt_seed.py")
+    try:
+        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "16"],
+                           capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        raise CaseFailed("bt_seed.py did not finish in 180 s")
+    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
+    check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
+    m = re.search(r"payload_size (\d+)", out)
+    check(m is not None, f"no payload size in: {out[-300:]}")
+    size = int(m.group(1))
+    check(1400 <= size <= 1500 - 20,
+          f"payload {size}: datagrams must fit libtorrent's 1,500-byte buffer: {out}")
+    ctx["quirks"]["our payload to libtorrent B"] = size
+    return out
+
+
 CASES = [
     ("a bt_fetch connect -> libtorrent seed", case_a),
     ("b libtorrent connect_peer -> bt_fetch listen", case_b),
@@ -551,6 +574,7 @@ CASES = [
      lambda c: case_e_lt_closes(c, "connect", "pause")),
     ("e.iii.pause close() after libtorrent's FIN, torrent paused (connect)",
      lambda c: case_e_close_after_lt_fin(c, "connect", "pause")),
+    ("f libtorrent downloads from utp listen: path MTU search", case_f),
 ]
 
 

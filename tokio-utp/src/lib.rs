@@ -91,7 +91,8 @@
 //! LEDBAT++'s slowdowns) is the default: uTP fills idle bandwidth and steps
 //! aside for TCP. `Config::controller` takes another, e.g.
 //! `utp_proto::AimdFactory` to compete like TCP.
-#![forbid(unsafe_code)]
+// Only `udp` (raw socket options) has unsafe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod listener;

@@ -58,6 +58,11 @@ impl UtpListener {
         let mut inner = shared.lock();
         if let Some(h) = inner.endpoint.accept() {
             inner.wakers.insert(h, ConnWakers::default());
+            // The route's MTU caps this connection's path MTU search.
+            let peer = inner.endpoint.peer_addr(h);
+            if let Some(max) = crate::udp::route_max_datagram(peer) {
+                inner.endpoint.set_max_datagram(h, Instant::now(), max);
+            }
             drop(inner);
             let stream = UtpStream::new(shared.clone(), h);
             let peer = stream.peer_addr()?;

@@ -152,8 +152,23 @@ impl Shared {
                 let Some(t) = endpoint.poll_transmit(now, direct_buf) else {
                     break;
                 };
-                if let Err(e) = self.udp.try_send_to(&direct_buf[..t.len], t.destination) {
-                    tracing::debug!(to = %t.destination, error = %e, "datagram not sent");
+                let send = || self.udp.try_send_to(&direct_buf[..t.len], t.destination);
+                let r = if t.fragmentable {
+                    udp::with_fragmentation(&self.udp, self.local_addr.is_ipv6(), send)
+                } else {
+                    send()
+                };
+                match r {
+                    Ok(_) => {}
+                    Err(e) if udp::is_too_big(&e) => {
+                        let max = udp::route_max_datagram(t.destination)
+                            .filter(|&m| m < t.len)
+                            .unwrap_or(t.len.saturating_sub(1));
+                        endpoint.on_datagram_too_big(now, t.destination, max);
+                    }
+                    Err(e) => {
+                        tracing::debug!(to = %t.destination, error = %e, "datagram not sent");
+                    }
                 }
             }
         }
@@ -263,6 +278,7 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         socket.set_nonblocking(true)?;
+        udp::set_dont_fragment(&socket, socket.local_addr()?.is_ipv6());
         Self::from_udp(tokio::net::UdpSocket::from_std(socket)?, config)
     }
 
@@ -323,6 +339,8 @@ impl UtpSocket {
         config: Option<Arc<Config>>,
     ) -> io::Result<UtpStream> {
         let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
+        // The route's MTU caps the connection's path MTU search.
+        let max_datagram = udp::route_max_datagram(target);
         let h = {
             let mut inner = self.shared.lock();
             if let Some(kind) = inner.driver_gone {
@@ -334,6 +352,9 @@ impl UtpSocket {
                 None => inner.endpoint.connect(now, target),
             }
             .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+            if let Some(max) = max_datagram {
+                inner.endpoint.set_max_datagram(h, now, max);
+            }
             inner.wakers.insert(h, ConnWakers::default());
             inner.wake_driver();
             h
@@ -527,6 +548,24 @@ impl Driver {
         self.rx.processed();
         inner.endpoint.handle_timeout(now);
 
+        // Sends refused as larger than the route allows (its MTU shrank, or
+        // the interface's is below the search's ceiling): the connections
+        // to that peer lower their size; the packets are resent by the
+        // protocol like any loss.
+        for (to, len) in self.tx.too_big.drain(..) {
+            let max = udp::route_max_datagram(to)
+                .filter(|&m| m < len)
+                .unwrap_or(len.saturating_sub(1));
+            inner.endpoint.on_datagram_too_big(now, to, max);
+        }
+        // Connections that lost a path MTU probe: the route's MTU may have
+        // been lowered by ICMP meanwhile (cheap: no packet is sent).
+        while let Some((h, to)) = inner.endpoint.poll_path_query() {
+            if let Some(max) = udp::route_max_datagram(to) {
+                inner.endpoint.set_max_datagram(h, now, max);
+            }
+        }
+
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {
@@ -551,7 +590,7 @@ impl Driver {
         self.tx.fill(|buf| {
             endpoint
                 .poll_transmit(now, buf)
-                .map(|t| (t.destination, t.len))
+                .map(|t| (t.destination, t.len, t.fragmentable))
         })
     }
 

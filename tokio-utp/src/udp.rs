@@ -10,6 +10,14 @@
 //! Receiving: [`RxBuffers`] holds several receive buffers for one recvmmsg;
 //! with GRO the kernel may hand back many same-sized datagrams of one sender
 //! in one buffer, which [`RxBuffers::datagrams`] splits again.
+//!
+//! Path MTU support (Linux): every datagram leaves with the Don't Fragment
+//! bit in the kernel's PROBE mode (DF set, but the kernel's cached path MTU
+//! does not block our probes: the protocol core does its own search), the
+//! route MTU caps each connection's search, and a packet from before a
+//! path MTU fall-back can be resent with fragmentation allowed. This is the
+//! only module with `unsafe` (raw socket options libc has and socket2 lacks).
+#![allow(unsafe_code)]
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -64,9 +72,180 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
             "UDP receive buffer capped by the OS (raise net.core.rmem_max)"
         );
     }
+    set_dont_fragment(&sock, addr.is_ipv6());
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(sock.into())
+}
+
+/// Sets DF on every datagram in PROBE mode (IPv4, and IPv6 plus the
+/// IPv4-mapped side of a dual-stack socket). Failure only costs path MTU
+/// discovery its DF guarantee, so it is logged, not returned.
+pub(crate) fn set_dont_fragment(sock: &impl std::os::fd::AsFd, ipv6: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = sock.as_fd();
+        if let Err(e) = mtu_discover(fd, ipv6, Mode::Probe) {
+            tracing::debug!(error = %e, "cannot set IP_MTU_DISCOVER");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (sock, ipv6);
+}
+
+/// The largest UDP payload.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// The largest datagram (UDP payload) the OS would send towards `peer`
+/// without fragmenting: the route's MTU (the interface MTU, or a smaller
+/// path MTU the kernel learnt from ICMP) minus IP and UDP headers. Found by
+/// connecting a throwaway UDP socket (no packet is sent) and reading
+/// IP_MTU / IPV6_MTU. `None` where unsupported.
+pub(crate) fn route_max_datagram(peer: SocketAddr) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // An IPv4-mapped peer of a dual-stack socket travels as IPv4.
+        let peer = match peer {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(ip) => SocketAddr::new(ip.into(), v6.port()),
+                None => peer,
+            },
+            v4 => v4,
+        };
+        let sock = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP)).ok()?;
+        sock.connect(&peer.into()).ok()?;
+        let (level, name, ip_header) = if peer.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_MTU, 40)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_MTU, 20)
+        };
+        let mtu = getsockopt_int(std::os::fd::AsFd::as_fd(&sock), level, name).ok()?;
+        let mtu = usize::try_from(mtu).ok()?;
+        Some(mtu.checked_sub(ip_header + 8)?.min(MAX_UDP_PAYLOAD))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = peer;
+        None
+    }
+}
+
+/// Runs `send` with fragmentation allowed on `sock` (no DF: routers may
+/// fragment an IPv4 packet larger than their link), then restores DF. For
+/// packets the protocol core marks `fragmentable`: sent before the path MTU
+/// shrank and larger than it now, they cannot be re-cut (their sequence
+/// number fixes their bytes). Over IPv6 only the sender fragments, to its
+/// own idea of the path MTU, so this helps only when ICMP got through.
+pub(crate) fn with_fragmentation<T>(
+    sock: &impl std::os::fd::AsFd,
+    ipv6: bool,
+    send: impl FnOnce() -> T,
+) -> T {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = sock.as_fd();
+        let _ = mtu_discover(fd, ipv6, Mode::Dont);
+        let r = send();
+        let _ = mtu_discover(fd, ipv6, Mode::Probe);
+        r
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (sock, ipv6);
+        send()
+    }
+}
+
+/// Whether a send error means "datagram larger than the route allows".
+pub(crate) fn is_too_big(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(libc::EMSGSIZE)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+enum Mode {
+    /// DF set; the kernel's path MTU cache does not limit sends.
+    Probe,
+    /// No DF; the kernel and routers may fragment.
+    Dont,
+}
+
+#[cfg(target_os = "linux")]
+fn mtu_discover(fd: std::os::fd::BorrowedFd<'_>, ipv6: bool, mode: Mode) -> io::Result<()> {
+    let (v4, v6) = match mode {
+        Mode::Probe => (libc::IP_PMTUDISC_PROBE, libc::IPV6_PMTUDISC_PROBE),
+        Mode::Dont => (libc::IP_PMTUDISC_DONT, libc::IPV6_PMTUDISC_DONT),
+    };
+    if ipv6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, v6)?;
+        // The IPv4-mapped side of a dual-stack socket; fails harmlessly on
+        // a v6-only one.
+        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v4);
+        Ok(())
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v4)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn setsockopt_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is borrowed (open for the call), and the option value
+    // is a live c_int whose size is passed alongside.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn getsockopt_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd is borrowed (open for the call); value and len are
+    // live locals, and len holds value's size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Adapts `target` to the socket's address family (IPv4 peers on an IPv6
@@ -90,6 +269,7 @@ pub(crate) fn map_target(local: SocketAddr, target: SocketAddr) -> io::Result<So
 /// Batched send and receive on one tokio UDP socket.
 pub(crate) struct BatchIo {
     state: UdpSocketState,
+    ipv6: bool,
 }
 
 impl BatchIo {
@@ -101,7 +281,8 @@ impl BatchIo {
             gro_segments = state.gro_segments(),
             "datagram batching"
         );
-        Ok(Self { state })
+        let ipv6 = udp.local_addr()?.is_ipv6();
+        Ok(Self { state, ipv6 })
     }
 
     /// Most segments one send may carry (1 without GSO).
@@ -156,15 +337,28 @@ impl BatchIo {
             };
             let r = loop {
                 std::task::ready!(udp.poll_send_ready(cx))?;
-                match udp.try_io(Interest::WRITABLE, || {
-                    self.state.try_send(udp.into(), &transmit)
-                }) {
+                let send = || {
+                    udp.try_io(Interest::WRITABLE, || {
+                        self.state.try_send(udp.into(), &transmit)
+                    })
+                };
+                let r = if g.fragmentable {
+                    with_fragmentation(udp, self.ipv6, send)
+                } else {
+                    send()
+                };
+                match r {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     r => break r,
                 }
             };
             if let Err(e) = r {
-                if is_transient(&e) || is_peer_error(&e) {
+                if is_too_big(&e) {
+                    // Larger than the route allows: the driver tells the
+                    // endpoint, whose connections to this peer shrink.
+                    tracing::debug!(to = %g.destination, len = g.segment, "datagram too big");
+                    tx.too_big.push((g.destination, g.segment));
+                } else if is_transient(&e) || is_peer_error(&e) {
                     tracing::debug!(to = %g.destination, error = %e, "datagrams not sent");
                 } else {
                     return Poll::Ready(Err(e));
@@ -260,6 +454,8 @@ struct Group {
     len: usize,
     segment: usize,
     count: usize,
+    /// Sent without DF (see `with_fragmentation`); always alone.
+    fragmentable: bool,
 }
 
 /// Outgoing datagrams collected from the endpoint, grouped for GSO.
@@ -272,6 +468,9 @@ pub(crate) struct TxBatch {
     next: usize,
     datagrams: usize,
     max_segments: usize,
+    /// Sends refused as too big since the driver last looked:
+    /// (destination, datagram size).
+    pub(crate) too_big: Vec<(SocketAddr, usize)>,
 }
 
 impl TxBatch {
@@ -287,6 +486,7 @@ impl TxBatch {
             next: 0,
             datagrams: 0,
             max_segments: max_segments.max(1),
+            too_big: Vec::new(),
         }
     }
 
@@ -307,11 +507,12 @@ impl TxBatch {
     }
 
     /// Collects datagrams from `produce` (which writes one into the buffer it
-    /// is given and returns its destination and length) until it has none or
-    /// the batch is full. Returns whether the batch stopped for lack of room.
+    /// is given and returns its destination, length and whether it may be
+    /// fragmented) until it has none or the batch is full. Returns whether
+    /// the batch stopped for lack of room.
     pub(crate) fn fill(
         &mut self,
-        mut produce: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize)>,
+        mut produce: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize, bool)>,
     ) -> bool {
         if self.buf.is_empty() {
             // Allocated on first use, once: zeroed pages cost nothing until
@@ -320,20 +521,25 @@ impl TxBatch {
         }
         while self.has_room() {
             let start = self.filled;
-            let Some((to, len)) = produce(&mut self.buf[start..start + MAX_DATAGRAM]) else {
+            let Some((to, len, fragmentable)) = produce(&mut self.buf[start..start + MAX_DATAGRAM])
+            else {
                 return false;
             };
             let len = len.min(MAX_DATAGRAM);
             self.filled += len;
-            self.push(to, start, len);
+            self.push(to, start, len, fragmentable);
         }
         true
     }
 
     /// Records a datagram just written at `start`.
-    fn push(&mut self, to: SocketAddr, start: usize, len: usize) {
+    fn push(&mut self, to: SocketAddr, start: usize, len: usize, fragmentable: bool) {
         self.datagrams += 1;
-        if let Some(g) = self.groups.last_mut() {
+        if let Some(g) = self
+            .groups
+            .last_mut()
+            .filter(|g| !g.fragmentable && !fragmentable)
+        {
             // Joins the group when it continues it: same peer, and the group
             // is all full segments of this size (a shorter one ends a group).
             let joins = g.destination == to
@@ -355,6 +561,7 @@ impl TxBatch {
             len,
             segment: len,
             count: 1,
+            fragmentable,
         });
     }
 }
@@ -374,7 +581,7 @@ mod tests {
         tx.fill(|buf| {
             let &(port, len) = it.next()?;
             buf[..len].fill(port as u8);
-            Some((addr(port), len))
+            Some((addr(port), len, port == 9))
         });
         // Every byte lands where its group says.
         for g in &tx.groups {
@@ -391,6 +598,16 @@ mod tests {
     #[test]
     fn same_peer_same_size_datagrams_share_one_send() {
         assert_eq!(group(64, &[(1, 1420); 10]), vec![(1, 1420, 10)]);
+    }
+
+    #[test]
+    fn a_fragmentable_datagram_goes_alone() {
+        // Port 9 marks fragmentable datagrams in `group`.
+        let d = [(1, 1420), (9, 1420), (9, 1420), (1, 1420)];
+        assert_eq!(
+            group(64, &d),
+            vec![(1, 1420, 1), (9, 1420, 1), (9, 1420, 1), (1, 1420, 1)]
+        );
     }
 
     #[test]
@@ -430,10 +647,58 @@ mod tests {
         let full = tx.fill(|buf| {
             assert!(buf.len() >= 65_507, "room for any UDP payload");
             produced += 1;
-            Some((addr(1), 65_507))
+            Some((addr(1), 65_507, false))
         });
         assert!(full);
         assert_eq!(produced, TX_BYTES / MAX_DATAGRAM);
         assert!(tx.groups.iter().all(|g| g.count == 1));
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod pmtu_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_route_allows_64k_datagrams() {
+        // lo has an MTU of 65,536: 65,508 bytes of UDP payload, capped at
+        // the largest a UDP datagram can carry.
+        assert_eq!(
+            route_max_datagram("127.0.0.1:9".parse().unwrap()),
+            Some(MAX_UDP_PAYLOAD)
+        );
+    }
+
+    #[test]
+    fn bound_sockets_set_df_in_probe_mode() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let s = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let v = getsockopt_int(
+            std::os::fd::AsFd::as_fd(&s),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+        )
+        .unwrap();
+        assert_eq!(v, libc::IP_PMTUDISC_PROBE);
+        let inside = with_fragmentation(&s, false, || {
+            getsockopt_int(
+                std::os::fd::AsFd::as_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+            )
+            .unwrap()
+        });
+        assert_eq!(inside, libc::IP_PMTUDISC_DONT);
+        let after = getsockopt_int(
+            std::os::fd::AsFd::as_fd(&s),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+        )
+        .unwrap();
+        assert_eq!(after, libc::IP_PMTUDISC_PROBE);
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_utp::{Config, ConnectionStats, UtpListener, UtpSocket};
 
 use crate::progress::stderr_is_live;
-use crate::stats::{payload_in_use, StatsReport};
+use crate::stats::StatsReport;
 use crate::DemoArgs;
 
 /// The data is generated, sent, received and checked in chunks of this size.
@@ -69,10 +69,7 @@ struct ServerResult {
 pub async fn run(args: &DemoArgs) -> Result<()> {
     let size = args.size;
     let seed = args.seed.unwrap_or_else(rand::random);
-    let mut config = Config::default();
-    if let Some(p) = args.max_payload {
-        config = config.max_payload(p);
-    }
+    let config = args.payload.apply(Config::default());
 
     let listener = UtpListener::bind_with_config("127.0.0.1:0", config.clone())
         .await
@@ -246,6 +243,16 @@ fn print_summary(size: u64, elapsed: Duration, s: &ConnectionStats, seed: u64, s
     );
     println!("  rtt             {}", fmt_rtt(s));
     println!("  max cwnd        {} bytes", s.max_cwnd);
-    println!("  payload size    {} bytes", payload_in_use(s));
+    println!(
+        "  payload size    {} bytes (largest sent {}; path MTU probes {} sent, {} lost{})",
+        s.payload_size,
+        s.max_payload_sent,
+        s.pmtud_probes,
+        s.pmtud_probes_lost,
+        match s.pmtud_search_time {
+            Some(d) => format!("; search took {:.1} ms", d.as_secs_f64() * 1e3),
+            None => String::new(),
+        }
+    );
     println!("  checksum OK     {:#018x} (seed {seed:#x})", sum.0);
 }

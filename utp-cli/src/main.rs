@@ -73,9 +73,8 @@ pub struct ConnOpts {
     /// At exit, write connection statistics as a JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// Largest payload per packet in bytes (default 1400).
-    #[arg(long, value_name = "N")]
-    pub max_payload: Option<usize>,
+    #[command(flatten)]
+    pub payload: PayloadOpts,
     /// No live status line on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -83,11 +82,35 @@ pub struct ConnOpts {
 
 impl ConnOpts {
     pub fn config(&self) -> Config {
-        let config = Config::default();
-        match self.max_payload {
-            Some(p) => config.max_payload(p),
-            None => config,
+        self.payload.apply(Config::default())
+    }
+}
+
+/// Packet size options (path MTU discovery).
+#[derive(Debug, Args)]
+pub struct PayloadOpts {
+    /// Largest payload per packet in bytes: caps path MTU discovery
+    /// (default: no cap beyond the route's MTU, up to 65487).
+    #[arg(long, value_name = "N")]
+    pub max_payload: Option<usize>,
+    /// Turn path MTU discovery off: every packet carries the base payload.
+    #[arg(long)]
+    pub no_pmtud: bool,
+    /// Starting payload of path MTU discovery, and the fixed payload with
+    /// --no-pmtud (default 1212: a 1280-byte IP packet).
+    #[arg(long, value_name = "N")]
+    pub base_payload: Option<usize>,
+}
+
+impl PayloadOpts {
+    pub fn apply(&self, mut config: Config) -> Config {
+        if let Some(p) = self.max_payload {
+            config = config.max_payload(p);
         }
+        if let Some(p) = self.base_payload {
+            config = config.base_payload(p);
+        }
+        config.pmtud(!self.no_pmtud)
     }
 }
 
@@ -96,9 +119,8 @@ pub struct DemoArgs {
     /// Bytes to transfer, e.g. 256MiB, 1GiB, 10MB, 1000000.
     #[arg(long, default_value = "256MiB", value_parser = size::parse_size)]
     pub size: u64,
-    /// Largest payload per packet in bytes (default 1400).
-    #[arg(long, value_name = "N")]
-    pub max_payload: Option<usize>,
+    #[command(flatten)]
+    pub payload: PayloadOpts,
     /// Seed of the random data (default: random).
     #[arg(long)]
     pub seed: Option<u64>,

@@ -24,9 +24,19 @@ pub struct StatsReport {
     /// Smoothed RTT in milliseconds; `null` without a sample.
     pub rtt_ms: Option<f64>,
     pub max_cwnd_bytes: usize,
-    /// Largest payload in use: the largest one actually sent, or the
-    /// configured size when nothing was sent.
+    /// Payload size in use for new packets at exit (path MTU discovery's
+    /// confirmed size).
     pub payload_size: usize,
+    /// Largest payload actually sent in one packet.
+    pub max_payload_sent: usize,
+    /// Path MTU probes sent, and lost (not congestion).
+    pub pmtud_probes: u64,
+    pub pmtud_probes_lost: u64,
+    /// Fall-backs to the base size after full-size packets were black-holed.
+    pub pmtud_black_holes: u64,
+    /// Duration of the last completed path MTU search in seconds (`null`
+    /// when none completed).
+    pub pmtud_search_s: Option<f64>,
     pub duration_s: f64,
     /// LEDBAT's base one-way delay (raw µs in the peer's clock minus ours:
     /// only meaningful next to other samples); `null` without a sample or
@@ -58,7 +68,12 @@ impl StatsReport {
             duplicates_received: stats.duplicates_received,
             rtt_ms: stats.rtt.map(|d| d.as_secs_f64() * 1e3),
             max_cwnd_bytes: stats.max_cwnd,
-            payload_size: payload_in_use(stats),
+            payload_size: stats.payload_size,
+            max_payload_sent: stats.max_payload_sent,
+            pmtud_probes: stats.pmtud_probes,
+            pmtud_probes_lost: stats.pmtud_probes_lost,
+            pmtud_black_holes: stats.pmtud_black_holes,
+            pmtud_search_s: stats.pmtud_search_time.map(|d| d.as_secs_f64()),
             duration_s: duration.as_secs_f64(),
             base_delay_us: stats.delay.map(|d| d.base_delay_us),
             queuing_delay_ms: stats.delay.map(|d| d.queuing_delay.as_secs_f64() * 1e3),
@@ -72,15 +87,5 @@ impl StatsReport {
         json.push('\n');
         std::fs::write(path, json)
             .with_context(|| format!("cannot write stats to {}", path.display()))
-    }
-}
-
-/// The largest payload in use: what was actually sent if anything was,
-/// otherwise the configured per-packet size.
-pub fn payload_in_use(stats: &ConnectionStats) -> usize {
-    if stats.max_payload_sent > 0 {
-        stats.max_payload_sent
-    } else {
-        stats.payload_size
     }
 }

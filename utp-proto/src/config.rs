@@ -13,9 +13,28 @@ use crate::congestion::{LedbatFactory, SharedControllerFactory};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Largest payload per packet, in bytes. Default 1400: fits a 1500-byte
-    /// Ethernet MTU with IPv6 and a SACK extension.
+    /// Largest payload per packet, in bytes: the cap of path MTU discovery
+    /// (the route's MTU as the OS reports it caps it too). Default 65,487,
+    /// the largest UDP payload (65,507) minus the 20-byte uTP header, i.e.
+    /// no cap: loopback ends up with 64 KiB packets. Set it (e.g. 1400) for
+    /// peers or middleboxes that dislike large datagrams.
     pub max_payload: usize,
+    /// Path MTU discovery (datagram PLPMTUD, RFC 8899): start at
+    /// `base_payload` and probe upward to the path's limit. Default on.
+    /// When off, every packet carries `base_payload` bytes (capped by
+    /// `max_payload`).
+    pub pmtud: bool,
+    /// Payload of the starting size, assumed to pass every path, and the
+    /// fixed size without discovery. Default 1212: a 1280-byte IP packet
+    /// (the IPv6 minimum MTU) minus IPv6 (40), UDP (8) and uTP (20)
+    /// headers; over IPv4 that is a 1260-byte packet. IPv4 allows paths
+    /// down to 576 bytes, but QUIC's 1200-byte minimum shows that paths
+    /// below 1280 are too rare to start every connection at 528 bytes;
+    /// a black hole at this size falls back to 528 (576-byte IPv4).
+    pub base_payload: usize,
+    /// How long a completed search rests before searching again for a
+    /// grown path MTU. Default 10 minutes (RFC 8899's PMTU_RAISE_TIMER).
+    pub pmtud_interval: Duration,
     /// Bytes the application may queue for sending before `write` blocks
     /// (unsent plus unacknowledged). Default 1 MiB.
     pub send_buffer: usize,
@@ -80,7 +99,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_payload: 1400,
+            max_payload: MAX_PAYLOAD,
+            pmtud: true,
+            base_payload: 1212,
+            pmtud_interval: Duration::from_secs(600),
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
             connect_timeout: Duration::from_secs(10),
@@ -119,8 +141,14 @@ macro_rules! setters {
 }
 
 setters! {
-    /// Sets [`Config::max_payload`] (clamped to 64..=65_000 when used).
+    /// Sets [`Config::max_payload`] (clamped to 64..=65_487 when used).
     max_payload: usize;
+    /// Sets [`Config::pmtud`].
+    pmtud: bool;
+    /// Sets [`Config::base_payload`] (clamped to 64..=`max_payload`).
+    base_payload: usize;
+    /// Sets [`Config::pmtud_interval`].
+    pmtud_interval: Duration;
     /// Sets [`Config::send_buffer`].
     send_buffer: usize;
     /// Sets [`Config::recv_buffer`].
@@ -161,9 +189,34 @@ setters! {
     controller: SharedControllerFactory;
 }
 
+/// Largest uTP payload: the largest UDP payload (65,507) minus the header.
+pub const MAX_PAYLOAD: usize = crate::pmtud::MAX_UDP_PAYLOAD - crate::packet::HEADER_LEN;
+
+/// Payload of the fallback size when even the base is black-holed: a
+/// 576-byte IPv4 packet (libtorrent's starting size, 528).
+pub const MIN_PAYLOAD: usize = 528;
+
 impl Config {
-    /// The payload size actually used: the configured one within sane bounds.
+    /// The largest payload ever sent: `max_payload` within sane bounds.
     pub fn payload_size(&self) -> usize {
-        self.max_payload.clamp(64, 65_000)
+        self.max_payload.clamp(64, MAX_PAYLOAD)
+    }
+
+    /// The starting (and, without discovery, fixed) payload size.
+    pub fn base_payload_size(&self) -> usize {
+        self.base_payload.clamp(64, self.payload_size())
+    }
+
+    /// The path MTU search settings, in datagram sizes.
+    pub fn pmtud_config(&self) -> crate::pmtud::PmtudConfig {
+        let h = crate::packet::HEADER_LEN;
+        let base = self.base_payload_size();
+        crate::pmtud::PmtudConfig {
+            enabled: self.pmtud,
+            base: base + h,
+            min: MIN_PAYLOAD.min(base) + h,
+            max: self.payload_size() + h,
+            raise_interval: self.pmtud_interval,
+        }
     }
 }

@@ -16,7 +16,8 @@ use crate::config::Config;
 use crate::congestion::{AckInfo, Controller, DelayState};
 use crate::drops::DropStats;
 use crate::pacing::Pacer;
-use crate::packet::{self, Header, Packet, PacketType, MAX_SACK_BYTES};
+use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN, MAX_SACK_BYTES};
+use crate::pmtud::Pmtud;
 use crate::ratelimit::{ConnLimits, SharedLimits, TokenBucket};
 use crate::rtt::RttEstimator;
 use crate::sendbuf::SendQueue;
@@ -108,12 +109,22 @@ pub struct ConnectionStats {
     pub cwnd: usize,
     /// Largest congestion window seen.
     pub max_cwnd: usize,
-    /// Payload size in use (bytes per full packet).
+    /// Payload size in use for new packets (bytes per full packet): path
+    /// MTU discovery's confirmed size.
     pub payload_size: usize,
     /// The delay-based controller's state (LEDBAT: base delay, queueing
     /// delay, target); `None` for loss-based controllers or before the
     /// first delay sample.
     pub delay: Option<DelayState>,
+    /// Path MTU probes sent (padded empty data packets).
+    pub pmtud_probes: u64,
+    /// Path MTU probes lost (not counted as congestion).
+    pub pmtud_probes_lost: u64,
+    /// Times the payload size fell back because full-size packets were
+    /// black-holed.
+    pub pmtud_black_holes: u64,
+    /// How long the last completed path MTU search took.
+    pub pmtud_search_time: Option<Duration>,
     /// Largest payload actually sent in one packet.
     pub max_payload_sent: usize,
     /// Peer's last advertised receive window.
@@ -154,6 +165,41 @@ struct Sent {
     in_flight: bool,
     /// Declared lost and queued for retransmission.
     lost: bool,
+    /// Path MTU probe: padding bytes of its first transmission (0 for
+    /// ordinary packets). Cleared when resent: a probe's (empty) data goes
+    /// again unpadded.
+    pad: usize,
+}
+
+/// Black-hole detection by contrast (RFC 8899 section 4.3). When a timer
+/// (tail loss probe, RTO) declares a full-size packet lost, the oldest
+/// unacknowledged packet (full-size) is resent and followed by a tiny empty
+/// data packet carrying a sequence number the peer already acknowledged:
+/// every stack acks such a duplicate at once, and it needs no new sequence
+/// number, no reorder-buffer room and no SACK reach. If that ack comes while
+/// the resent full-size packet is still unacknowledged, that is one piece of
+/// evidence; three in a row with no full-size packet acknowledged in between
+/// make a black hole and the size falls back. Packets lost before the timer
+/// prove nothing (a drop-tail burst loses large packets first); a random
+/// loss of the one resend is why one piece of evidence is not enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlackHoleCheck {
+    Idle,
+    /// Goes out with the next transmission, after the resend of `big`.
+    Due {
+        big: u16,
+    },
+    /// Sent at `at`; its ack tells whether `big` got through.
+    Sent {
+        big: u16,
+        at: Instant,
+    },
+    /// Answered: unless `big` is acknowledged by `decide_at` (one more
+    /// round trip, for a reordered `big`), that is evidence.
+    Answered {
+        big: u16,
+        decide_at: Instant,
+    },
 }
 
 /// One uTP connection.
@@ -165,6 +211,16 @@ pub struct Connection {
     recv_id: u16,
     send_id: u16,
     mss: usize,
+    /// Path MTU search; `mss` follows its confirmed size.
+    pmtud: Pmtud,
+    /// The datagram last returned by poll_transmit is larger than the
+    /// current path MTU (sent before a fall-back): send it without DF.
+    fragmentable: bool,
+    /// A probe was lost: ask the OS whether ICMP taught it a smaller path
+    /// MTU (see `take_path_query`).
+    path_query: bool,
+    /// Black-hole check (see `on_large_timer_loss`).
+    bh_check: BlackHoleCheck,
 
     // Handshake.
     syn_seq: u16,
@@ -276,7 +332,8 @@ impl Connection {
         send_id: u16,
         seq_nr: u16,
     ) -> Self {
-        let mss = cfg.payload_size();
+        let pmtud = Pmtud::new(cfg.pmtud_config(), now);
+        let mss = pmtud.current() - HEADER_LEN;
         let cc = cfg.controller.build(mss);
         let rtt = RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto);
         Self {
@@ -286,6 +343,10 @@ impl Connection {
             recv_id,
             send_id,
             mss,
+            pmtud,
+            fragmentable: false,
+            path_query: false,
+            bh_check: BlackHoleCheck::Idle,
             syn_seq: 0,
             syn_send: false,
             syn_sent_at: None,
@@ -299,11 +360,11 @@ impl Connection {
             pending: SendQueue::default(),
             pacer: Pacer::default(),
             paced_until: None,
-            limits: ConnLimits {
-                shared: SharedLimits::default(),
-                up: cfg.upload_limit.map(TokenBucket::new),
-                down: cfg.download_limit.map(TokenBucket::new),
-            },
+            limits: ConnLimits::new(
+                SharedLimits::default(),
+                cfg.upload_limit,
+                cfg.download_limit,
+            ),
             read_limited_until: None,
             clock: now,
             outstanding: VecDeque::new(),
@@ -453,7 +514,7 @@ impl Connection {
     }
 
     pub(crate) fn set_shared_limits(&mut self, shared: SharedLimits) {
-        self.limits.shared = shared;
+        self.limits.set_shared(shared);
     }
 
     /// Tells the connection the time before an application call (reads
@@ -482,7 +543,65 @@ impl Connection {
         s.bytes_unacked = self.queued_bytes();
         s.max_cwnd = s.max_cwnd.max(s.cwnd);
         s.delay = self.cc.delay_state();
+        s.payload_size = self.mss;
+        s.pmtud_black_holes = self.pmtud.black_holes();
+        s.pmtud_search_time = self.pmtud.last_search_duration();
         s
+    }
+
+    // ------------------------------------------------------- path MTU hooks
+
+    /// The largest datagram the OS can send towards the peer (the route's
+    /// MTU minus IP and UDP headers): caps path MTU discovery.
+    pub fn set_max_datagram(&mut self, now: Instant, size: usize) {
+        self.pmtud.set_ceiling(size, now);
+        self.sync_mss();
+    }
+
+    /// The OS refused a datagram as too big (EMSGSIZE) or reported a
+    /// smaller path MTU: `size` is the largest datagram that can leave.
+    pub fn on_datagram_too_big(&mut self, now: Instant, size: usize) {
+        self.pmtud.on_too_big(size, now);
+        self.sync_mss();
+    }
+
+    /// The path changed (new route): search again from the base size.
+    pub fn reset_path_mtu(&mut self, now: Instant) {
+        self.pmtud.reset(now);
+        self.sync_mss();
+    }
+
+    /// Whether the datagram last returned by [`Connection::poll_transmit`]
+    /// is larger than the current path MTU: a packet sent before a fall-back
+    /// and now resent. Its sequence number fixes its size, so it can only
+    /// pass a shrunk path with fragmentation allowed (no DF bit).
+    pub fn transmit_fragmentable(&self) -> bool {
+        self.fragmentable
+    }
+
+    /// Whether the connection wants the OS's current idea of the path MTU
+    /// (cleared by the call): a probe was lost, and where ICMP "packet too
+    /// big" gets through the kernel has learnt the path MTU by then. The
+    /// I/O layer answers with [`Connection::set_max_datagram`]; nothing
+    /// depends on an answer.
+    pub fn take_path_query(&mut self) -> bool {
+        std::mem::take(&mut self.path_query)
+    }
+
+    /// Keeps the payload size (and the controller's idea of it) in step
+    /// with the path MTU search.
+    fn sync_mss(&mut self) {
+        let mss = self.pmtud.current().saturating_sub(HEADER_LEN).max(1);
+        if mss != self.mss {
+            tracing::debug!(
+                recv_id = self.recv_id,
+                from = self.mss,
+                to = mss,
+                "payload size"
+            );
+            self.mss = mss;
+            self.cc.set_mss(mss);
+        }
     }
 
     // ---------------------------------------------------------------- app side
@@ -814,7 +933,7 @@ impl Connection {
             for _ in 0..n.min(self.outstanding.len()) {
                 let p = self.outstanding.pop_front().expect("counted above");
                 self.outstanding_bytes -= p.payload.len();
-                self.on_packet_acked(&p, &mut bytes_acked, &mut newest);
+                self.on_packet_acked(now, &p, &mut bytes_acked, &mut newest);
             }
             progressed = true;
         }
@@ -854,9 +973,21 @@ impl Connection {
                 if p.lost {
                     p.lost = false;
                 }
-                self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
+                let p = &self.outstanding[idx];
+                let tx = self.evidence_tx(p);
                 note_newest(&mut newest, p);
+                let (pad, len) = (p.pad, p.payload.len());
+                self.largest_acked_tx = self.largest_acked_tx.max(tx);
+                self.on_delivered(pad, len, now);
             }
+        }
+
+        match self.bh_check {
+            BlackHoleCheck::Sent { big, at } => self.on_check_answer(big, at, now),
+            BlackHoleCheck::Answered { big, .. } if self.check_target(big).is_none() => {
+                self.bh_check = BlackHoleCheck::Idle; // `big` got through
+            }
+            _ => {}
         }
 
         // Sample only when the newest packet acked was sent once (Karn). An
@@ -912,7 +1043,14 @@ impl Connection {
 
         // Loss first: an ack that reveals a loss must not grow the window
         // it is about to halve.
-        let congestion = self.detect_losses(now, sacked_any, rack_time);
+        // The packets this ack could report: its SACK bitmask ends here; a
+        // packet past it may have arrived unreported.
+        let sack_end = sack.map(|bits| {
+            h.ack_nr
+                .wrapping_add(2)
+                .wrapping_add((bits.len() * 8).min(u16::MAX as usize / 2) as u16)
+        });
+        let congestion = self.detect_losses(now, sacked_any, rack_time, sack_end);
         if bytes_acked > 0 && !congestion {
             self.cc.on_ack(
                 now,
@@ -932,6 +1070,7 @@ impl Connection {
 
     fn on_packet_acked(
         &mut self,
+        now: Instant,
         p: &Sent,
         bytes_acked: &mut usize,
         newest: &mut Option<(Instant, bool)>,
@@ -942,12 +1081,41 @@ impl Connection {
         if !p.sacked {
             *bytes_acked += p.payload.len();
             note_newest(newest, p);
+            self.on_delivered(p.pad, p.payload.len(), now);
         }
-        self.largest_acked_tx = self.largest_acked_tx.max(p.tx_index);
+        self.note_acked_tx(p);
         if p.ty == PacketType::Fin {
             self.fin = FinState::Acked;
         }
         // Queued resends of acked packets are skipped lazily in poll_transmit.
+    }
+
+    /// The transmission an ack of `p` proves delivered, for the packet
+    /// threshold: only a packet sent once says which transmission arrived
+    /// (Karn); the ack of a retransmitted one may be for any copy, and
+    /// taking the latest would declare everything sent in between lost.
+    fn evidence_tx(&self, p: &Sent) -> u64 {
+        if p.transmissions == 1 {
+            p.tx_index
+        } else {
+            0
+        }
+    }
+
+    fn note_acked_tx(&mut self, p: &Sent) {
+        let tx = self.evidence_tx(p);
+        self.largest_acked_tx = self.largest_acked_tx.max(tx);
+    }
+
+    /// A packet reached the peer: a probe confirms its size, a full-size
+    /// packet shows the path still carries the current size.
+    fn on_delivered(&mut self, pad: usize, payload_len: usize, now: Instant) {
+        if pad > 0 {
+            self.pmtud.on_probe_acked(HEADER_LEN + pad, now);
+            self.sync_mss();
+        } else if payload_len > 0 {
+            self.pmtud.on_packet_acked(HEADER_LEN + payload_len);
+        }
     }
 
     /// Declares packets lost; returns whether a new congestion episode began.
@@ -956,6 +1124,7 @@ impl Connection {
         now: Instant,
         sacked_any: bool,
         rack_time: Option<Instant>,
+        sack_end: Option<u16>,
     ) -> bool {
         // Oldest packet newly declared lost (outstanding is in seq order).
         let mut first_lost: Option<u16> = None;
@@ -964,10 +1133,19 @@ impl Connection {
             if let Some(p) = self.outstanding.front_mut() {
                 // Duplicate acks keep coming while the resent packet travels;
                 // resending it again is the RTO's job (or SACK evidence's).
-                if !p.sacked && !p.lost && self.dup_ack_resent != Some(p.seq) {
+                // A packet already sent again (by SACK or time evidence) is
+                // waiting on that copy: the acks duplicate until it lands.
+                if !p.sacked
+                    && !p.lost
+                    && p.transmissions == 1
+                    && self.dup_ack_resent != Some(p.seq)
+                {
                     self.dup_ack_resent = Some(p.seq);
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    first_lost.get_or_insert(p.seq);
+                    // A lost path MTU probe is not congestion (RFC 8899).
+                    if p.pad == 0 {
+                        first_lost.get_or_insert(p.seq);
+                    }
                 }
             }
         }
@@ -988,10 +1166,17 @@ impl Connection {
                 }
                 let by_time =
                     rack.is_some_and(|(delivered, reo_wnd)| p.last_sent + reo_wnd < delivered);
-                let by_count = sacked_any && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
+                // Only for packets the SACK could have reported: libutp's
+                // 32 bits (and ours) don't reach a big window's far end.
+                let reportable = sack_end.is_some_and(|end| seq::lt(p.seq, end));
+                let by_count = sacked_any
+                    && reportable
+                    && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
                 if by_time || by_count {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-                    first_lost.get_or_insert(p.seq);
+                    if p.pad == 0 {
+                        first_lost.get_or_insert(p.seq);
+                    }
                 }
             }
         }
@@ -1230,6 +1415,13 @@ impl Connection {
             self.read_limited_until,
             self.keepalive_at(),
             self.idle_deadline(),
+            (self.state == State::Connected)
+                .then(|| self.pmtud.poll_timeout())
+                .flatten(),
+            match self.bh_check {
+                BlackHoleCheck::Answered { decide_at, .. } => Some(decide_at),
+                _ => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -1271,6 +1463,14 @@ impl Connection {
         if self.keepalive_at().is_some_and(|t| now >= t) {
             self.ack_pending = true;
         }
+        if self.state == State::Connected {
+            self.pmtud.handle_timeout(now);
+        }
+        if let BlackHoleCheck::Answered { big, decide_at } = self.bh_check {
+            if now >= decide_at {
+                self.decide_check(big, now);
+            }
+        }
         if let Some(d) = self.connect_deadline {
             if now >= d {
                 self.fail(ConnectionError::TimedOut);
@@ -1310,7 +1510,7 @@ impl Connection {
         }
         if let Some(t) = self.tlp_deadline {
             if now >= t {
-                self.on_tail_loss_probe();
+                self.on_tail_loss_probe(now);
             }
         }
     }
@@ -1323,7 +1523,7 @@ impl Connection {
             .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
     }
 
-    fn on_tail_loss_probe(&mut self) {
+    fn on_tail_loss_probe(&mut self, now: Instant) {
         self.tlp_deadline = None;
         if self.peer_wnd_known && (self.peer_wnd as usize) < self.mss {
             // Silence behind a closed window is flow control: the persist
@@ -1342,6 +1542,85 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            self.on_timer_loss(now);
+        }
+    }
+
+    /// A timer (tail loss probe, RTO) fired with packets unacknowledged:
+    /// if the oldest is full-size, check for a black hole (see
+    /// [`BlackHoleCheck`]). A check still unanswered is replaced.
+    fn on_timer_loss(&mut self, _now: Instant) {
+        if self.state != State::Connected {
+            return;
+        }
+        let Some(p) = self.outstanding.front_mut() else {
+            return;
+        };
+        // Evidence must be a packet of the current size sent with DF (one
+        // from before a fall-back is resent without it and proves nothing).
+        let big = HEADER_LEN + p.payload.len();
+        if p.sacked || p.pad > 0 || !self.pmtud.is_large(big) || big > self.pmtud.current() {
+            return;
+        }
+        if !p.lost {
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+        }
+        self.bh_check = BlackHoleCheck::Due { big: p.seq };
+    }
+
+    /// An ack arrived while a black-hole check is out: unless it is too
+    /// early to answer the check, it tells whether `big` got through.
+    fn on_check_answer(&mut self, big: u16, at: Instant, now: Instant) {
+        let srtt = self.rtt.srtt().unwrap_or(self.cfg.min_rto);
+        if now.saturating_duration_since(at) < srtt / 2 {
+            return; // too early to be the check's answer
+        }
+        self.bh_check = match self.check_target(big) {
+            Some(_) => BlackHoleCheck::Answered {
+                big,
+                decide_at: now + srtt,
+            },
+            None => BlackHoleCheck::Idle,
+        };
+    }
+
+    /// The size of `big` while it is undelivered and was sent with DF at
+    /// the current size (the only kind of packet that is evidence).
+    fn check_target(&self, big: u16) -> Option<usize> {
+        let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+        if seq::lt(big, front) {
+            return None; // delivered
+        }
+        let p = self.outstanding.get(seq::ahead(big, front) as usize)?;
+        let size = HEADER_LEN + p.payload.len();
+        (!p.sacked && size <= self.pmtud.current()).then_some(size)
+    }
+
+    /// The check was answered a round trip ago and `big` is still missing:
+    /// one piece of evidence.
+    fn decide_check(&mut self, big: u16, now: Instant) {
+        self.bh_check = BlackHoleCheck::Idle;
+        let Some(size) = self.check_target(big) else {
+            return;
+        };
+        if self.pmtud.on_black_hole_evidence(size, now) {
+            self.sync_mss();
+            self.resend_oversized();
+        } else {
+            // Check again at once rather than wait for the next timer.
+            self.on_timer_loss(now);
+        }
+    }
+
+    /// After a fall-back: every packet in flight larger than the new size
+    /// was sent into the black hole; resend them now (without DF, see
+    /// `transmit_fragmentable`) instead of waiting for timers.
+    fn resend_oversized(&mut self) {
+        let max = self.pmtud.current();
+        for p in self.outstanding.iter_mut() {
+            if !p.sacked && !p.lost && HEADER_LEN + p.payload.len() > max {
+                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            }
         }
     }
 
@@ -1409,6 +1688,8 @@ impl Connection {
             self.fail(ConnectionError::TimedOut);
             return;
         }
+        // A shrunk path drops every full-size packet: check for that.
+        self.on_timer_loss(now);
         self.rtt.back_off();
         self.cc.on_timeout(now);
         self.dup_acks = 0;
@@ -1435,6 +1716,7 @@ impl Connection {
                     || self.synack_pending
                     || !self.resend.is_empty()
                     || self.fin == FinState::Queued
+                    || matches!(self.bh_check, BlackHoleCheck::Due { .. })
                     || (!self.pending.is_empty()
                         && self.paced_until.is_none()
                         && self.send_allowance() > 0)
@@ -1518,6 +1800,7 @@ impl Connection {
     /// Writes the next datagram into `buf` (at least `max_payload + 60`
     /// bytes) and returns its length, or `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.fragmentable = false;
         let n = self.next_datagram(now, buf)?;
         self.last_sent = now;
         Some(n)
@@ -1578,7 +1861,22 @@ impl Connection {
             return Some(self.send_outstanding(now, idx, buf, true));
         }
 
-        // 2. New data, paced.
+        // 2. A black-hole check: a tiny packet after unanswered large ones.
+        if let BlackHoleCheck::Due { big } = self.bh_check {
+            // After the resend of `big` (retransmissions go first): an
+            // empty data packet with the last sequence number the peer
+            // acknowledged, which it answers with an ack at once.
+            let acked = self
+                .seq_nr
+                .wrapping_sub(self.outstanding.len() as u16)
+                .wrapping_sub(1);
+            self.bh_check = BlackHoleCheck::Sent { big, at: now };
+            let h = self.header(PacketType::Data, acked, now);
+            self.stats.packets_sent += 1;
+            return Some(packet::encode(&h, &[], &[], buf));
+        }
+
+        // 3. New data, led by a path MTU probe when one is due, paced.
         if !self.pending.is_empty() && self.paced_until.is_none() {
             let allowance = self.send_allowance();
             let n = allowance.min(self.pending.len());
@@ -1596,23 +1894,26 @@ impl Connection {
             if let Some(wait) = paced.max(limited) {
                 self.paced_until = Some(now + wait);
             } else if allowance > 0 {
+                if let Some(n) = self.send_mtu_probe(now, buf) {
+                    return Some(n);
+                }
                 self.pacer.on_sent(n);
                 self.limits.on_upload(n);
                 self.probe_allowed = false;
                 let payload = self.pending.take(n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
-                return Some(self.send_new(now, PacketType::Data, payload, buf));
+                return Some(self.send_new(now, PacketType::Data, payload, buf, 0));
             }
         }
 
-        // 3. FIN once all data is packetized.
+        // 4. FIN once all data is packetized.
         if self.fin == FinState::Queued && self.pending.is_empty() {
             self.fin = FinState::Sent;
-            return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf));
+            return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf, 0));
         }
 
-        // 4. A pure ack.
+        // 5. A pure ack.
         if self.ack_pending {
             let seq = self.seq_nr;
             if matches!(self.fin, FinState::Sent | FinState::Acked) {
@@ -1641,7 +1942,37 @@ impl Connection {
         packet::encode(&h, &sack[..sn], &[], buf)
     }
 
-    fn send_new(&mut self, now: Instant, ty: PacketType, payload: Bytes, buf: &mut [u8]) -> usize {
+    /// A path MTU probe (RFC 8899): an empty data packet padded to the probe
+    /// size with an extension the peer skips. It consumes a sequence number
+    /// so its ack confirms the size; it carries no stream bytes, so when it
+    /// is lost nothing but an unpadded 20-byte resend is needed, and a peer
+    /// that truncates large datagrams drops it instead of acking a cut
+    /// payload. Sent only during bulk sending (a full packet waiting), when
+    /// the window allows new data; its padding is not counted in flight.
+    fn send_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        // A full packet of data must still wait behind the probe, so the
+        // FIN (sent once `pending` is empty) never precedes it.
+        if self.state != State::Connected || self.pending.len() < self.mss {
+            return None;
+        }
+        let probe = self.pmtud.poll_probe(now)?;
+        let size = probe.size.min(buf.len());
+        if size < HEADER_LEN + packet::MIN_PADDING {
+            return None;
+        }
+        self.pmtud.on_probe_sent(size);
+        self.stats.pmtud_probes += 1;
+        Some(self.send_new(now, PacketType::Data, Bytes::new(), buf, size - HEADER_LEN))
+    }
+
+    fn send_new(
+        &mut self,
+        now: Instant,
+        ty: PacketType,
+        payload: Bytes,
+        buf: &mut [u8],
+        pad: usize,
+    ) -> usize {
         let s = self.seq_nr;
         self.seq_nr = self.seq_nr.wrapping_add(1);
         self.outstanding_bytes += payload.len();
@@ -1655,6 +1986,7 @@ impl Connection {
             sacked: false,
             in_flight: false,
             lost: false,
+            pad,
         });
         let idx = self.outstanding.len() - 1;
         self.send_outstanding(now, idx, buf, false)
@@ -1673,6 +2005,16 @@ impl Connection {
         let (ty, s) = (p.ty, p.seq);
         if retx {
             self.stats.packets_retransmitted += 1;
+            if p.pad > 0 {
+                // The padded probe was lost (or overtaken by a timer): not
+                // congestion, and its empty data goes again unpadded.
+                let size = HEADER_LEN + p.pad;
+                p.pad = 0;
+                self.stats.pmtud_probes_lost += 1;
+                self.pmtud.on_probe_lost(size, now);
+                self.path_query = true;
+                self.sync_mss();
+            }
         }
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
@@ -1688,7 +2030,8 @@ impl Connection {
         self.last_wnd_sent = h.wnd_size;
         self.stats.packets_sent += 1;
         let p = &self.outstanding[idx];
-        packet::encode(&h, &[], &p.payload, buf)
+        self.fragmentable = HEADER_LEN + p.payload.len() > self.pmtud.current();
+        packet::encode_padded(&h, p.pad, &p.payload, buf)
     }
 }
 

@@ -34,6 +34,10 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// Length of the datagram at the start of the caller's buffer.
     pub len: usize,
+    /// Send without the Don't Fragment bit: a packet from before a path
+    /// MTU fall-back, larger than the path now carries, being resent (see
+    /// [`Connection::transmit_fragmentable`]). Everything else goes with DF.
+    pub fragmentable: bool,
 }
 
 /// Endpoint-wide counters, including every reason a datagram was dropped.
@@ -110,6 +114,8 @@ pub struct Endpoint {
     dirty: VecDeque<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     touched: Vec<ConnHandle>,
+    /// Connections asking for the OS's path MTU (see `poll_path_query`).
+    path_queries: VecDeque<ConnHandle>,
     resets: VecDeque<(SocketAddr, Header)>,
     reset_tokens: f64,
     reset_refill: Instant,
@@ -122,6 +128,9 @@ pub struct Endpoint {
     /// Drop counters of connections already freed.
     retired_drops: DropStats,
 }
+
+/// Most path MTU queries queued at once (see `Endpoint::poll_path_query`).
+const MAX_PATH_QUERIES: usize = 1024;
 
 /// Most RESET replies queued at once; more are dropped (and counted).
 const MAX_QUEUED_RESETS: usize = 64;
@@ -161,6 +170,7 @@ impl Endpoint {
             dirty: VecDeque::new(),
             timers: BinaryHeap::new(),
             touched: Vec::new(),
+            path_queries: VecDeque::new(),
             resets: VecDeque::new(),
             reset_refill: now,
             rng,
@@ -401,6 +411,11 @@ impl Endpoint {
             return;
         }
         e.conn.refresh(now);
+        // Bounded: a caller that never asks must not grow memory.
+        if e.conn.take_path_query() && self.path_queries.len() < MAX_PATH_QUERIES {
+            self.path_queries.push_back(ConnHandle(idx));
+        }
+        let e = &mut self.conns[idx];
         if !e.dirty && e.conn.wants_transmit() {
             e.dirty = true;
             self.dirty.push_back(idx);
@@ -609,6 +624,7 @@ impl Endpoint {
             return Some(Transmit {
                 destination: to,
                 len,
+                fragmentable: false,
             });
         }
         while let Some(idx) = self.dirty.pop_front() {
@@ -622,9 +638,53 @@ impl Endpoint {
                 continue;
             };
             let destination = e.addr;
+            let fragmentable = e.conn.transmit_fragmentable();
             self.stats.datagrams_sent += 1;
             self.after_change(idx, now);
-            return Some(Transmit { destination, len });
+            return Some(Transmit {
+                destination,
+                len,
+                fragmentable,
+            });
+        }
+        None
+    }
+
+    /// Tells the connection behind `h` the largest datagram the OS can send
+    /// on its route (route MTU minus IP and UDP headers): the ceiling of
+    /// its path MTU search.
+    pub fn set_max_datagram(&mut self, h: ConnHandle, now: Instant, size: usize) {
+        if self.conns.contains(h.0) {
+            self.with_conn(h, now, |c| c.set_max_datagram(now, size));
+        }
+    }
+
+    /// The OS refused a datagram to `to` as too big (EMSGSIZE), or reported
+    /// a smaller path MTU: every connection to `to` lowers its size to at
+    /// most `size` bytes per datagram.
+    pub fn on_datagram_too_big(&mut self, now: Instant, to: SocketAddr, size: usize) {
+        let idxs: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.addr == to)
+            .map(|(i, _)| i)
+            .collect();
+        for idx in idxs {
+            self.conns[idx].conn.on_datagram_too_big(now, size);
+            self.after_change(idx, now);
+        }
+    }
+
+    /// A connection that lost a path MTU probe and asks for the OS's view
+    /// of its route's MTU, with its peer address. Answer (optionally) with
+    /// [`Endpoint::set_max_datagram`]: where ICMP "packet too big" is not
+    /// filtered, the kernel knows the path MTU by the time a probe counts
+    /// as lost, and the search ends at once instead of probing down.
+    pub fn poll_path_query(&mut self) -> Option<(ConnHandle, SocketAddr)> {
+        while let Some(h) = self.path_queries.pop_front() {
+            if let Some(e) = self.conns.get(h.0) {
+                return Some((h, e.addr));
+            }
         }
         None
     }

@@ -15,6 +15,7 @@ pub mod drops;
 pub mod endpoint;
 mod pacing;
 pub mod packet;
+pub mod pmtud;
 pub mod ratelimit;
 pub mod rtt;
 mod sendbuf;

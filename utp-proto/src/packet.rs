@@ -177,6 +177,59 @@ pub fn encode(header: &Header, sack: &[u8], payload: &[u8], buf: &mut [u8]) -> u
     len
 }
 
+/// Extension type used for padding path MTU probes. Unknown to every uTP
+/// stack, so skipped (libutp, libtorrent and this parser walk the whole
+/// chain and skip unknown types).
+pub const EXT_PADDING: u8 = 0x7f;
+
+/// Smallest padding [`encode_padded`] can write.
+pub const MIN_PADDING: usize = 12;
+
+/// Writes a packet padded by `pad` extension bytes before `payload`, and
+/// returns its length (`HEADER_LEN + pad + payload.len()`). `pad` is 0 or
+/// at least [`MIN_PADDING`]. Panics if `buf` is too small.
+///
+/// The chain starts with an empty SACK (four zero bytes: acknowledges
+/// nothing) because libutp drops every packet whose *first* extension type
+/// is 3 or more (its test for the pre-BEP-29 packet format); the rest is
+/// extensions of type [`EXT_PADDING`], zero-filled. The padding comes before
+/// the payload, so a receiver that truncates the datagram (libtorrent reads
+/// into 1,500 bytes) finds the chain running past the end and drops the
+/// packet instead of accepting a shortened payload.
+pub fn encode_padded(header: &Header, pad: usize, payload: &[u8], buf: &mut [u8]) -> usize {
+    if pad == 0 {
+        return encode(header, &[], payload, buf);
+    }
+    assert!(pad >= MIN_PADDING, "padding below the minimum");
+    // Four zero bytes of SACK, eight when four would leave one byte over
+    // (an extension takes at least two).
+    let sack = if pad - 6 == 1 { 8 } else { 4 };
+    let n = encode(header, &[0; 8][..sack], &[], buf);
+    debug_assert_eq!(n, HEADER_LEN + 2 + sack);
+    let len = HEADER_LEN + pad + payload.len();
+    assert!(buf.len() >= len, "encode buffer too small");
+    let mut pos = n;
+    let mut left = pad - 2 - sack;
+    if left > 0 {
+        buf[HEADER_LEN] = EXT_PADDING; // the SACK's "next extension"
+    }
+    while left > 0 {
+        // Each extension is 2 + up to 255 bytes; never leave 1 byte over.
+        let mut body = (left - 2).min(255);
+        if left - 2 - body == 1 {
+            body -= 1;
+        }
+        let rest = left - 2 - body;
+        buf[pos] = if rest > 0 { EXT_PADDING } else { 0 };
+        buf[pos + 1] = body as u8;
+        buf[pos + 2..pos + 2 + body].fill(0);
+        pos += 2 + body;
+        left = rest;
+    }
+    buf[pos..pos + payload.len()].copy_from_slice(payload);
+    len
+}
+
 /// Length of an encoded packet with a SACK of `sack_len` bytes and a payload.
 pub fn encoded_len(sack_len: usize, payload_len: usize) -> usize {
     HEADER_LEN + if sack_len > 0 { 2 + sack_len } else { 0 } + payload_len
@@ -190,6 +243,29 @@ pub fn sack_bit(sack: &[u8], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_packets_parse_to_their_payload_at_every_pad_length() {
+        let h = header(PacketType::Data);
+        let mut buf = vec![0u8; 2000];
+        for pad in (MIN_PADDING..=1100).chain([0]) {
+            let n = encode_padded(&h, pad, b"xyz", &mut buf);
+            assert_eq!(n, HEADER_LEN + pad + 3);
+            let p = Packet::parse(&buf[..n]).unwrap();
+            assert_eq!(p.header, h);
+            assert_eq!(p.payload, b"xyz", "pad {pad}");
+            if pad > 0 {
+                // libutp's version test: the first extension must be < 3.
+                assert_eq!(buf[1], EXT_SACK);
+                assert!(p.sack.unwrap().iter().all(|&b| b == 0));
+            }
+            if pad > 0 {
+                // Truncated anywhere inside the padding: rejected, never
+                // a shortened payload.
+                assert!(Packet::parse(&buf[..HEADER_LEN + pad - 1]).is_err());
+            }
+        }
+    }
 
     fn header(ty: PacketType) -> Header {
         Header {

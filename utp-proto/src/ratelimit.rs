@@ -6,6 +6,7 @@
 //! receive buffer fills and the window we advertise shrinks until the peer
 //! sends no faster than the limit.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,13 @@ impl TokenBucket {
     /// The rate in bytes per second.
     pub fn rate(&self) -> u64 {
         self.rate as u64
+    }
+
+    /// Changes the rate, keeping the tokens (up to the new bucket size).
+    fn set_rate(&mut self, rate: f64) {
+        self.rate = rate.max(1.0);
+        self.burst = (self.rate * BURST_TIME).max(MIN_BURST);
+        self.tokens = self.tokens.min(self.burst);
     }
 
     fn refill(&mut self, now: Instant) {
@@ -89,6 +97,38 @@ pub struct SharedLimits {
 struct Limits {
     up: Option<TokenBucket>,
     down: Option<TokenBucket>,
+    /// Connections sending / reading under the shared limits lately: each
+    /// gets an equal share, so the first one woken can't take it all.
+    senders: Active,
+    readers: Active,
+    next_id: u64,
+}
+
+/// A connection that has not tried to use a shared limit for this long no
+/// longer takes a share of it.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// Connections that used a shared limit lately (id, last attempt).
+#[derive(Debug, Default)]
+struct Active {
+    seen: HashMap<u64, Instant>,
+    pruned: Option<Instant>,
+}
+
+impl Active {
+    /// Registers `id` as active; returns how many are.
+    fn count(&mut self, id: u64, now: Instant) -> usize {
+        self.seen.insert(id, now);
+        if self
+            .pruned
+            .is_none_or(|p| now.saturating_duration_since(p) >= IDLE)
+        {
+            self.seen
+                .retain(|_, seen| now.saturating_duration_since(*seen) < IDLE);
+            self.pruned = Some(now);
+        }
+        self.seen.len().max(1)
+    }
 }
 
 impl SharedLimits {
@@ -133,6 +173,73 @@ pub(crate) struct ConnLimits {
     pub(crate) shared: SharedLimits,
     pub(crate) up: Option<TokenBucket>,
     pub(crate) down: Option<TokenBucket>,
+    /// This connection's equal shares of the shared limits.
+    fair_up: Option<TokenBucket>,
+    fair_down: Option<TokenBucket>,
+    /// Id among the shared limits' active connections.
+    id: Option<u64>,
+}
+
+impl ConnLimits {
+    /// Limits of a new connection: its own (from the config) and the
+    /// endpoint's shared ones.
+    pub(crate) fn new(shared: SharedLimits, up: Option<u64>, down: Option<u64>) -> Self {
+        Self {
+            shared,
+            up: up.map(TokenBucket::new),
+            down: down.map(TokenBucket::new),
+            fair_up: None,
+            fair_down: None,
+            id: None,
+        }
+    }
+
+    /// Moves this connection under another endpoint's shared limits.
+    pub(crate) fn set_shared(&mut self, shared: SharedLimits) {
+        self.leave();
+        self.fair_up = None;
+        self.fair_down = None;
+        self.shared = shared;
+    }
+
+    fn leave(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut limits = self.shared.lock();
+            limits.senders.seen.remove(&id);
+            limits.readers.seen.remove(&id);
+        }
+    }
+
+    /// Keeps this connection's fair share of a shared limit up to date: the
+    /// limit divided among the connections using it lately.
+    fn update_share(&mut self, now: Instant, upload: bool) {
+        let mut limits = self.shared.lock();
+        let limits = &mut *limits;
+        let (bucket, active, fair) = if upload {
+            (&limits.up, &mut limits.senders, &mut self.fair_up)
+        } else {
+            (&limits.down, &mut limits.readers, &mut self.fair_down)
+        };
+        let Some(rate) = bucket.as_ref().map(|b| b.rate) else {
+            *fair = None;
+            return;
+        };
+        let id = *self.id.get_or_insert_with(|| {
+            limits.next_id += 1;
+            limits.next_id
+        });
+        let share = rate / active.count(id, now) as f64;
+        match fair {
+            Some(b) => b.set_rate(share),
+            None => *fair = Some(TokenBucket::new(share as u64)),
+        }
+    }
+}
+
+impl Drop for ConnLimits {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
 fn later(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -145,13 +252,15 @@ fn later(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 impl ConnLimits {
     /// How long until `bytes` of new data may be sent (`None`: now).
     pub(crate) fn upload_delay(&mut self, now: Instant, bytes: usize) -> Option<Duration> {
+        self.update_share(now, true);
         let own = self.up.as_mut().and_then(|b| b.delay(now, bytes));
+        let fair = self.fair_up.as_mut().and_then(|b| b.delay(now, bytes));
         let shared = self.shared.with_up(|b| b.delay(now, bytes)).flatten();
-        later(own, shared)
+        later(later(own, fair), shared)
     }
 
     pub(crate) fn on_upload(&mut self, bytes: usize) {
-        if let Some(b) = &mut self.up {
+        for b in [&mut self.up, &mut self.fair_up].into_iter().flatten() {
             b.consume(bytes);
         }
         self.shared.with_up(|b| b.consume(bytes));
@@ -159,16 +268,23 @@ impl ConnLimits {
 
     /// Bytes the application may read now (`usize::MAX`: unlimited).
     pub(crate) fn download_allowance(&mut self, now: Instant) -> usize {
+        self.update_share(now, false);
         let own = self.down.as_mut().map(|b| b.available(now));
+        let fair = self.fair_down.as_mut().map(|b| b.available(now));
         let shared = self.shared.with_down(|b| b.available(now));
-        own.unwrap_or(usize::MAX).min(shared.unwrap_or(usize::MAX))
+        [own, fair, shared]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(usize::MAX)
     }
 
     /// How long until `bytes` may be read (at least a microsecond).
     pub(crate) fn download_delay(&mut self, now: Instant, bytes: usize) -> Duration {
         let own = self.down.as_mut().and_then(|b| b.delay(now, bytes));
+        let fair = self.fair_down.as_mut().and_then(|b| b.delay(now, bytes));
         let shared = self.shared.with_down(|b| b.delay(now, bytes)).flatten();
-        later(own, shared).unwrap_or(Duration::from_micros(1))
+        later(later(own, fair), shared).unwrap_or(Duration::from_micros(1))
     }
 
     /// Whether any download limit applies.
@@ -177,7 +293,7 @@ impl ConnLimits {
     }
 
     pub(crate) fn on_download(&mut self, bytes: usize) {
-        if let Some(b) = &mut self.down {
+        for b in [&mut self.down, &mut self.fair_down].into_iter().flatten() {
             b.consume(bytes);
         }
         self.shared.with_down(|b| b.consume(bytes));
@@ -214,22 +330,35 @@ mod tests {
         let t0 = Instant::now();
         let shared = SharedLimits::default();
         shared.set_download(Some(100_000));
-        let mut a = ConnLimits {
-            shared: shared.clone(),
-            ..Default::default()
-        };
-        let mut b = ConnLimits {
-            shared: shared.clone(),
-            ..Default::default()
-        };
-        let n = a.download_allowance(t0);
-        assert_eq!(n, 16 * 1024, "a full bucket");
-        a.on_download(n);
-        let m = b.download_allowance(t0);
-        assert_eq!(m, 0, "the other connection finds the shared bucket empty");
+        let mut a = ConnLimits::new(shared.clone(), None, None);
+        let mut b = ConnLimits::new(shared.clone(), None, None);
+        // Two readers: each may take its share of the shared bucket, and
+        // the shared bucket bounds the sum.
+        assert_eq!(a.download_allowance(t0), 16 * 1024);
+        assert_eq!(b.download_allowance(t0), 16 * 1024);
+        a.on_download(16 * 1024);
+        assert_eq!(b.download_allowance(t0), 0, "the shared bucket is empty");
         assert!(b.download_delay(t0, 1000) >= Duration::from_millis(9));
+        // Over a second, each gets half of the rate.
+        let t1 = t0 + Duration::from_secs(1);
+        let (mut got_a, mut got_b, mut t) = (0, 0, t0);
+        while t < t1 {
+            t += Duration::from_millis(1);
+            for (c, got) in [(&mut a, &mut got_a), (&mut b, &mut got_b)] {
+                let n = c.download_allowance(t);
+                c.on_download(n);
+                *got += n;
+            }
+        }
+        assert!(got_a.abs_diff(got_b) < 20_000, "{got_a} vs {got_b}");
         assert_eq!(shared.download(), Some(100_000));
         shared.set_download(None);
         assert_eq!(b.download_allowance(t0), usize::MAX);
+        drop(a);
+        assert_eq!(
+            shared.lock().readers.seen.len(),
+            1,
+            "a dropped reader leaves"
+        );
     }
 }

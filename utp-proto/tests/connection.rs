@@ -16,6 +16,12 @@ use utp_proto::{
 const MSS: usize = 1400;
 const MIB: u32 = 1 << 20;
 
+/// These tests pin packet-by-packet rules with fixed 1400-byte payloads;
+/// path MTU discovery (probes, size changes) has its own tests.
+fn cfg0() -> Config {
+    Config::default().pmtud(false).base_payload(MSS)
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -217,7 +223,7 @@ fn initiator_with(cfg: Config, y: u16, synack_wnd: u32) -> (Harness, Out) {
 }
 
 fn initiator() -> Harness {
-    initiator_with(Config::default(), 30_000, MIB).0
+    initiator_with(cfg0(), 30_000, MIB).0
 }
 
 /// The peer connects with id `r` and ISN `s`; our SYN-ACK is returned.
@@ -246,7 +252,7 @@ fn responder_with(cfg: Config, r: u16, s: u16, syn_wnd: u32) -> (Harness, Out) {
 }
 
 fn responder() -> Harness {
-    responder_with(Config::default(), 4000, 60_000, MIB).0
+    responder_with(cfg0(), 4000, 60_000, MIB).0
 }
 
 /// A responder whose initiator has spoken once (an ack of Y - 1, at t0):
@@ -266,7 +272,7 @@ fn established_responder(cfg: Config) -> Harness {
 
 #[test]
 fn initiator_syn_carries_recv_id_isn_zero_ack_and_zero_ts_diff() {
-    let (mut ep, t0) = endpoint(Config::default(), 11);
+    let (mut ep, t0) = endpoint(cfg0(), 11);
     let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let c = ep.conn(h);
@@ -283,7 +289,7 @@ fn initiator_syn_carries_recv_id_isn_zero_ack_and_zero_ts_diff() {
     // Ids and ISNs come from the endpoint's random source.
     let mut ids = std::collections::HashSet::new();
     for seed in 0..8 {
-        let (mut ep, t0) = endpoint(Config::default(), seed);
+        let (mut ep, t0) = endpoint(cfg0(), seed);
         ep.connect(t0, peer()).unwrap();
         let s = only(drain(&mut ep, t0));
         ids.insert((s.h.conn_id, s.h.seq_nr));
@@ -294,7 +300,7 @@ fn initiator_syn_carries_recv_id_isn_zero_ack_and_zero_ts_diff() {
 #[test]
 fn initiator_first_data_is_isn_plus_one_on_send_id_acking_y_minus_one() {
     let y = 1070;
-    let (mut hs, syn) = initiator_with(Config::default(), y, MIB);
+    let (mut hs, syn) = initiator_with(cfg0(), y, MIB);
     let s = syn.h.seq_nr;
     let r = syn.h.conn_id;
     assert_eq!(hs.write(b"hello"), 5);
@@ -314,7 +320,7 @@ fn initiator_first_data_is_isn_plus_one_on_send_id_acking_y_minus_one() {
 
 #[test]
 fn initiator_ack_nr_wraps_when_synack_seq_is_zero() {
-    let (mut hs, syn) = initiator_with(Config::default(), 0, MIB);
+    let (mut hs, syn) = initiator_with(cfg0(), 0, MIB);
     hs.write(b"x");
     let d = only(hs.out());
     assert_eq!(d.h.ack_nr, 65535);
@@ -327,7 +333,7 @@ fn initiator_ack_nr_wraps_when_synack_seq_is_zero() {
 fn synack_with_zero_window_does_not_block_initiator_data() {
     // libtorrent may advertise little in the SYN-ACK: the window is only
     // known from the first real ack on.
-    let (mut hs, syn) = initiator_with(Config::default(), 500, 0);
+    let (mut hs, syn) = initiator_with(cfg0(), 500, 0);
     hs.write(&[7u8; 3000]);
     let out = hs.out();
     assert_eq!(
@@ -342,7 +348,7 @@ fn synack_with_zero_window_does_not_block_initiator_data() {
 
 #[test]
 fn responder_synack_is_state_acking_syn_with_fresh_seq() {
-    let (hs, synack) = responder_with(Config::default(), 17767, 9158, MIB);
+    let (hs, synack) = responder_with(cfg0(), 17767, 9158, MIB);
     assert_eq!(synack.to, peer());
     assert_eq!(synack.h.ty, PacketType::State);
     assert_eq!(synack.h.conn_id, 17767, "responder sends with R");
@@ -355,7 +361,7 @@ fn responder_synack_is_state_acking_syn_with_fresh_seq() {
     // The seq is random: different endpoint seeds give different values.
     let mut seqs = std::collections::HashSet::new();
     for seed in 0..8 {
-        let (mut ep, t0) = endpoint(Config::default(), 100 + seed);
+        let (mut ep, t0) = endpoint(cfg0(), 100 + seed);
         ep.set_listening(true);
         let syn = hdr(PacketType::Syn, 17767, 9158, 0);
         ep.handle_datagram(t0, peer(), &datagram(&syn, &[], &[]))
@@ -367,7 +373,7 @@ fn responder_synack_is_state_acking_syn_with_fresh_seq() {
 
 #[test]
 fn responder_first_data_carries_the_synack_seq() {
-    let (mut hs, synack) = responder_with(Config::default(), 17767, 9158, MIB);
+    let (mut hs, synack) = responder_with(cfg0(), 17767, 9158, MIB);
     let y = synack.h.seq_nr;
     hs.write(b"abc");
     let d = only(hs.out());
@@ -388,7 +394,7 @@ fn responder_first_data_carries_the_synack_seq() {
 
 #[test]
 fn duplicate_syn_is_answered_again_without_second_connection() {
-    let (mut hs, synack) = responder_with(Config::default(), 4000, 60_000, MIB);
+    let (mut hs, synack) = responder_with(cfg0(), 4000, 60_000, MIB);
     hs.advance(secs(1));
     let again = only(hs.feed_full(hdr(PacketType::Syn, 4000, 60_000, 0), &[], &[]));
     assert_eq!(again.h.ty, PacketType::State);
@@ -404,7 +410,7 @@ fn duplicate_syn_is_answered_again_without_second_connection() {
 #[test]
 fn syn_with_zero_window_does_not_block_responder_data() {
     // libtorrent's SYN advertises window 0.
-    let (mut hs, synack) = responder_with(Config::default(), 21037, 38499, 0);
+    let (mut hs, synack) = responder_with(cfg0(), 21037, 38499, 0);
     hs.write(&[1u8; 2000]);
     let out = hs.out();
     assert_eq!(
@@ -558,7 +564,7 @@ fn out_of_order_data_is_sacked_lsb_first_in_4_byte_multiples() {
 
 #[test]
 fn sack_bits_wrap_around_sequence_zero() {
-    let (mut hs, syn) = initiator_with(Config::default(), 65534, MIB);
+    let (mut hs, syn) = initiator_with(cfg0(), 65534, MIB);
     let ack = syn.h.seq_nr.wrapping_add(1).wrapping_sub(1);
     // Expect 65534, 65535, 0, 1: deliver 0 and 1 first.
     let a = only(hs.feed(PacketType::Data, 1, ack, MIB, b"d"));
@@ -629,7 +635,7 @@ fn advertised_window_shrinks_with_unread_data_and_grows_after_read() {
 
 #[test]
 fn full_receive_buffer_takes_one_probe_then_drops_and_reading_sends_window_update() {
-    let cfg = Config::default().recv_buffer(10_000);
+    let cfg = cfg0().recv_buffer(10_000);
     let (mut hs, _) = initiator_with(cfg, 100, MIB);
     let ack = hs.sy(0).wrapping_sub(1);
     let mut last = None;
@@ -785,7 +791,7 @@ fn rto_intervals(hs: &mut Harness, seq: u16, n: usize) -> Vec<Duration> {
 
 #[test]
 fn rto_starts_at_one_second_and_doubles_without_rtt_sample() {
-    let mut hs = established_responder(Config::default());
+    let mut hs = established_responder(cfg0());
     hs.write(b"x");
     assert_eq!(data_seqs(&hs.out()), vec![hs.sy(0)]);
     assert_eq!(hs.ep.poll_timeout(), Some(hs.t0 + secs(1)));
@@ -817,7 +823,7 @@ fn rto_after_rtt_sample_has_500ms_floor_and_doubles() {
 
 #[test]
 fn rto_is_capped_at_max_rto() {
-    let cfg = Config::default().max_rto(secs(5)).max_timeouts(100);
+    let cfg = cfg0().max_rto(secs(5)).max_timeouts(100);
     let mut hs = established_responder(cfg);
     hs.write(b"x");
     hs.out();
@@ -852,7 +858,7 @@ fn ack_of_a_retransmitted_packet_gives_no_rtt_sample() {
 
 #[test]
 fn data_gives_up_with_timed_out_after_max_timeouts_rtos() {
-    let cfg = Config::default().max_timeouts(4);
+    let cfg = cfg0().max_timeouts(4);
     let mut hs = established_responder(cfg);
     hs.write(b"x");
     hs.out();
@@ -886,7 +892,7 @@ fn data_gives_up_with_timed_out_after_max_timeouts_rtos() {
 
 #[test]
 fn consecutive_timeout_count_restarts_when_the_peer_speaks() {
-    let cfg = Config::default().max_timeouts(3);
+    let cfg = cfg0().max_timeouts(3);
     let mut hs = established_responder(cfg);
     hs.write(b"x");
     hs.out();
@@ -907,7 +913,7 @@ fn consecutive_timeout_count_restarts_when_the_peer_speaks() {
 
 #[test]
 fn responder_gives_up_when_the_initiator_never_speaks() {
-    let (mut hs, _) = responder_with(Config::default(), 1, 2, MIB);
+    let (mut hs, _) = responder_with(cfg0(), 1, 2, MIB);
     assert_eq!(hs.conn().state(), State::SynRecv);
     let mut guard = 0;
     while hs.conn().error().is_none() {
@@ -923,7 +929,7 @@ fn responder_gives_up_when_the_initiator_never_speaks() {
 
 #[test]
 fn syn_is_retransmitted_with_backoff_and_connect_times_out() {
-    let (mut ep, t0) = endpoint(Config::default(), 5);
+    let (mut ep, t0) = endpoint(cfg0(), 5);
     let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let mut times = vec![Duration::ZERO];
@@ -957,7 +963,7 @@ fn syn_is_retransmitted_with_backoff_and_connect_times_out() {
 
 #[test]
 fn reset_in_reply_to_syn_is_connection_refused() {
-    let (mut ep, t0) = endpoint(Config::default(), 6);
+    let (mut ep, t0) = endpoint(cfg0(), 6);
     let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     // libutp echoes the SYN's connection id and acks its seq.
@@ -984,8 +990,8 @@ fn reset_in_reply_to_syn_is_connection_refused() {
 
 #[test]
 fn syn_to_a_non_listening_endpoint_is_refused_end_to_end() {
-    let (mut a, t0) = endpoint(Config::default(), 7);
-    let mut b = Endpoint::with_seed(Arc::new(Config::default()), t0, 8);
+    let (mut a, t0) = endpoint(cfg0(), 7);
+    let mut b = Endpoint::with_seed(Arc::new(cfg0()), t0, 8);
     let h = a.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut a, t0));
     b.handle_datagram(t0, me(), &syn.raw).unwrap();
@@ -1033,7 +1039,7 @@ fn reset_on_established_connection_is_connection_reset() {
 #[test]
 fn responder_accepts_reset_on_either_connection_id() {
     for use_send_id in [false, true] {
-        let (mut hs, _) = responder_with(Config::default(), 500, 9, MIB);
+        let (mut hs, _) = responder_with(cfg0(), 500, 9, MIB);
         hs.ack(hs.sy(0).wrapping_sub(1));
         let id = if use_send_id { hs.to_peer } else { hs.to_us };
         let rst = hdr(PacketType::Reset, id, 10, hs.sy(0).wrapping_sub(1));
@@ -1205,7 +1211,7 @@ fn time_wait_answers_late_fin_restarts_and_then_frees_released_connection() {
 
 #[test]
 fn unknown_connection_gets_20_byte_reset_echoing_id_and_acking_seq() {
-    let (mut ep, t0) = endpoint(Config::default(), 9);
+    let (mut ep, t0) = endpoint(cfg0(), 9);
     ep.set_listening(true);
     for (ty, id, seq) in [
         (PacketType::Data, 4660u16, 100u16),
@@ -1231,7 +1237,7 @@ fn unknown_connection_gets_20_byte_reset_echoing_id_and_acking_seq() {
 
 #[test]
 fn reset_for_unknown_connection_is_never_answered() {
-    let (mut ep, t0) = endpoint(Config::default(), 10);
+    let (mut ep, t0) = endpoint(cfg0(), 10);
     ep.set_listening(true);
     for i in 0..10u16 {
         let rst = hdr(PacketType::Reset, 26214 + i, 400, 10);
@@ -1245,7 +1251,7 @@ fn reset_for_unknown_connection_is_never_answered() {
 
 #[test]
 fn reset_replies_are_rate_limited() {
-    let (mut ep, t0) = endpoint(Config::default().reset_rate(10), 11);
+    let (mut ep, t0) = endpoint(cfg0().reset_rate(10), 11);
     let probe = |ep: &mut Endpoint, now: Instant, n: u16| -> usize {
         let mut sent = 0;
         for i in 0..n {
@@ -1275,7 +1281,7 @@ fn reset_replies_are_rate_limited() {
 
 #[test]
 fn garbage_and_dht_datagrams_are_dropped_silently() {
-    let (mut ep, t0) = endpoint(Config::default(), 12);
+    let (mut ep, t0) = endpoint(cfg0(), 12);
     ep.set_listening(true);
     let dht = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
     assert!(ep.handle_datagram(t0, peer(), dht).is_err());
@@ -1390,7 +1396,7 @@ fn zero_window_sender_probes_and_recovers_when_window_opens() {
 
 #[test]
 fn release_before_handshake_forgets_the_connection() {
-    let (mut ep, t0) = endpoint(Config::default(), 13);
+    let (mut ep, t0) = endpoint(cfg0(), 13);
     let h = ep.connect(t0, peer()).unwrap();
     drain(&mut ep, t0);
     ep.release(h, t0);
@@ -1401,7 +1407,7 @@ fn release_before_handshake_forgets_the_connection() {
 
 #[test]
 fn accept_backlog_full_drops_syns_silently() {
-    let (mut ep, t0) = endpoint(Config::default().accept_backlog(2), 14);
+    let (mut ep, t0) = endpoint(cfg0().accept_backlog(2), 14);
     ep.set_listening(true);
     for id in [10u16, 20, 30] {
         let syn = hdr(PacketType::Syn, id, 1, 0);
@@ -1421,7 +1427,7 @@ fn accept_backlog_full_drops_syns_silently() {
 fn duplicate_syn_after_responder_data_is_answered_with_the_synack_seq() {
     // The initiator lost our SYN-ACK (and maybe our data): its ack_nr will be
     // the re-answer's seq - 1, so the re-answer must carry Y, not Y + sent.
-    let (mut hs, synack) = responder_with(Config::default(), 4000, 60_000, MIB);
+    let (mut hs, synack) = responder_with(cfg0(), 4000, 60_000, MIB);
     let y = synack.h.seq_nr;
     hs.write(&[1u8; 2 * MSS]);
     assert_eq!(data_seqs(&hs.out()), vec![y, y.wrapping_add(1)]);
@@ -1436,7 +1442,7 @@ fn duplicate_syn_after_responder_data_is_answered_with_the_synack_seq() {
 
 #[test]
 fn data_overtaking_the_synack_is_buffered_and_delivered() {
-    let (mut ep, t0) = endpoint(Config::default(), 21);
+    let (mut ep, t0) = endpoint(cfg0(), 21);
     let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let (r, s, y) = (syn.h.conn_id, syn.h.seq_nr, 700u16);
@@ -1459,7 +1465,7 @@ fn data_overtaking_the_synack_is_buffered_and_delivered() {
 fn lost_synack_reanswered_with_next_seq_keeps_buffered_data() {
     // libutp answers a re-sent SYN with its next unused seq (Y + 1 here);
     // the data Y that did arrive must not be skipped.
-    let (mut ep, t0) = endpoint(Config::default(), 22);
+    let (mut ep, t0) = endpoint(cfg0(), 22);
     let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
     let (r, s, y) = (syn.h.conn_id, syn.h.seq_nr, 65535u16);
@@ -1494,8 +1500,8 @@ fn lost_synack_reanswered_with_next_seq_keeps_buffered_data() {
 
 #[test]
 fn lost_synack_and_lost_first_data_lose_nothing_end_to_end() {
-    let (mut a, t0) = endpoint(Config::default(), 23);
-    let mut b = Endpoint::with_seed(Arc::new(Config::default()), t0, 24);
+    let (mut a, t0) = endpoint(cfg0(), 23);
+    let mut b = Endpoint::with_seed(Arc::new(cfg0()), t0, 24);
     b.set_listening(true);
     let ha = a.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut a, t0));
@@ -1675,7 +1681,7 @@ fn unanswered_fin_with_unacked_data_still_times_out() {
 #[test]
 fn idle_connection_sends_keepalives_and_detects_a_silent_peer() {
     let t0 = Instant::now();
-    let cfg = Config::default()
+    let cfg = cfg0()
         .keepalive_interval(Some(secs(29)))
         .idle_timeout(Some(secs(100)));
     let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 1);

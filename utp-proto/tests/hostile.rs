@@ -28,7 +28,9 @@ fn header(ty: PacketType, conn_id: u16, seq_nr: u16, ack_nr: u16, wnd: u32) -> H
 /// A listening endpoint with one established inbound connection from port 1000
 /// (SYN conn id 100, seq 500), returned with the responder's first seq.
 fn endpoint_with_connection(now: Instant) -> (Endpoint, u16) {
-    let cfg = Config::default().accept_backlog(8);
+    // Capped at 1400 so `drain` can bound every reply; path MTU probes
+    // (padded up to the cap) stay within it.
+    let cfg = Config::default().accept_backlog(8).max_payload(1400);
     let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 1);
     ep.set_listening(true);
     let mut buf = vec![0u8; 2048];

@@ -106,7 +106,11 @@ fn assert_no_loss_and_no_false_queue(r: &Run) {
             s.fast_retransmits, 0,
             "limits must not look like loss: {s:?}"
         );
-        assert!(s.packets_retransmitted <= s.zero_window_probes, "{s:?}");
+        // Lost path MTU probes are resent as normal packets; not congestion.
+        assert!(
+            s.packets_retransmitted <= s.zero_window_probes + s.pmtud_probes_lost,
+            "{s:?}"
+        );
         let q = s.delay.expect("LEDBAT has delay samples").queuing_delay;
         // The link carries 2 MB/s of its 12.5: any queue is a few packets.
         assert!(
@@ -115,6 +119,20 @@ fn assert_no_loss_and_no_false_queue(r: &Run) {
         );
     }
     assert_eq!(r.net.stats.queue_drops, 0);
+    // The limit is shared fairly: every connection within 25% of the mean.
+    let sent: Vec<u64> = r
+        .senders
+        .iter()
+        .map(|&h| r.net.eps[0].conn(h).stats().bytes_sent)
+        .collect();
+    let mean = sent.iter().sum::<u64>() as f64 / sent.len() as f64;
+    println!("bytes per connection: {sent:?}");
+    for &b in &sent {
+        assert!(
+            (b as f64 - mean).abs() <= 0.25 * mean,
+            "unfair shares: {sent:?}"
+        );
+    }
 }
 
 #[test]

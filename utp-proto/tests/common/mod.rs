@@ -148,10 +148,19 @@ pub struct LinkParams {
     pub rate: Option<u64>,
     /// Longest queue (as waiting time) at the bottleneck before drop-tail.
     pub queue_limit: Duration,
+    /// Path MTU (IP packet size; datagrams get 28 bytes of IPv4 and UDP
+    /// headers). Larger datagrams sent with DF are dropped silently, as on
+    /// a path whose ICMP "fragmentation needed" is filtered; datagrams sent
+    /// without DF are fragmented by the router and delivered. `None`: no limit.
+    pub mtu: Option<usize>,
 }
 
+/// IPv4 + UDP header bytes the simulated path adds to each datagram.
+pub const IP_UDP_OVERHEAD: usize = 28;
+
 impl LinkParams {
-    /// A clean path: 10 ms one way, no loss, no reordering, unlimited rate.
+    /// A clean path: 10 ms one way, no loss, no reordering, unlimited rate,
+    /// Ethernet MTU (1500).
     pub fn clean() -> Self {
         Self {
             delay: Duration::from_millis(10),
@@ -161,11 +170,12 @@ impl LinkParams {
             reorder_max: Duration::ZERO,
             rate: None,
             queue_limit: Duration::from_millis(100),
+            mtu: Some(1500),
         }
     }
 
     /// 5% loss, 10% of datagrams delayed by up to 30 ms, 1% duplicated,
-    /// 100 Mbit/s bottleneck with a 50 ms drop-tail queue.
+    /// 100 Mbit/s bottleneck with a 50 ms drop-tail queue, Ethernet MTU.
     pub fn lossy() -> Self {
         Self {
             delay: Duration::from_millis(15),
@@ -175,6 +185,7 @@ impl LinkParams {
             reorder_max: Duration::from_millis(30),
             rate: Some(12_500_000),
             queue_limit: Duration::from_millis(50),
+            mtu: Some(1500),
         }
     }
 }
@@ -244,6 +255,10 @@ pub struct NetStats {
     /// Datagrams to addresses outside the simulation (replies to packets
     /// a test injected), discarded.
     pub unroutable: u64,
+    /// Datagrams (with DF) dropped for exceeding the path MTU.
+    pub mtu_drops: u64,
+    /// Datagrams sent without DF (fragmentable).
+    pub fragmentable: u64,
 }
 
 /// Two endpoints joined by a lossy, reordering, duplicating path, run in
@@ -314,7 +329,7 @@ impl SimNet {
         self.now - self.start
     }
 
-    fn send(&mut self, from: usize, dest: SocketAddr, data: &[u8]) {
+    fn send(&mut self, from: usize, dest: SocketAddr, data: &[u8], fragmentable: bool) {
         let to = 1 - from;
         if self.allow_strangers && dest != self.addrs[to] {
             self.stats.unroutable += 1;
@@ -323,6 +338,12 @@ impl SimNet {
         assert_eq!(dest, self.addrs[to], "datagram to an unknown address");
         self.stats.sent += 1;
         let p = self.params.clone();
+        if fragmentable {
+            self.stats.fragmentable += 1;
+        } else if p.mtu.is_some_and(|m| data.len() + IP_UDP_OVERHEAD > m) {
+            self.stats.mtu_drops += 1;
+            return;
+        }
         if let Some(fate) = self.scripted_fate() {
             if fate.drop {
                 self.stats.lost += 1;
@@ -452,7 +473,7 @@ impl SimNet {
                 let mut n = 0;
                 while let Some(t) = self.eps[i].poll_transmit(now, &mut self.buf) {
                     let data = self.buf[..t.len].to_vec();
-                    self.send(i, t.destination, &data);
+                    self.send(i, t.destination, &data, t.fragmentable);
                     n += 1;
                     assert!(n < 1_000_000, "poll_transmit never returns None");
                 }

@@ -1,0 +1,468 @@
+//! Path MTU discovery end to end in the simulator: links whose MTU drops
+//! datagrams silently (ICMP filtered), a black hole opening mid-transfer, a
+//! path that grows, and probe losses that must not count as congestion.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{datagram, drain, hdr, pattern, peer, sack_of, LinkParams, SimNet, IP_UDP_OVERHEAD};
+use utp_proto::congestion::{AckInfo, ControllerFactory};
+use utp_proto::packet::{PacketType, HEADER_LEN};
+use utp_proto::{Aimd, Config, ConnHandle, ConnectionStats, Controller, Endpoint};
+
+const MIB: usize = 1 << 20;
+
+/// What a one-way transfer looked like.
+struct Run {
+    net: SimNet,
+    /// Sender's statistics just before release.
+    stats: ConnectionStats,
+    /// (virtual time, payload size) at every change of the sender's size.
+    sizes: Vec<(Duration, usize)>,
+    /// Longest time without new in-order bytes at the receiver, and when
+    /// it ended.
+    longest_stall: (Duration, Duration),
+    /// The sender's congestion window ever went down.
+    cwnd_decreased: bool,
+}
+
+/// Sends `data` from endpoint 0 to endpoint 1 and checks it arrives intact.
+/// `ceiling` is the largest datagram "the OS" allows (interface MTU minus
+/// 28). `hook` runs every step with the bytes received so far (to change
+/// the path mid-transfer).
+fn transfer(
+    cfg: Config,
+    params: LinkParams,
+    ceiling: usize,
+    data: Vec<u8>,
+    max_virtual: Duration,
+    mut hook: impl FnMut(&mut SimNet, usize),
+) -> Run {
+    let mut net = SimNet::new(cfg, params, 42);
+    let now = net.now;
+    let ha: ConnHandle = net.eps[0].connect(now, net.addrs[1]).unwrap();
+    net.eps[0].set_max_datagram(ha, now, ceiling);
+    let mut hb: Option<ConnHandle> = None;
+    let mut written = 0;
+    let mut closed = false;
+    let mut got: Vec<u8> = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 1 << 16];
+    let mut sizes = Vec::new();
+    let mut last_size = 0;
+    let mut last_progress = now;
+    let mut longest_stall = (Duration::ZERO, Duration::ZERO);
+    let mut last_cwnd = 0;
+    let mut cwnd_decreased = false;
+    let mut stats = None;
+    net.run(max_virtual, 5_000_000, |net| {
+        let now = net.now;
+        hook(net, got.len());
+        if hb.is_none() {
+            hb = net.eps[1].accept();
+            if let Some(h) = hb {
+                net.eps[1].set_max_datagram(h, now, ceiling);
+            }
+        }
+        if stats.is_none() {
+            let c = net.eps[0].conn(ha);
+            assert!(c.error().is_none(), "sender failed: {:?}", c.stats());
+            let st = c.stats();
+            if st.payload_size != last_size {
+                sizes.push((net.elapsed(), st.payload_size));
+                last_size = st.payload_size;
+            }
+            if st.cwnd < last_cwnd {
+                cwnd_decreased = true;
+            }
+            last_cwnd = st.cwnd;
+            while written < data.len() {
+                let n = net.eps[0]
+                    .with_conn(ha, now, |c| c.write(&data[written..]))
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+                written += n;
+            }
+            if written == data.len() && !closed {
+                net.eps[0].with_conn(ha, now, |c| c.close());
+                closed = true;
+            }
+            if net.eps[0].conn(ha).is_fin_acked() {
+                stats = Some(net.eps[0].conn(ha).stats());
+            }
+        }
+        if let Some(h) = hb {
+            loop {
+                let n = net.eps[1].with_conn(h, now, |c| c.read(&mut buf)).unwrap();
+                if n == 0 {
+                    break;
+                }
+                let at = got.len();
+                assert!(buf[..n] == data[at..at + n], "corrupted stream at {at}");
+                got.extend_from_slice(&buf[..n]);
+                last_progress = now;
+            }
+            let stall = now - last_progress;
+            if stall > longest_stall.0 && got.len() < data.len() {
+                longest_stall = (stall, net.elapsed());
+            }
+        }
+        got.len() == data.len() && stats.is_some()
+    });
+    let stats = stats.unwrap();
+    eprintln!(
+        "{:?} virtual; sizes {sizes:?}; longest stall {longest_stall:?}; {:?}\n  {stats:?}",
+        net.elapsed(),
+        net.stats
+    );
+    Run {
+        net,
+        stats,
+        sizes,
+        longest_stall,
+        cwnd_decreased,
+    }
+}
+
+/// Largest uTP payload a link of `mtu` carries.
+fn fits(mtu: usize) -> usize {
+    mtu - IP_UDP_OVERHEAD - HEADER_LEN
+}
+
+/// A clean path with a 20 ms round trip and the given MTU.
+fn link(mtu: usize) -> LinkParams {
+    LinkParams {
+        mtu: Some(mtu),
+        ..LinkParams::clean()
+    }
+}
+
+/// When the sender's payload size took its final value.
+fn converged_at(run: &Run) -> Duration {
+    run.sizes.last().unwrap().0
+}
+
+#[test]
+fn link_mtu_1280_is_found_within_a_few_round_trips() {
+    // The first hop says 1500 (the OS ceiling), a later link carries 1280
+    // and its ICMP is filtered: probes above it just vanish.
+    let run = transfer(
+        Config::default(),
+        link(1280),
+        1500 - IP_UDP_OVERHEAD,
+        pattern(4 * MIB, 1),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    let size = run.stats.payload_size;
+    assert!(
+        size <= fits(1280) && size + 8 >= fits(1280),
+        "payload {size} does not fit 1280 tightly"
+    );
+    assert_eq!(run.net.stats.mtu_drops, run.stats.pmtud_probes_lost);
+    // RTT 20 ms: the search (4 sizes fail twice, 2 pass) takes ~10 round trips.
+    let t = converged_at(&run);
+    assert!(t <= Duration::from_millis(400), "converged after {t:?}");
+    assert_eq!(run.stats.timeouts, 0);
+}
+
+#[test]
+fn ethernet_path_is_confirmed_with_one_probe() {
+    let run = transfer(
+        Config::default(),
+        link(1500),
+        1500 - IP_UDP_OVERHEAD,
+        pattern(MIB, 2),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    assert_eq!(run.stats.payload_size, fits(1500));
+    assert_eq!(run.stats.pmtud_probes, 1);
+    assert!(converged_at(&run) <= Duration::from_millis(100));
+}
+
+#[test]
+fn mtu_drop_from_9000_to_1280_mid_transfer_never_stalls_beyond_three_rtos() {
+    let mut dropped_at = None;
+    let run = transfer(
+        Config::default(),
+        link(9000),
+        9000 - IP_UDP_OVERHEAD,
+        pattern(32 * MIB, 3),
+        Duration::from_secs(120),
+        |net, received| {
+            if received >= 8 * MIB && dropped_at.is_none() {
+                // The route changes: a 1280 link, ICMP filtered.
+                net.params.mtu = Some(1280);
+                dropped_at = Some(net.elapsed());
+            }
+        },
+    );
+    let dropped_at = dropped_at.expect("MTU dropped mid-transfer");
+    assert!(
+        run.sizes
+            .iter()
+            .any(|&(t, s)| t < dropped_at && s == fits(9000)),
+        "9000 found before the drop: {:?}",
+        run.sizes
+    );
+    assert!(run.stats.pmtud_black_holes >= 1);
+    let size = run.stats.payload_size;
+    assert!(size <= fits(1280) && size + 8 >= fits(1280), "{size}");
+    // The RTO is at its 500 ms floor on a 20 ms path.
+    let (stall, _) = run.longest_stall;
+    assert!(
+        stall < 3 * Config::default().min_rto,
+        "stalled for {stall:?}"
+    );
+    assert!(
+        run.net.stats.fragmentable > 0,
+        "old big packets resent without DF"
+    );
+}
+
+#[test]
+fn mtu_rise_is_found_at_the_next_research() {
+    let interval = Duration::from_secs(1);
+    let mut raised_at = None;
+    let run = transfer(
+        Config::default().pmtud_interval(interval),
+        LinkParams {
+            rate: Some(12_500_000),
+            queue_limit: Duration::from_millis(50),
+            ..link(1280)
+        },
+        9000 - IP_UDP_OVERHEAD,
+        pattern(40 * MIB, 4),
+        Duration::from_secs(120),
+        |net, _| {
+            if raised_at.is_none() && net.elapsed() >= Duration::from_millis(1500) {
+                net.params.mtu = Some(9000);
+                raised_at = Some(net.elapsed());
+            }
+        },
+    );
+    let raised_at = raised_at.expect("MTU raised mid-transfer");
+    let before: Vec<_> = run.sizes.iter().filter(|(t, _)| *t < raised_at).collect();
+    assert!(
+        before.last().unwrap().1 <= fits(1280),
+        "no larger size before the raise: {:?}",
+        run.sizes
+    );
+    let (t, size) = *run.sizes.last().unwrap();
+    assert_eq!(size, fits(9000), "{:?}", run.sizes);
+    // The first search ended within ~0.4 s, so the re-search starts by
+    // ~1.4 s; the raise at 1.5 s is found by the one after (2.4 s) at the
+    // latest, within a few round trips.
+    assert!(
+        t <= raised_at + interval + Duration::from_millis(500),
+        "found at {t:?}, raised at {raised_at:?}"
+    );
+}
+
+/// Aimd that counts the congestion signals it gets.
+#[derive(Debug)]
+struct Counting {
+    inner: Aimd,
+    signals: Arc<AtomicU64>,
+}
+
+impl Controller for Counting {
+    fn on_ack(&mut self, now: Instant, ack: &AckInfo) {
+        self.inner.on_ack(now, ack)
+    }
+    fn on_loss(&mut self, now: Instant) {
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_loss(now)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_timeout(now)
+    }
+    fn window(&self) -> usize {
+        self.inner.window()
+    }
+    fn set_mss(&mut self, mss: usize) {
+        self.inner.set_mss(mss)
+    }
+}
+
+#[derive(Debug)]
+struct CountingFactory(Arc<AtomicU64>);
+
+impl ControllerFactory for CountingFactory {
+    fn build(&self, mss: usize) -> Box<dyn Controller> {
+        Box::new(Counting {
+            inner: Aimd::new(mss, 16 << 20),
+            signals: self.0.clone(),
+        })
+    }
+}
+
+#[test]
+fn probe_is_an_empty_data_packet_padded_behind_an_empty_sack_and_its_loss_is_no_congestion() {
+    let t0 = Instant::now();
+    let signals = Arc::new(AtomicU64::new(0));
+    let cfg = Config::default().controller(Arc::new(CountingFactory(signals.clone())));
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 1);
+    let h = ep.connect(t0, peer()).unwrap();
+    ep.set_max_datagram(h, t0, 1472);
+    let syn = drain(&mut ep, t0).pop().expect("SYN");
+    let r = syn.h.conn_id;
+    let t1 = t0 + Duration::from_millis(20);
+    let synack = hdr(PacketType::State, r, 1000, syn.h.seq_nr);
+    ep.handle_datagram(t1, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    let n = ep.with_conn(h, t1, |c| c.write(&[7u8; 200_000])).unwrap();
+    assert_eq!(n, 200_000);
+    let out = drain(&mut ep, t1);
+    // The probe leads the first flight: an empty data packet of exactly
+    // the ceiling, its first extension an all-zero SACK (libutp drops a
+    // packet whose first extension type is 3 or more).
+    let probe = &out[0];
+    assert_eq!(probe.h.ty, PacketType::Data);
+    assert!(probe.payload.is_empty());
+    assert_eq!(probe.raw.len(), 1472);
+    assert_eq!(probe.raw[1], 1, "first extension is a SACK");
+    assert!(probe.sack.as_deref().unwrap().iter().all(|&b| b == 0));
+    let data: Vec<_> = out[1..].iter().collect();
+    assert!(data.len() >= 3);
+    assert!(data
+        .iter()
+        .all(|o| o.h.ty == PacketType::Data && o.payload.len() == 1212));
+    let cwnd = ep.conn(h).stats().cwnd;
+
+    // The peer gets every data packet but not the probe.
+    let t2 = t1 + Duration::from_millis(20);
+    let ps = probe.h.seq_nr;
+    let seqs: Vec<u16> = data.iter().map(|o| o.h.seq_nr).collect();
+    let ack = hdr(PacketType::State, r, 1000, ps.wrapping_sub(1));
+    ep.handle_datagram(
+        t2,
+        peer(),
+        &datagram(&ack, &sack_of(ack.ack_nr, &seqs), &[]),
+    )
+    .unwrap();
+    let out = drain(&mut ep, t2);
+    // Its (empty) data goes again unpadded: a bare 20-byte packet.
+    let resend = out
+        .iter()
+        .find(|o| o.h.seq_nr == ps)
+        .expect("probe's sequence number resent");
+    assert_eq!(resend.raw.len(), HEADER_LEN);
+    assert_eq!(resend.h.ty, PacketType::Data);
+    let st = ep.conn(h).stats();
+    assert_eq!(st.pmtud_probes_lost, 1);
+    assert_eq!(st.fast_retransmits, 0);
+    assert_eq!(
+        signals.load(Ordering::Relaxed),
+        0,
+        "controller told of a loss"
+    );
+    assert!(st.cwnd >= cwnd, "window shrank: {} -> {}", cwnd, st.cwnd);
+    assert_eq!(st.payload_size, 1212);
+}
+
+#[test]
+fn probe_losses_do_not_shrink_the_congestion_window() {
+    // Clean path, no rate limit: the only losses are probes that are too
+    // big, so the controller must never hear of a loss.
+    let signals = Arc::new(AtomicU64::new(0));
+    let run = transfer(
+        Config::default().controller(Arc::new(CountingFactory(signals.clone()))),
+        link(1280),
+        9000 - IP_UDP_OVERHEAD,
+        pattern(8 * MIB, 5),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    assert!(run.stats.pmtud_probes_lost >= 6, "{:?}", run.stats);
+    assert_eq!(run.stats.fast_retransmits, 0);
+    assert_eq!(run.stats.timeouts, 0);
+    assert_eq!(
+        signals.load(Ordering::Relaxed),
+        0,
+        "controller told of a loss"
+    );
+    assert!(!run.cwnd_decreased, "a lost probe shrank the window");
+}
+
+#[test]
+fn discovery_off_keeps_the_base_size_and_never_probes() {
+    let run = transfer(
+        Config::default().pmtud(false),
+        link(9000),
+        9000 - IP_UDP_OVERHEAD,
+        pattern(MIB, 6),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    assert_eq!(run.stats.pmtud_probes, 0);
+    assert_eq!(run.stats.payload_size, 1212);
+    assert_eq!(run.stats.max_payload_sent, 1212);
+}
+
+#[test]
+fn mtu_drop_under_a_window_of_700_packets_is_caught_by_the_tail_loss_probe() {
+    // 0.8 ms RTT and a 1 MiB window of 1452-byte packets: far more in
+    // flight than a SACK can describe, so the black-hole check must not
+    // depend on SACK reach; the tail loss probe (not the 500 ms RTO)
+    // starts it.
+    let mut dropped_at = None;
+    let run = transfer(
+        Config::default(),
+        LinkParams {
+            delay: Duration::from_micros(400),
+            ..link(1500)
+        },
+        1500 - IP_UDP_OVERHEAD,
+        pattern(32 * MIB, 7),
+        Duration::from_secs(60),
+        |net, received| {
+            if received >= 8 * MIB && dropped_at.is_none() {
+                net.params.mtu = Some(1280);
+                dropped_at = Some(net.elapsed());
+            }
+        },
+    );
+    let dropped_at = dropped_at.expect("MTU dropped mid-transfer");
+    let (fell_back_at, _) = *run
+        .sizes
+        .iter()
+        .find(|&&(t, s)| t > dropped_at && s == 1212)
+        .expect("fell back to the base size");
+    assert!(
+        fell_back_at - dropped_at < Duration::from_millis(100),
+        "fell back {:?} after the drop",
+        fell_back_at - dropped_at
+    );
+    assert_eq!(run.stats.pmtud_black_holes, 1);
+    let size = run.stats.payload_size;
+    assert!(size <= fits(1280) && size + 8 >= fits(1280), "{size}");
+    assert!(run.longest_stall.0 < 3 * Config::default().min_rto);
+}
+
+#[test]
+fn random_loss_reordering_and_queue_drops_are_not_taken_for_a_black_hole() {
+    // 5% loss, 10% of datagrams reordered by up to 30 ms, 1% duplicated,
+    // a 100 Mbit/s bottleneck with a 50 ms drop-tail queue: plenty of
+    // timer-declared losses of full-size packets, none of them a black hole.
+    let run = transfer(
+        Config::default(),
+        LinkParams::lossy(),
+        1500 - IP_UDP_OVERHEAD,
+        pattern(8 * MIB, 8),
+        Duration::from_secs(300),
+        |_, _| {},
+    );
+    assert!(
+        run.stats.tail_loss_probes + run.stats.timeouts > 0,
+        "no timer fired"
+    );
+    assert_eq!(run.stats.pmtud_black_holes, 0);
+    assert!(run.stats.payload_size > 1212, "{}", run.stats.payload_size);
+}
