@@ -162,6 +162,13 @@ async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, Socket
             if let Some(b) = utp_tuning().buffer {
                 cfg = cfg.send_buffer(b).recv_buffer(b);
             }
+            // The responder counts a connection as half-open until the
+            // initiator's first data; the idle-connection case holds that
+            // many on purpose (the default limit, 1024, guards against SYN
+            // floods).
+            if conns > cfg.max_half_open {
+                cfg = cfg.max_half_open(conns + 64);
+            }
             let l = tokio_utp::UtpListener::bind_with_config(loopback(), cfg.clone()).await?;
             let addr = l.local_addr()?;
             let c = tokio_utp::UtpSocket::bind_with_config(loopback(), cfg).await?;
