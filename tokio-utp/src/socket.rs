@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use tokio::io::ReadBuf;
 use tokio::net::ToSocketAddrs;
 use tokio::time::Sleep;
 use utp_proto::{Config, ConnHandle, Endpoint, EndpointStats};
@@ -26,6 +25,12 @@ pub(crate) struct ConnWakers {
 }
 
 impl ConnWakers {
+    /// Moves the wakers to `out`, to be called once the lock is released.
+    fn take_into(&mut self, out: &mut Vec<Waker>) {
+        out.extend(self.read.take());
+        out.extend(self.write.take());
+    }
+
     fn wake(&mut self) {
         if let Some(w) = self.read.take() {
             w.wake();
@@ -50,6 +55,8 @@ pub(crate) struct Inner {
     driver_timer: Option<Instant>,
     /// Datagrams that are not uTP, for the application (shared-port use).
     pub(crate) other: OtherQueue,
+    /// Buffer for [`Shared::send_direct`], allocated on first use.
+    direct_buf: Vec<u8>,
 }
 
 /// Most non-uTP datagrams, and bytes, held for [`UtpSocket::recv_other`].
@@ -114,11 +121,58 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
 }
 
+/// Most datagrams [`Shared::send_direct`] sends itself.
+const DIRECT_DATAGRAMS: usize = 4;
+
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent-enough state for
         // the remaining handles to fail cleanly; don't cascade the poison.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends the endpoint's next few datagrams from the calling task, then
+    /// wakes the driver if anything is left. For small writes
+    /// (request/response traffic) this saves a task hop to the driver and
+    /// back on every message, which is most of a loopback round trip. A
+    /// socket too full to take a datagram loses it, as a full network queue
+    /// would; the protocol's retransmission covers that rare case.
+    pub(crate) fn send_direct(&self, inner: &mut Inner) {
+        if inner.driver_gone.is_none() {
+            let now = Instant::now();
+            let Inner {
+                endpoint,
+                direct_buf,
+                ..
+            } = inner;
+            if direct_buf.is_empty() {
+                *direct_buf = vec![0; udp::MAX_DATAGRAM];
+            }
+            for _ in 0..DIRECT_DATAGRAMS {
+                let Some(t) = endpoint.poll_transmit(now, direct_buf) else {
+                    break;
+                };
+                let send = || self.udp.try_send_to(&direct_buf[..t.len], t.destination);
+                let r = if t.fragmentable {
+                    udp::with_fragmentation(&self.udp, self.local_addr.is_ipv6(), send)
+                } else {
+                    send()
+                };
+                match r {
+                    Ok(_) => {}
+                    Err(e) if udp::is_too_big(&e) => {
+                        let max = udp::route_max_datagram(t.destination)
+                            .filter(|&m| m < t.len)
+                            .unwrap_or(t.len.saturating_sub(1));
+                        endpoint.on_datagram_too_big(now, t.destination, max);
+                    }
+                    Err(e) => {
+                        tracing::debug!(to = %t.destination, error = %e, "datagram not sent");
+                    }
+                }
+            }
+        }
+        inner.wake_driver_if_needed();
     }
 }
 
@@ -241,11 +295,12 @@ impl UtpSocket {
                 driver_gone: None,
                 driver_timer: None,
                 other: OtherQueue::default(),
+                direct_buf: Vec::new(),
             }),
             udp,
             local_addr,
         });
-        let driver = Driver::new(shared.clone());
+        let driver = Driver::new(shared.clone())?;
         Ok((
             Self {
                 shared: SharedRef::new(shared),
@@ -423,28 +478,39 @@ impl UtpSocket {
     }
 }
 
-/// Most datagrams read, and sent, per driver step before yielding.
-const BATCH: usize = 128;
-/// Driver steps per poll before yielding to other tasks.
-const STEPS: usize = 8;
-/// Receive buffer: the largest UDP payload.
-const MAX_DATAGRAM: usize = 65_536;
+/// What a driver step left to do.
+enum Step {
+    /// Nothing until the socket or a timer wakes the driver.
+    Idle,
+    /// Probably more to receive or send right away.
+    More,
+    /// Tasks were woken: let them run first, then go on.
+    Yield,
+}
+
+/// Driver steps (one receive call, its processing, one send batch) per poll
+/// before yielding to other tasks.
+const STEPS: usize = 64;
 
 /// The future that runs a socket: reads datagrams, feeds the protocol core,
 /// sends what it produces and keeps its timers. It completes when every
 /// handle is gone and every connection has finished closing.
+///
+/// System calls happen outside the shared lock, so streams on other threads
+/// can read and write while the driver waits on the kernel.
 #[must_use = "the driver does nothing unless polled or spawned"]
 pub struct Driver {
     shared: Arc<Shared>,
+    io: udp::BatchIo,
+    rx: udp::RxBuffers,
+    tx: udp::TxBatch,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
-    recv_buf: Vec<u8>,
-    send_buf: Vec<u8>,
-    /// A datagram the socket wasn't ready for, waiting in `send_buf`
-    /// (destination, length, send without DF).
-    pending_tx: Option<(SocketAddr, usize, bool)>,
     /// Reused list of connections whose tasks need waking.
     touched: Vec<ConnHandle>,
+    /// Wakers collected under the lock, called after it is released (a woken
+    /// task on another thread would only contend for it).
+    wake: Vec<Waker>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -456,97 +522,62 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    fn new(shared: Arc<Shared>) -> Self {
-        Self {
+    fn new(shared: Arc<Shared>) -> io::Result<Self> {
+        let io = udp::BatchIo::new(&shared.udp)?;
+        let tx = udp::TxBatch::new(&io);
+        Ok(Self {
             shared,
+            io,
+            rx: udp::RxBuffers::new(),
+            tx,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
             timer_at: None,
-            recv_buf: vec![0; MAX_DATAGRAM],
-            send_buf: vec![0; MAX_DATAGRAM],
-            pending_tx: None,
             touched: Vec::new(),
+            wake: Vec::new(),
+        })
+    }
+
+    /// Receives one batch, without the lock. Returns whether datagrams (or a
+    /// per-peer error) came in; `false` means the socket is drained and the
+    /// task will be woken when more arrives.
+    fn receive(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        match self.io.poll_recv(cx, &self.shared.udp, &mut self.rx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            // ICMP errors surface here on some systems (Linux reports "port
+            // unreachable" as refused); they concern one peer, not the socket.
+            Poll::Ready(Err(e)) if udp::is_transient(&e) || udp::is_peer_error(&e) => {
+                tracing::debug!(error = %e, "transient receive error");
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
         }
     }
 
-    /// One step: receive, run timers, transmit, wake tasks. Returns whether
-    /// more work is probably waiting.
-    fn step(&mut self, cx: &mut Context<'_>, inner: &mut Inner) -> io::Result<bool> {
-        let udp = &self.shared.udp;
-        let mut more = false;
-        let mut received = 0;
-        while received < BATCH {
-            let mut rb = ReadBuf::new(&mut self.recv_buf);
-            match udp.poll_recv_from(cx, &mut rb) {
-                Poll::Ready(Ok(from)) => {
-                    received += 1;
-                    if let Err(e) =
-                        inner
-                            .endpoint
-                            .handle_datagram(Instant::now(), from, rb.filled())
-                    {
-                        // Not uTP: maybe DHT or a tracker sharing the port.
-                        tracing::trace!(%from, error = %e, "non-uTP datagram");
-                        inner.other.push(from, rb.filled());
-                    }
-                }
-                // ICMP errors surface here on some systems (Windows reports
-                // "port unreachable" as a reset); they concern one peer, not
-                // the socket.
-                Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
-                    tracing::debug!(error = %e, "transient receive error");
-                    received += 1;
-                }
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => break,
+    /// Under the lock: feeds what `receive` got to the endpoint, runs timers
+    /// and collects the wakers to call.
+    fn process(&mut self, inner: &mut Inner) {
+        let now = Instant::now();
+        for (from, data) in self.rx.datagrams() {
+            if let Err(e) = inner.endpoint.handle_datagram(now, from, data) {
+                // Not uTP: maybe DHT or a tracker sharing the port.
+                tracing::trace!(%from, error = %e, "non-uTP datagram");
+                inner.other.push(from, data);
             }
         }
-        more |= received == BATCH;
-
-        let now = Instant::now();
+        self.rx.processed();
         inner.endpoint.handle_timeout(now);
 
-        let mut sent = 0;
-        loop {
-            if let Some((to, len, fragmentable)) = self.pending_tx {
-                let buf = &self.send_buf[..len];
-                let r = if fragmentable {
-                    let v6 = self.shared.local_addr.is_ipv6();
-                    udp::with_fragmentation(udp, v6, || udp.poll_send_to(cx, buf, to))
-                } else {
-                    udp.poll_send_to(cx, buf, to)
-                };
-                match r {
-                    Poll::Ready(Ok(_)) => {}
-                    // Larger than the route allows (its MTU shrank, or the
-                    // interface's is smaller than the search's ceiling): the
-                    // connections to `to` lower their size; the packet is
-                    // resent by the protocol like any loss.
-                    Poll::Ready(Err(e)) if udp::is_too_big(&e) => {
-                        let max = udp::route_max_datagram(to)
-                            .filter(|&m| m < len)
-                            .unwrap_or(len.saturating_sub(1));
-                        tracing::debug!(%to, len, max, "datagram too big");
-                        inner.endpoint.on_datagram_too_big(now, to, max);
-                    }
-                    Poll::Ready(Err(e)) if is_transient(&e) || is_peer_error(&e) => {
-                        tracing::debug!(%to, error = %e, "datagram not sent");
-                    }
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => break,
-                }
-                self.pending_tx = None;
-                sent += 1;
-            }
-            if sent >= BATCH {
-                more |= inner.endpoint.has_transmit();
-                break;
-            }
-            match inner.endpoint.poll_transmit(now, &mut self.send_buf) {
-                Some(t) => self.pending_tx = Some((t.destination, t.len, t.fragmentable)),
-                None => break,
-            }
+        // Sends refused as larger than the route allows (its MTU shrank, or
+        // the interface's is below the search's ceiling): the connections
+        // to that peer lower their size; the packets are resent by the
+        // protocol like any loss.
+        for (to, len) in self.tx.too_big.drain(..) {
+            let max = udp::route_max_datagram(to)
+                .filter(|&m| m < len)
+                .unwrap_or(len.saturating_sub(1));
+            inner.endpoint.on_datagram_too_big(now, to, max);
         }
-
         // Connections that lost a path MTU probe: the route's MTU may have
         // been lowered by ICMP meanwhile (cheap: no packet is sent).
         while let Some((h, to)) = inner.endpoint.poll_path_query() {
@@ -558,15 +589,77 @@ impl Driver {
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {
-                w.wake();
+                w.take_into(&mut self.wake);
             }
         }
         if inner.endpoint.accept_queue_len() > 0 {
             if let Some(w) = inner.accept_waker.take() {
-                w.wake();
+                self.wake.push(w);
             }
         }
-        Ok(more)
+    }
+
+    /// Under the lock: collects the endpoint's datagrams into the send
+    /// batch. Returns whether the batch filled up (the endpoint has more).
+    fn collect(&mut self, inner: &mut Inner) -> bool {
+        if !self.tx.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let endpoint = &mut inner.endpoint;
+        self.tx.fill(|buf| {
+            endpoint
+                .poll_transmit(now, buf)
+                .map(|t| (t.destination, t.len, t.fragmentable))
+        })
+    }
+
+    /// Sends the batch, without the lock. `Ok(false)`: the socket is full and
+    /// the task will be woken when it drains.
+    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if self.tx.is_empty() {
+            return Ok(true);
+        }
+        match self.io.poll_flush(cx, &self.shared.udp, &mut self.tx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// One step: receive, process, send.
+    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
+        let received = self.receive(cx)?;
+        let shared = self.shared.clone();
+        let mut inner = shared.lock();
+        self.process(&mut inner);
+        if !self.wake.is_empty() && !self.rx.was_full() {
+            // The socket is drained: let the woken tasks run before anything
+            // is collected for sending. A reply written now carries the ack
+            // that would otherwise go out alone (one datagram per message
+            // instead of two, as TCP's delayed ack achieves), and a reader
+            // that drained its data makes the ack advertise the reopened
+            // window. The driver collects and sends right after them, so
+            // an ack is late by one scheduling turn at most. (While
+            // datagrams keep coming, draining the socket comes first: a full
+            // socket buffer drops them.)
+            drop(inner);
+            for w in self.wake.drain(..) {
+                w.wake();
+            }
+            return Ok(Step::Yield);
+        }
+        let full = self.collect(&mut inner);
+        drop(inner);
+        for w in self.wake.drain(..) {
+            w.wake();
+        }
+        let sent_all = self.flush(cx)?;
+        Ok(if received || (full && sent_all) {
+            Step::More
+        } else {
+            Step::Idle
+        })
     }
 
     fn fail_all(&mut self, inner: &mut Inner, kind: io::ErrorKind) {
@@ -583,26 +676,15 @@ impl Driver {
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory
-    ) || e.raw_os_error() == Some(105) // ENOBUFS: the kernel dropped it, like the network would
-}
-
-/// Errors about one destination (unreachable, refused, too big): drop the
-/// datagram, the protocol's retransmission and timeouts handle the rest.
-fn is_peer_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            | io::ErrorKind::AddrNotAvailable
-            | io::ErrorKind::PermissionDenied
-            | io::ErrorKind::InvalidInput
-    ) || e.raw_os_error() == Some(90) // EMSGSIZE
+/// Schedules the driver to run again after the tasks that are ready now.
+/// A plain self-wake would not do: tokio runs a task that wakes itself
+/// next, ahead of the tasks it just woke.
+fn yield_to_others(cx: &mut Context<'_>) {
+    let yield_now = std::pin::pin!(tokio::task::yield_now());
+    if yield_now.poll(cx).is_ready() {
+        // Not expected on a first poll; never lose the wakeup.
+        cx.waker().wake_by_ref();
+    }
 }
 
 impl Future for Driver {
@@ -611,30 +693,35 @@ impl Future for Driver {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let shared = this.shared.clone();
-        let mut inner = shared.lock();
-        if !inner
-            .driver_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            inner.driver_waker = Some(cx.waker().clone());
+            let mut inner = shared.lock();
+            if !inner
+                .driver_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.driver_waker = Some(cx.waker().clone());
+            }
         }
         let mut steps = 0;
-        loop {
-            match this.step(cx, &mut inner) {
-                Ok(true) if steps + 1 < STEPS => steps += 1,
-                Ok(true) => {
-                    // Yield so streams on this runtime get to run, then go on.
-                    cx.waker().wake_by_ref();
+        let result = loop {
+            // Leftovers from a send the socket wasn't ready for go first.
+            match this.flush(cx).and_then(|_| this.step(cx)) {
+                Ok(Step::More) if steps + 1 < STEPS => steps += 1,
+                Ok(Step::More | Step::Yield) => {
+                    // Let streams on this runtime run, then go on.
+                    yield_to_others(cx);
                     return Poll::Pending;
                 }
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "uTP socket failed");
-                    this.fail_all(&mut inner, e.kind());
-                    return Poll::Ready(Err(e));
-                }
+                Ok(Step::Idle) => break Ok(()),
+                Err(e) => break Err(e),
             }
+        };
+        let mut inner = shared.lock();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "uTP socket failed");
+            this.fail_all(&mut inner, e.kind());
+            return Poll::Ready(Err(e));
         }
 
         // Nobody holds a handle and every connection has wound down.

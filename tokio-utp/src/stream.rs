@@ -19,6 +19,10 @@ use crate::socket::{Driver, Inner, SharedRef, UtpSocket};
 /// round trip; one that keeps sending is not waited for longer than this.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Writes up to this size are sent from the writing task itself (see
+/// `Shared::send_direct`); larger ones are left to the driver, which batches.
+const DIRECT_WRITE: usize = 4096;
+
 /// Maps a protocol error to the `std::io` error users match on.
 pub(crate) fn io_error(e: ConnectionError) -> io::Error {
     let kind = match e {
@@ -97,6 +101,10 @@ impl StreamInner {
             Ok(0) => {
                 register(&mut inner, h, cx, false);
                 Poll::Pending
+            }
+            Ok(n) if n <= DIRECT_WRITE => {
+                self.shared.send_direct(&mut inner);
+                Poll::Ready(Ok(n))
             }
             Ok(n) => {
                 inner.wake_driver_if_needed();

@@ -107,6 +107,8 @@ pub struct Endpoint {
     epoch: Instant,
     conns: Slab<Entry>,
     by_key: HashMap<(SocketAddr, u16), usize>,
+    /// The connection of the last datagram looked up (see `lookup`).
+    last_hit: Option<usize>,
     accept_queue: VecDeque<ConnHandle>,
     listening: bool,
     dirty: VecDeque<usize>,
@@ -162,6 +164,7 @@ impl Endpoint {
             epoch: now,
             conns: Slab::new(),
             by_key: HashMap::new(),
+            last_hit: None,
             accept_queue: VecDeque::new(),
             listening: false,
             dirty: VecDeque::new(),
@@ -492,7 +495,7 @@ impl Endpoint {
                 }
             }
             PacketType::Reset => self.find_reset_target(from, h.conn_id),
-            _ => self.by_key.get(&(from, h.conn_id)).copied(),
+            _ => self.lookup(from, h.conn_id),
         };
         match idx {
             Some(idx) => {
@@ -520,6 +523,28 @@ impl Endpoint {
             }
         }
         Ok(())
+    }
+
+    /// The connection receiving on `id` from `from`. Bulk traffic brings
+    /// runs of datagrams for one connection: the last hit is checked first,
+    /// which saves hashing the address (SipHash, kept for its resistance to
+    /// chosen-key flooding) for most datagrams. Keys are unique, so an entry
+    /// with this address and receive id is the one the map would return.
+    fn lookup(&mut self, from: SocketAddr, id: u16) -> Option<usize> {
+        if let Some(idx) = self.last_hit {
+            if self
+                .conns
+                .get(idx)
+                .is_some_and(|e| e.addr == from && e.conn.recv_id() == id)
+            {
+                return Some(idx);
+            }
+        }
+        let idx = self.by_key.get(&(from, id)).copied();
+        if idx.is_some() {
+            self.last_hit = idx;
+        }
+        idx
     }
 
     /// A RESET echoes either our receive id or our send id (libutp echoes the

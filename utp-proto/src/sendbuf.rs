@@ -1,32 +1,38 @@
 //! The bytes an application wrote that are not packetized yet.
 //!
-//! Packets take their payload as zero-copy slices of what was written. A
-//! single growing `BytesMut` can't do that cheaply: once packets hold slices
-//! of it, every append that outgrows it copies everything still queued (up to
-//! the whole send buffer, per write). Here big writes stay separate chunks and
-//! small writes are gathered in a bounded tail, so each byte is copied once on
-//! the way in, and at most a packet's worth again when a packet spans chunks.
+//! One growing `BytesMut` would do, except that packets split off its front
+//! keep sharing its allocation until they are acknowledged: every `reserve`
+//! for a new write then reallocates and copies all the bytes still queued
+//! (up to the whole send buffer, for every write). Here writes fill chunks of
+//! bounded size instead, and a packet is split off a chunk without copying;
+//! only a packet that spans two chunks is assembled by a copy.
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-/// Writes smaller than this are gathered in the tail.
-const SMALL_WRITE: usize = 4096;
-/// The tail becomes a chunk of its own at this size.
-const TAIL_MAX: usize = 16 * 1024;
+/// Largest chunk: big enough that chunk boundaries (and the copy they cost)
+/// are rare even with 64 KiB packets. A chunk grows with the queue, so a
+/// connection only gets large chunks while it has that much queued.
+const MAX_CHUNK: usize = 1024 * 1024;
+/// Most drained chunks kept for reuse.
+const MAX_SPARES: usize = 4;
+/// Smallest chunk: small writes (request/response traffic) share one.
+const MIN_CHUNK: usize = 4 * 1024;
 
-/// A FIFO of written bytes.
+/// A FIFO of bytes in chunks.
 #[derive(Debug, Default)]
 pub(crate) struct SendQueue {
-    /// Older data, in write order.
-    chunks: VecDeque<Bytes>,
-    /// The newest data, from small writes.
-    tail: BytesMut,
+    chunks: VecDeque<BytesMut>,
     len: usize,
+    /// Drained chunks whose allocations in-flight packets may still share.
+    /// Once they are acknowledged one is reused for the next chunk instead
+    /// of allocating (and page-faulting in) a fresh one.
+    spares: Vec<BytesMut>,
 }
 
 impl SendQueue {
+    /// Bytes queued.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -35,27 +41,57 @@ impl SendQueue {
         self.len == 0
     }
 
+    /// Drops everything queued (and the memory holding it).
     pub(crate) fn clear(&mut self) {
-        self.chunks.clear();
-        self.tail = BytesMut::new();
+        self.chunks = VecDeque::new();
         self.len = 0;
+        self.spares = Vec::new();
     }
 
-    pub(crate) fn push(&mut self, data: &[u8]) {
-        if data.is_empty() {
-            return;
+    /// Frees the spare chunks; for when nothing is queued or in flight, so an
+    /// idle connection holds no send memory.
+    pub(crate) fn release_spare(&mut self) {
+        if !self.spares.is_empty() {
+            self.spares = Vec::new();
         }
+    }
+
+    fn new_chunk(&mut self, cap: usize) -> BytesMut {
+        let reusable = self
+            .spares
+            .iter_mut()
+            .position(|c| c.is_empty() && c.try_reclaim(cap));
+        match reusable {
+            Some(i) => self.spares.swap_remove(i),
+            None => BytesMut::with_capacity(cap),
+        }
+    }
+
+    /// Keeps a drained chunk as a spare, a few at most (a send buffer's
+    /// worth of chunks cycles through them).
+    fn retire(&mut self, mut chunk: BytesMut) {
+        if self.spares.len() < MAX_SPARES {
+            chunk.clear();
+            self.spares.push(chunk);
+        }
+    }
+
+    /// Appends `data`, filling the last chunk's spare room first; never
+    /// moves bytes already queued.
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
         self.len += data.len();
-        if data.len() < SMALL_WRITE {
-            self.tail.extend_from_slice(data);
-            if self.tail.len() >= TAIL_MAX {
-                self.chunks.push_back(self.tail.split().freeze());
+        while !data.is_empty() {
+            let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
+            if room == 0 {
+                let cap = data.len().max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
+                let chunk = self.new_chunk(cap);
+                self.chunks.push_back(chunk);
+                continue;
             }
-        } else {
-            if !self.tail.is_empty() {
-                self.chunks.push_back(self.tail.split().freeze());
-            }
-            self.chunks.push_back(Bytes::copy_from_slice(data));
+            let n = room.min(data.len());
+            let last = self.chunks.back_mut().expect("room > 0 means a chunk");
+            last.extend_from_slice(&data[..n]);
+            data = &data[n..];
         }
     }
 
@@ -63,43 +99,44 @@ impl SendQueue {
     pub(crate) fn take(&mut self, n: usize) -> Bytes {
         let out = self.take_inner(n);
         if self.len == 0 {
-            // An idle connection keeps no buffer capacity around.
-            self.tail = BytesMut::new();
+            // Nothing queued: the chunk writes went to becomes a spare too,
+            // so an idle connection can drop it (`release_spare`).
+            while let Some(chunk) = self.chunks.pop_front() {
+                self.retire(chunk);
+            }
         }
         out
     }
 
     fn take_inner(&mut self, n: usize) -> Bytes {
         let n = n.min(self.len);
-        if n == 0 {
-            return Bytes::new();
-        }
         self.len -= n;
-        match self.chunks.front_mut() {
-            Some(front) if front.len() >= n => {
-                let out = front.split_to(n);
-                if front.is_empty() {
-                    self.chunks.pop_front();
-                }
-                return out;
+        let several = self.chunks.len() > 1;
+        let Some(front) = self.chunks.front_mut() else {
+            return Bytes::new();
+        };
+        if front.len() >= n {
+            let out = front.split_to(n).freeze();
+            if front.is_empty() && (several || front.capacity() == 0) {
+                // Drained and no longer the chunk writes go to.
+                let chunk = self.chunks.pop_front().expect("front exists");
+                self.retire(chunk);
             }
-            None => return self.tail.split_to(n).freeze(),
-            Some(_) => {}
+            return out;
         }
+        // Spans chunks: assemble a copy.
         let mut out = BytesMut::with_capacity(n);
         while out.len() < n {
-            let want = n - out.len();
-            if let Some(front) = self.chunks.front_mut() {
-                let k = want.min(front.len());
-                out.extend_from_slice(&front[..k]);
-                front.advance(k);
-                if front.is_empty() {
-                    self.chunks.pop_front();
-                }
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let take = (n - out.len()).min(front.len());
+            out.extend_from_slice(&front[..take]);
+            if take == front.len() {
+                let chunk = self.chunks.pop_front().expect("front exists");
+                self.retire(chunk);
             } else {
-                let k = want.min(self.tail.len());
-                out.extend_from_slice(&self.tail[..k]);
-                self.tail.advance(k);
+                let _ = front.split_to(take);
             }
         }
         out.freeze()
@@ -109,6 +146,58 @@ impl SendQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_come_out_in_order_whatever_the_write_and_packet_sizes() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for (write, packet) in [
+            (1, 7),
+            (100, 1400),
+            (4096, 1400),
+            (256 * 1024, 1400),
+            (70_000, 65_000),
+        ] {
+            let mut q = SendQueue::default();
+            let mut out = Vec::new();
+            let mut written = 0;
+            while out.len() < data.len() {
+                if written < data.len() {
+                    let n = write.min(data.len() - written);
+                    q.push(&data[written..written + n]);
+                    written += n;
+                }
+                assert_eq!(q.len(), written - out.len());
+                while q.len() >= packet || (written == data.len() && !q.is_empty()) {
+                    let p = q.take(packet);
+                    assert!(!p.is_empty() && p.len() <= packet);
+                    out.extend_from_slice(&p);
+                }
+            }
+            assert_eq!(out, data, "write {write}, packet {packet}");
+            assert!(q.is_empty());
+            assert!(q.chunks.is_empty(), "drained chunks are let go");
+            q.release_spare();
+            assert!(q.spares.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_reused_once_its_packets_are_gone() {
+        let mut q = SendQueue::default();
+        q.push(&[1; 8192]);
+        q.push(&[2; 8192]);
+        let first_ptr = q.chunks[0].as_ptr();
+        let packets: Vec<Bytes> = (0..8).map(|_| q.take(1024)).collect();
+        assert_eq!(q.spares.len(), 1, "the drained first chunk is kept");
+        // Still shared with packets in flight: not reused yet.
+        q.push(&[3; 8192]);
+        assert_ne!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
+        drop(packets);
+        let _ = q.take(16384);
+        q.push(&[4; 8192]);
+        assert_eq!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
+        assert_eq!(q.take(8192), Bytes::from(vec![4; 8192]));
+    }
 
     #[test]
     fn bytes_come_out_in_write_order_across_chunks_and_tail() {
@@ -142,11 +231,24 @@ mod tests {
         }
         assert_eq!(q.len(), 1_000_000);
         assert!(
-            q.chunks.len() <= 1_000_000 / TAIL_MAX + 1,
+            q.chunks.len() <= 1_000_000 / MIN_CHUNK + 1,
             "{} chunks",
             q.chunks.len()
         );
         q.clear();
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn small_writes_share_a_chunk() {
+        let mut q = SendQueue::default();
+        for _ in 0..50 {
+            q.push(&[1; 64]);
+        }
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.len(), 3200);
+        q.clear();
+        assert!(q.is_empty());
+        assert_eq!(q.take(10), Bytes::new());
     }
 }

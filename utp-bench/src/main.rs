@@ -1,0 +1,808 @@
+//! `utp-bench`: tokio-utp against tokio TCP, raw UDP (one datagram per
+//! system call, and GSO/GRO batches through quinn-udp) and librqbit-utp, on
+//! loopback, in one run, so the ratios compare like with like on a machine
+//! whose speed varies.
+//!
+//! Every byte is verified: the receiver compares what arrives with the
+//! sender's pattern (bit-exact, cheaper than a checksum so the comparison
+//! costs the stacks little). CPU time is the process's (both ends) from
+//! getrusage. Each measurement runs under a watchdog; a stall is reported
+//! as a stall, not waited out.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+mod udp;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Loopback benchmark: tokio-utp and its references, side by side"
+)]
+struct Args {
+    /// A short run (well under two minutes): smaller transfers and fewer
+    /// connections.
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as JSON (to stdout) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Runs per throughput measurement (the median is reported).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only these cases (comma-separated): bulk, bulk1400, conc100, conc10k,
+    /// loss, pingpong, connects.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Only these stacks (comma-separated): utp, tcp, rqbit, udp1, udpgso.
+    #[arg(long, value_delimiter = ',')]
+    stacks: Vec<String>,
+    /// Bytes for the single-stream cases (default 256 MiB, quick 128 MiB).
+    #[arg(long)]
+    size: Option<u64>,
+    /// Payload cap for the default tokio-utp stack (to try sizes path MTU
+    /// discovery would pick; the `bulk1400` case always caps at 1400).
+    #[arg(long)]
+    utp_payload: Option<usize>,
+    /// Send and receive buffer per tokio-utp connection, in bytes (default:
+    /// the library's default).
+    #[arg(long)]
+    utp_buffer: Option<usize>,
+    /// Watchdog per measurement, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+/// A transport under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stack {
+    /// tokio-utp; `Some(n)` caps the payload at n bytes.
+    Utp(Option<usize>),
+    Tcp,
+    Rqbit,
+    /// Raw UDP, one 1400-byte datagram per system call.
+    Udp1,
+    /// Raw UDP, 1400-byte segments in GSO sends and GRO receives.
+    UdpGso,
+}
+
+impl Stack {
+    fn name(self) -> String {
+        match self {
+            Stack::Utp(None) => "tokio-utp".into(),
+            Stack::Utp(Some(p)) => format!("tokio-utp payload {p}"),
+            Stack::Tcp => "tokio TCP".into(),
+            Stack::Rqbit => "librqbit-utp 0.7".into(),
+            Stack::Udp1 => "raw UDP 1400 B/syscall".into(),
+            Stack::UdpGso => "raw UDP 1400 B GSO/GRO".into(),
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Stack::Utp(_) => "utp",
+            Stack::Tcp => "tcp",
+            Stack::Rqbit => "rqbit",
+            Stack::Udp1 => "udp1",
+            Stack::UdpGso => "udpgso",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    case: String,
+    stack: String,
+    /// "ok", "stall" (the watchdog fired) or "error: ...".
+    status: String,
+    /// The case's figure (see `unit`), median over runs.
+    value: Option<f64>,
+    unit: &'static str,
+    /// Process CPU (user + system, both ends) per GiB moved, median.
+    cpu_s_per_gib: Option<f64>,
+    /// Case-specific details (p99, RSS, loss, ...).
+    detail: String,
+    runs: usize,
+}
+
+/// A byte stream, whichever stack carries it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type Conn = Box<dyn Io>;
+
+enum Server {
+    Utp(tokio_utp::UtpListener),
+    Tcp(TcpListener),
+    Rqbit(Arc<librqbit_utp::UtpSocketUdp>),
+}
+
+enum Client {
+    Utp(tokio_utp::UtpSocket),
+    Tcp,
+    Rqbit(Arc<librqbit_utp::UtpSocketUdp>),
+}
+
+/// Settings from the command line for the default tokio-utp stack.
+#[derive(Debug, Clone, Copy, Default)]
+struct UtpTuning {
+    payload: Option<usize>,
+    buffer: Option<usize>,
+}
+
+static UTP_TUNING: std::sync::OnceLock<UtpTuning> = std::sync::OnceLock::new();
+
+fn utp_tuning() -> UtpTuning {
+    UTP_TUNING.get().copied().unwrap_or_default()
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A listening side and a connecting side, each on its own socket, for up
+/// to `conns` connections at a time.
+async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, SocketAddr)> {
+    Ok(match stack {
+        Stack::Utp(payload) => {
+            let mut cfg = tokio_utp::Config::default();
+            if let Some(p) = payload.or(utp_tuning().payload) {
+                cfg = cfg.max_payload(p);
+            }
+            if let Some(b) = utp_tuning().buffer {
+                cfg = cfg.send_buffer(b).recv_buffer(b);
+            }
+            // The responder counts a connection as half-open until the
+            // initiator's first data; the idle-connection case holds that
+            // many on purpose (the default limit, 1024, guards against SYN
+            // floods).
+            if conns > cfg.max_half_open {
+                cfg = cfg.max_half_open(conns + 64);
+            }
+            let l = tokio_utp::UtpListener::bind_with_config(loopback(), cfg.clone()).await?;
+            let addr = l.local_addr()?;
+            let c = tokio_utp::UtpSocket::bind_with_config(loopback(), cfg).await?;
+            (Server::Utp(l), Client::Utp(c), addr)
+        }
+        Stack::Tcp => {
+            let l = TcpListener::bind(loopback()).await?;
+            let addr = l.local_addr()?;
+            (Server::Tcp(l), Client::Tcp, addr)
+        }
+        Stack::Rqbit => {
+            let s = rqbit_socket(conns).await?;
+            let addr = s.bind_addr();
+            let c = rqbit_socket(conns).await?;
+            (Server::Rqbit(s), Client::Rqbit(c), addr)
+        }
+        Stack::Udp1 | Stack::UdpGso => bail!("raw UDP has no connections"),
+    })
+}
+
+/// A librqbit-utp socket with its defaults, except the limit of 128
+/// connections per socket when a case needs more.
+async fn rqbit_socket(conns: usize) -> Result<Arc<librqbit_utp::UtpSocketUdp>> {
+    let opts = librqbit_utp::SocketOpts {
+        max_live_vsocks: (conns > 100)
+            .then(|| std::num::NonZeroUsize::new(conns + 28))
+            .flatten(),
+        ..Default::default()
+    };
+    librqbit_utp::UtpSocketUdp::new_udp_with_opts(loopback(), opts, Default::default())
+        .await
+        .map_err(|e| anyhow!("librqbit-utp bind: {e:?}"))
+}
+
+impl Server {
+    async fn accept(&self) -> Result<Conn> {
+        Ok(match self {
+            Server::Utp(l) => Box::new(l.accept().await?.0),
+            Server::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Server::Rqbit(s) => Box::new(
+                s.accept()
+                    .await
+                    .map_err(|e| anyhow!("librqbit-utp accept: {e:?}"))?,
+            ),
+        })
+    }
+}
+
+impl Client {
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn> {
+        Ok(match self {
+            Client::Utp(s) => Box::new(s.connect(addr).await?),
+            Client::Tcp => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Client::Rqbit(s) => Box::new(
+                s.connect(addr)
+                    .await
+                    .map_err(|e| anyhow!("librqbit-utp connect: {e:?}"))?,
+            ),
+        })
+    }
+}
+
+/// The byte stream every sender sends: a random block repeated. Its odd
+/// length keeps block boundaries off packet boundaries.
+#[derive(Clone)]
+pub(crate) struct Pattern(Arc<Vec<u8>>);
+
+impl Pattern {
+    fn new() -> Self {
+        use rand::{RngCore, SeedableRng};
+        let mut v = vec![0u8; (1 << 20) + 7];
+        rand::rngs::SmallRng::seed_from_u64(0x5eed).fill_bytes(&mut v);
+        Self(Arc::new(v))
+    }
+
+    /// The longest slice of the stream starting at `offset`, at most `max`.
+    pub(crate) fn at(&self, offset: u64, max: usize) -> &[u8] {
+        let start = (offset % self.0.len() as u64) as usize;
+        let end = (start + max).min(self.0.len());
+        &self.0[start..end]
+    }
+
+    /// Whether `data` is the stream's bytes at `offset`.
+    pub(crate) fn matches(&self, mut offset: u64, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            let want = self.at(offset, data.len());
+            if data[..want.len()] != *want {
+                return false;
+            }
+            offset += want.len() as u64;
+            data = &data[want.len()..];
+        }
+        true
+    }
+}
+
+async fn send_pattern(conn: &mut Conn, pat: &Pattern, total: u64) -> Result<()> {
+    let mut sent = 0u64;
+    while sent < total {
+        let chunk = pat.at(sent, (total - sent).min(256 * 1024) as usize);
+        conn.write_all(chunk).await.context("write")?;
+        sent += chunk.len() as u64;
+    }
+    conn.shutdown().await.context("shutdown")?;
+    Ok(())
+}
+
+/// Reads to end of stream, checking every byte; fails on a mismatch or a
+/// wrong length.
+async fn recv_verify(conn: &mut Conn, pat: &Pattern, total: u64) -> Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = conn.read(&mut buf).await.context("read")?;
+        if n == 0 {
+            break;
+        }
+        ensure!(pat.matches(got, &buf[..n]), "corrupt data at byte {got}");
+        got += n as u64;
+        ensure!(got <= total, "more bytes than sent");
+    }
+    ensure!(got == total, "stream ended after {got} of {total} bytes");
+    Ok(())
+}
+
+/// Process CPU time (user + system) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Resident memory of the process, in bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page
+}
+
+/// Raises the open-file limit to the hard limit (10,000 TCP connections
+/// need 20,000 descriptors in one process).
+fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        lim.rlim_cur
+    }
+}
+
+static FD_LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Connections a stack can have open in this process: TCP needs two file
+/// descriptors per connection (both ends are here); uTP needs none.
+fn n_for(stack: Stack, n: usize) -> usize {
+    match stack {
+        Stack::Tcp => {
+            let fds = FD_LIMIT.get().copied().unwrap_or(1024);
+            n.min((fds.saturating_sub(128) / 2) as usize)
+        }
+        _ => n,
+    }
+}
+
+/// What one measurement produced.
+struct Sample {
+    value: f64,
+    cpu: Duration,
+    bytes: u64,
+    detail: String,
+}
+
+/// Runs `f` under the watchdog, `runs` times, and reports the median.
+async fn measure<F, Fut>(
+    case: &str,
+    stack: Stack,
+    unit: &'static str,
+    runs: usize,
+    watchdog: Duration,
+    mut f: F,
+) -> Row
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Sample>>,
+{
+    let mut samples = Vec::new();
+    let mut status = "ok".to_string();
+    for _ in 0..runs {
+        match tokio::time::timeout(watchdog, f()).await {
+            Ok(Ok(s)) => samples.push(s),
+            Ok(Err(e)) => {
+                status = format!("error: {e:#}");
+                break;
+            }
+            Err(_) => {
+                status = format!("stall (no result within {} s)", watchdog.as_secs());
+                break;
+            }
+        }
+    }
+    let row = |value, cpu, detail| Row {
+        case: case.to_string(),
+        stack: stack.name(),
+        status: status.clone(),
+        value,
+        unit,
+        cpu_s_per_gib: cpu,
+        detail,
+        runs: samples.len(),
+    };
+    if samples.is_empty() || status != "ok" {
+        return row(None, None, String::new());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let value = median(samples.iter().map(|s| s.value).collect());
+    let cpu = median(
+        samples
+            .iter()
+            .filter(|s| s.bytes > 0)
+            .map(|s| s.cpu.as_secs_f64() / (s.bytes as f64 / GIB))
+            .collect(),
+    );
+    let detail = samples
+        .iter()
+        .find(|s| Some(s.value) == value)
+        .map(|s| s.detail.clone())
+        .unwrap_or_default();
+    row(value, cpu, detail)
+}
+
+/// One stream, `size` bytes client to server.
+async fn bulk(stack: Stack, pat: Pattern, size: u64) -> Result<Sample> {
+    if matches!(stack, Stack::Udp1 | Stack::UdpGso) {
+        return udp::bulk(stack == Stack::UdpGso, pat, size).await;
+    }
+    let (server, client, addr) = endpoints(stack, 1).await?;
+    let p = pat.clone();
+    let rx = tokio::spawn(async move {
+        let mut c = server.accept().await?;
+        recv_verify(&mut c, &p, size).await
+    });
+    let mut c = client.connect(addr).await?;
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    send_pattern(&mut c, &pat, size).await?;
+    rx.await??;
+    let (dt, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    Ok(Sample {
+        value: size as f64 / dt.as_secs_f64() / 1e6,
+        cpu,
+        bytes: size,
+        detail: format!("{:.2} s", dt.as_secs_f64()),
+    })
+}
+
+/// One stream through a relay that drops `loss` of the datagrams each way.
+async fn lossy(stack: Stack, pat: Pattern, size: u64, loss: f64) -> Result<Sample> {
+    let (server, client, addr) = endpoints(stack, 1).await?;
+    let (relay_addr, _relay) = udp::relay(addr, loss, 7)?;
+    let p = pat.clone();
+    let rx = tokio::spawn(async move {
+        let mut c = server.accept().await?;
+        recv_verify(&mut c, &p, size).await
+    });
+    let mut c = client.connect(relay_addr).await?;
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    send_pattern(&mut c, &pat, size).await?;
+    rx.await??;
+    let (dt, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    Ok(Sample {
+        value: size as f64 / dt.as_secs_f64() / 1e6,
+        cpu,
+        bytes: size,
+        detail: format!(
+            "{:.2} s through a relay (one datagram per system call; its CPU counts)",
+            dt.as_secs_f64()
+        ),
+    })
+}
+
+/// `n` connections on one socket each side, `per_conn` bytes each, all at
+/// once. Connects go `parallel` at a time (bounded like a real client would
+/// be, and below the listener's accept backlog).
+async fn concurrent(
+    stack: Stack,
+    pat: Pattern,
+    n: usize,
+    per_conn: u64,
+    parallel: usize,
+    measure_idle: bool,
+) -> Result<Sample> {
+    let (server, client, addr) = endpoints(stack, n).await?;
+    let rss0 = rss_bytes();
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    let server = Arc::new(server);
+    let accepted = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
+                conns.push(server.accept().await?);
+            }
+            anyhow::Ok(conns)
+        })
+    };
+    let client = Arc::new(client);
+    // librqbit-utp 0.7 fails concurrent connects from one socket (its
+    // dispatcher dies: "DispatcherDead"); it connects one at a time.
+    let parallel = if stack == Stack::Rqbit { 1 } else { parallel };
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut connecting = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (client, sem) = (client.clone(), sem.clone());
+        connecting.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await?;
+            client.connect(addr).await
+        }));
+    }
+    let mut clients = Vec::with_capacity(n);
+    for c in connecting {
+        clients.push(c.await??);
+    }
+    let servers = accepted.await??;
+    let established = t0.elapsed();
+    let mut detail = format!(
+        "{n} established in {:.2} s ({parallel} connects at a time)",
+        established.as_secs_f64()
+    );
+    if measure_idle {
+        // Let handshakes finish on both sides and buffers settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_end = rss_bytes().saturating_sub(rss0) as f64 / (2 * n) as f64;
+        detail += &format!(", RSS {:.1} KiB per idle connection end", per_end / 1024.0);
+    }
+    let t1 = Instant::now();
+    let mut tasks = Vec::with_capacity(2 * n);
+    for mut c in servers {
+        let p = pat.clone();
+        tasks.push(tokio::spawn(async move {
+            recv_verify(&mut c, &p, per_conn).await
+        }));
+    }
+    for mut c in clients {
+        let p = pat.clone();
+        tasks.push(tokio::spawn(async move {
+            send_pattern(&mut c, &p, per_conn).await
+        }));
+    }
+    let mut failed = 0;
+    let mut first_err = None;
+    for t in tasks {
+        if let Err(e) = t.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            failed += 1;
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        bail!("{failed} of {} transfers failed, first: {e:#}", 2 * n);
+    }
+    let dt = t1.elapsed();
+    let total = per_conn * n as u64;
+    detail += &format!(", all {n} bit-exact in {:.2} s", dt.as_secs_f64());
+    Ok(Sample {
+        value: total as f64 / dt.as_secs_f64() / 1e6,
+        cpu: cpu_time() - cpu0,
+        bytes: total,
+        detail,
+    })
+}
+
+/// `rounds` 64-byte request/response exchanges on one connection.
+async fn pingpong(stack: Stack, rounds: usize) -> Result<Sample> {
+    let (server, client, addr) = endpoints(stack, 1).await?;
+    let echo = tokio::spawn(async move {
+        let mut c = server.accept().await?;
+        let mut buf = [0u8; 64];
+        loop {
+            match c.read_exact(&mut buf).await {
+                Ok(_) => c.write_all(&buf).await?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        c.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let mut c = client.connect(addr).await?;
+    let mut rtts = Vec::with_capacity(rounds);
+    let mut msg = [0u8; 64];
+    let mut back = [0u8; 64];
+    // A few untimed rounds first: the first ones pay for wakeups and caches.
+    for i in 0..rounds + 20 {
+        msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let t = Instant::now();
+        c.write_all(&msg).await?;
+        c.read_exact(&mut back).await?;
+        let rtt = t.elapsed();
+        ensure!(back == msg, "echo differs in round {i}");
+        if i >= 20 {
+            rtts.push(rtt);
+        }
+    }
+    c.shutdown().await?;
+    echo.await??;
+    rtts.sort();
+    let q = |f: f64| rtts[((rtts.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e6;
+    Ok(Sample {
+        value: q(0.5),
+        cpu: Duration::ZERO,
+        bytes: 0,
+        detail: format!("p99 {:.0} us, max {:.0} us", q(0.99), q(1.0)),
+    })
+}
+
+/// `n` sequential connects, each closed right after.
+async fn connects(stack: Stack, n: usize) -> Result<Sample> {
+    let (server, client, addr) = endpoints(stack, 1).await?;
+    let acceptor = tokio::spawn(async move {
+        for _ in 0..n {
+            drop(server.accept().await?);
+        }
+        anyhow::Ok(server)
+    });
+    let t0 = Instant::now();
+    for _ in 0..n {
+        drop(client.connect(addr).await?);
+    }
+    let dt = t0.elapsed();
+    let _server = acceptor.await??;
+    Ok(Sample {
+        value: n as f64 / dt.as_secs_f64(),
+        cpu: Duration::ZERO,
+        bytes: 0,
+        detail: format!("{n} in {:.2} s", dt.as_secs_f64()),
+    })
+}
+
+async fn run(args: Args) -> Result<Vec<Row>> {
+    let quick = args.quick;
+    let runs = args.runs.unwrap_or(if quick { 3 } else { 5 }).max(1);
+    let size = args
+        .size
+        .unwrap_or(if quick { 128 << 20 } else { 256 << 20 });
+    let watchdog = Duration::from_secs(args.timeout);
+    let pat = Pattern::new();
+    let want_case = |c: &str| args.cases.is_empty() || args.cases.iter().any(|x| x == c);
+    let want = |s: Stack| args.stacks.is_empty() || args.stacks.iter().any(|x| x == s.key());
+    let connected = [Stack::Utp(None), Stack::Tcp, Stack::Rqbit];
+    let mut rows = Vec::new();
+    let note = |r: &Row| {
+        if !args.json {
+            eprintln!(
+                "  {:<10} {:<26} {}",
+                r.case,
+                r.stack,
+                r.value
+                    .map_or(r.status.clone(), |v| format!("{v:.1} {}", r.unit))
+            );
+        }
+    };
+
+    // First, while the heap is fresh: a reused heap would hide growth.
+    if want_case("conc10k") {
+        let n = if quick { 2_000 } else { 10_000 };
+        for s in connected.into_iter().filter(|&s| want(s)) {
+            let p = pat.clone();
+            let r = measure("conc10k", s, "MB/s", 1, watchdog * 2, || {
+                concurrent(s, p.clone(), n_for(s, n), 4096, 64, true)
+            })
+            .await;
+            note(&r);
+            rows.push(r);
+        }
+    }
+    if want_case("bulk") {
+        let stacks = [
+            Stack::Utp(None),
+            Stack::Tcp,
+            Stack::Rqbit,
+            Stack::Udp1,
+            Stack::UdpGso,
+        ];
+        for s in stacks.into_iter().filter(|&s| want(s)) {
+            let p = pat.clone();
+            let r = measure("bulk", s, "MB/s", runs, watchdog, || {
+                bulk(s, p.clone(), size)
+            })
+            .await;
+            note(&r);
+            rows.push(r);
+        }
+    }
+    if want_case("bulk1400") && want(Stack::Utp(None)) {
+        let s = Stack::Utp(Some(1400));
+        let p = pat.clone();
+        let r = measure("bulk1400", s, "MB/s", runs, watchdog, || {
+            bulk(s, p.clone(), size)
+        })
+        .await;
+        note(&r);
+        rows.push(r);
+    }
+    if want_case("conc100") {
+        let per = if quick { 256 << 10 } else { 1 << 20 };
+        for s in connected.into_iter().filter(|&s| want(s)) {
+            let p = pat.clone();
+            let r = measure("conc100", s, "MB/s", runs, watchdog, || {
+                concurrent(s, p.clone(), 100, per, 100, false)
+            })
+            .await;
+            note(&r);
+            rows.push(r);
+        }
+    }
+    if want_case("loss") {
+        // The relay forwards one datagram per system call, which caps the
+        // rate: compare 0% with 1%, not with the loopback cases.
+        let size = if quick { 16 << 20 } else { 64 << 20 };
+        for s in [Stack::Utp(None), Stack::Rqbit]
+            .into_iter()
+            .filter(|&s| want(s))
+        {
+            for (case, loss) in [("relay 0%", 0.0), ("relay 1%", 0.01)] {
+                let p = pat.clone();
+                let r = measure(case, s, "MB/s", runs, watchdog, || {
+                    lossy(s, p.clone(), size, loss)
+                })
+                .await;
+                note(&r);
+                rows.push(r);
+            }
+        }
+    }
+    if want_case("pingpong") {
+        let rounds = if quick { 1_000 } else { 5_000 };
+        for s in connected.into_iter().filter(|&s| want(s)) {
+            let r = measure("pingpong", s, "us median", runs, watchdog, || {
+                pingpong(s, rounds)
+            })
+            .await;
+            note(&r);
+            rows.push(r);
+        }
+    }
+    if want_case("connects") {
+        let n = if quick { 300 } else { 1_000 };
+        for s in connected.into_iter().filter(|&s| want(s)) {
+            let r = measure("connects", s, "conn/s", runs, watchdog, || connects(s, n)).await;
+            note(&r);
+            rows.push(r);
+        }
+    }
+    Ok(rows)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<10} {:<26} {:>12} {:<10} {:>9} {:>11}  detail",
+        "case", "stack", "value", "unit", "vs TCP", "CPU s/GiB"
+    );
+    for r in rows {
+        let tcp = rows
+            .iter()
+            .find(|t| t.case == r.case && t.stack == Stack::Tcp.name())
+            .and_then(|t| t.value);
+        let ratio = match (r.value, tcp) {
+            (Some(v), Some(t)) if t > 0.0 => format!("{:.2}x", v / t),
+            _ => "-".into(),
+        };
+        let value = r.value.map_or("-".into(), |v| format!("{v:.1}"));
+        let cpu = r.cpu_s_per_gib.map_or("-".into(), |c| format!("{c:.2}"));
+        let detail = if r.status == "ok" {
+            r.detail.clone()
+        } else {
+            r.status.to_uppercase()
+        };
+        println!(
+            "{:<10} {:<26} {:>12} {:<10} {:>9} {:>11}  {}",
+            r.case, r.stack, value, r.unit, ratio, cpu, detail
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = UTP_TUNING.set(UtpTuning {
+        payload: args.utp_payload,
+        buffer: args.utp_buffer,
+    });
+    let _ = FD_LIMIT.set(raise_fd_limit());
+    let json = args.json;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(run(args))?;
+    // Background tasks (closing connections) are not waited for.
+    rt.shutdown_background();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows);
+    }
+    let failed: Vec<&Row> = rows.iter().filter(|r| r.status != "ok").collect();
+    eprintln!(
+        "utp-bench: {} measurements, {} stalled or failed",
+        rows.len(),
+        failed.len()
+    );
+    // A reference failing is a finding; tokio-utp failing is an error.
+    if failed.iter().any(|r| r.stack.starts_with("tokio-utp")) {
+        bail!("tokio-utp did not complete every case");
+    }
+    Ok(())
+}
