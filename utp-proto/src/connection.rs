@@ -1259,7 +1259,7 @@ impl Connection {
         }
         if let Some(t) = self.tlp_deadline {
             if now >= t {
-                self.on_tail_loss_probe(now);
+                self.on_tail_loss_probe();
             }
         }
     }
@@ -1272,7 +1272,7 @@ impl Connection {
             .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
     }
 
-    fn on_tail_loss_probe(&mut self, now: Instant) {
+    fn on_tail_loss_probe(&mut self) {
         self.tlp_deadline = None;
         self.tlp_fired = true;
         // Resend the newest unacknowledged packet: not a congestion signal,
@@ -1286,14 +1286,14 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-            self.on_timer_loss(now);
+            self.start_black_hole_check();
         }
     }
 
     /// A timer (tail loss probe, RTO) fired with packets unacknowledged:
     /// if the oldest is full-size, check for a black hole (see
     /// [`BlackHoleCheck`]). A check still unanswered is replaced.
-    fn on_timer_loss(&mut self, _now: Instant) {
+    fn start_black_hole_check(&mut self) {
         if self.state != State::Connected {
             return;
         }
@@ -1363,7 +1363,7 @@ impl Connection {
             self.resend_oversized();
         } else {
             // Check again at once rather than wait for the next timer.
-            self.on_timer_loss(now);
+            self.start_black_hole_check();
         }
     }
 
@@ -1420,7 +1420,7 @@ impl Connection {
             return;
         }
         // A shrunk path drops every full-size packet: check for that.
-        self.on_timer_loss(now);
+        self.start_black_hole_check();
         self.rtt.back_off();
         self.cc.on_timeout(now);
         self.dup_acks = 0;
