@@ -189,10 +189,9 @@ enum BlackHoleCheck {
     Due {
         big: u16,
     },
-    /// Sent at `at`; its ack tells whether `big` got through.
+    /// Sent; its ack tells whether `big` got through.
     Sent {
         big: u16,
-        at: Instant,
     },
     /// Answered: unless `big` is acknowledged by `decide_at` (one more
     /// round trip, for a reordered `big`), that is evidence.
@@ -983,7 +982,7 @@ impl Connection {
         }
 
         match self.bh_check {
-            BlackHoleCheck::Sent { big, at } => self.on_check_answer(big, at, now),
+            BlackHoleCheck::Sent { big } => self.on_check_answer(big, now),
             BlackHoleCheck::Answered { big, .. } if self.check_target(big).is_none() => {
                 self.bh_check = BlackHoleCheck::Idle; // `big` got through
             }
@@ -1510,7 +1509,7 @@ impl Connection {
         }
         if let Some(t) = self.tlp_deadline {
             if now >= t {
-                self.on_tail_loss_probe(now);
+                self.on_tail_loss_probe();
             }
         }
     }
@@ -1523,7 +1522,7 @@ impl Connection {
             .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
     }
 
-    fn on_tail_loss_probe(&mut self, now: Instant) {
+    fn on_tail_loss_probe(&mut self) {
         self.tlp_deadline = None;
         if self.peer_wnd_known && (self.peer_wnd as usize) < self.mss {
             // Silence behind a closed window is flow control: the persist
@@ -1542,14 +1541,14 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-            self.on_timer_loss(now);
+            self.start_black_hole_check();
         }
     }
 
     /// A timer (tail loss probe, RTO) fired with packets unacknowledged:
     /// if the oldest is full-size, check for a black hole (see
     /// [`BlackHoleCheck`]). A check still unanswered is replaced.
-    fn on_timer_loss(&mut self, _now: Instant) {
+    fn start_black_hole_check(&mut self) {
         if self.state != State::Connected {
             return;
         }
@@ -1565,16 +1564,26 @@ impl Connection {
         if !p.lost {
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
         }
+        tracing::trace!(recv_id = self.recv_id, big = p.seq, "black-hole check");
         self.bh_check = BlackHoleCheck::Due { big: p.seq };
     }
 
     /// An ack arrived while a black-hole check is out: unless it is too
     /// early to answer the check, it tells whether `big` got through.
-    fn on_check_answer(&mut self, big: u16, at: Instant, now: Instant) {
+    /// The first ack after the check. A timer fired because acks stopped,
+    /// so this is almost always the check's answer; when it is an older
+    /// ack, waiting a round trip before deciding (`Answered`) still lets a
+    /// delivered `big` clear the check. (An echo of the check's timestamp
+    /// would identify the answer exactly, but libutp does not update its
+    /// timestamp difference for an old sequence number.)
+    fn on_check_answer(&mut self, big: u16, now: Instant) {
         let srtt = self.rtt.srtt().unwrap_or(self.cfg.min_rto);
-        if now.saturating_duration_since(at) < srtt / 2 {
-            return; // too early to be the check's answer
-        }
+        tracing::trace!(
+            recv_id = self.recv_id,
+            big,
+            missing = self.check_target(big).is_some(),
+            "black-hole check answered"
+        );
         self.bh_check = match self.check_target(big) {
             Some(_) => BlackHoleCheck::Answered {
                 big,
@@ -1603,12 +1612,13 @@ impl Connection {
         let Some(size) = self.check_target(big) else {
             return;
         };
+        tracing::trace!(recv_id = self.recv_id, big, size, "black-hole evidence");
         if self.pmtud.on_black_hole_evidence(size, now) {
             self.sync_mss();
             self.resend_oversized();
         } else {
             // Check again at once rather than wait for the next timer.
-            self.on_timer_loss(now);
+            self.start_black_hole_check();
         }
     }
 
@@ -1689,7 +1699,7 @@ impl Connection {
             return;
         }
         // A shrunk path drops every full-size packet: check for that.
-        self.on_timer_loss(now);
+        self.start_black_hole_check();
         self.rtt.back_off();
         self.cc.on_timeout(now);
         self.dup_acks = 0;
@@ -1870,7 +1880,7 @@ impl Connection {
                 .seq_nr
                 .wrapping_sub(self.outstanding.len() as u16)
                 .wrapping_sub(1);
-            self.bh_check = BlackHoleCheck::Sent { big, at: now };
+            self.bh_check = BlackHoleCheck::Sent { big };
             let h = self.header(PacketType::Data, acked, now);
             self.stats.packets_sent += 1;
             return Some(packet::encode(&h, &[], &[], buf));
