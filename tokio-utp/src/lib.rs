@@ -80,6 +80,22 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **DSCP marking.** [`UtpSocket::set_traffic_class`] marks every packet
+//! (IPv4 TOS, IPv6 traffic class); LEDBAT traffic is commonly "lower
+//! effort":
+//!
+//! ```no_run
+//! # fn run(sock: tokio_utp::UtpSocket) -> std::io::Result<()> {
+//! sock.set_traffic_class(tokio_utp::UtpSocket::DSCP_LE)?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Pluggable transport.** The datagram layer is the [`Transport`] trait:
+//! the default is the real UDP socket with batched I/O; [`MemoryNetwork`]
+//! runs uTP with no sockets at all (tests, simulations), and a SOCKS5 UDP
+//! relay or a socket wrapper of your own plugs in the same way through
+//! [`UtpSocket::with_transport`] (see [`MemoryNetwork`] for an example).
+//!
 //! **Observability.** [`UtpSocket::stats`] counts datagrams in and out,
 //! non-uTP datagrams, connections opened, accepted, refused, reset and timed
 //! out, and every dropped packet by reason; [`UtpStream::stats`] has a
@@ -98,9 +114,11 @@
 mod listener;
 mod socket;
 mod stream;
+mod transport;
 mod udp;
 
 pub use listener::{Incoming, UtpListener};
 pub use socket::{Driver, UtpSocket};
 pub use stream::{OwnedReadHalf, OwnedWriteHalf, UtpStream, CLOSE_GRACE};
+pub use transport::{MemoryNetwork, MemorySocket, Transport};
 pub use utp_proto::{Config, ConnectionStats, EndpointStats};

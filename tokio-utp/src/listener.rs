@@ -60,7 +60,7 @@ impl UtpListener {
             inner.wakers.insert(h, ConnWakers::default());
             // The route's MTU caps this connection's path MTU search.
             let peer = inner.endpoint.peer_addr(h);
-            if let Some(max) = crate::udp::route_max_datagram(peer) {
+            if let Some(max) = shared.route_max_datagram(peer) {
                 inner.endpoint.set_max_datagram(h, Instant::now(), max);
             }
             drop(inner);

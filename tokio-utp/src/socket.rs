@@ -15,6 +15,7 @@ use utp_proto::{Config, ConnHandle, Endpoint, EndpointStats};
 
 use crate::listener::UtpListener;
 use crate::stream::UtpStream;
+use crate::transport::Transport;
 use crate::udp;
 
 /// Wakers of the tasks waiting on one connection.
@@ -117,14 +118,32 @@ impl Inner {
 
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
-    pub(crate) udp: tokio::net::UdpSocket,
+    pub(crate) net: Net,
     pub(crate) local_addr: SocketAddr,
 }
+
+/// What moves the datagrams: the UDP socket (batched), or a user transport.
+pub(crate) enum Net {
+    Udp(tokio::net::UdpSocket),
+    Custom(Box<dyn Transport>),
+}
+
+/// Datagrams per receive or send step over a user transport.
+const CUSTOM_BATCH: usize = 64;
 
 /// Most datagrams [`Shared::send_direct`] sends itself.
 const DIRECT_DATAGRAMS: usize = 4;
 
 impl Shared {
+    /// The largest datagram toward `peer` the OS route (or the transport)
+    /// allows, if known.
+    pub(crate) fn route_max_datagram(&self, peer: SocketAddr) -> Option<usize> {
+        match &self.net {
+            Net::Udp(_) => udp::route_max_datagram(peer),
+            Net::Custom(t) => t.max_datagram(peer),
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent-enough state for
         // the remaining handles to fail cleanly; don't cascade the poison.
@@ -138,7 +157,8 @@ impl Shared {
     /// socket too full to take a datagram loses it, as a full network queue
     /// would; the protocol's retransmission covers that rare case.
     pub(crate) fn send_direct(&self, inner: &mut Inner) {
-        if inner.driver_gone.is_none() {
+        // A user transport is only driven by the driver.
+        if let (None, Net::Udp(udp_socket)) = (inner.driver_gone, &self.net) {
             let now = Instant::now();
             let Inner {
                 endpoint,
@@ -152,9 +172,9 @@ impl Shared {
                 let Some(t) = endpoint.poll_transmit(now, direct_buf) else {
                     break;
                 };
-                let send = || self.udp.try_send_to(&direct_buf[..t.len], t.destination);
+                let send = || udp_socket.try_send_to(&direct_buf[..t.len], t.destination);
                 let r = if t.fragmentable {
-                    udp::with_fragmentation(&self.udp, self.local_addr.is_ipv6(), send)
+                    udp::with_fragmentation(udp_socket, self.local_addr.is_ipv6(), send)
                 } else {
                     send()
                 };
@@ -282,8 +302,32 @@ impl UtpSocket {
         Self::from_udp(tokio::net::UdpSocket::from_std(socket)?, config)
     }
 
+    /// A socket over a transport of your own instead of UDP (an in-memory
+    /// [`MemoryNetwork`](crate::MemoryNetwork), a SOCKS5 relay, a socket
+    /// wrapper), with its driver spawned. Must be called inside a tokio
+    /// runtime. DSCP marking is the transport's business there.
+    pub fn with_transport(transport: impl Transport, config: Config) -> io::Result<Self> {
+        let (socket, driver) = Self::with_transport_and_driver(transport, config)?;
+        tokio::spawn(driver);
+        Ok(socket)
+    }
+
+    /// Like [`UtpSocket::with_transport`], returning the driver instead of
+    /// spawning it.
+    pub fn with_transport_and_driver(
+        transport: impl Transport,
+        config: Config,
+    ) -> io::Result<(Self, Driver)> {
+        let local_addr = transport.local_addr()?;
+        Self::from_net(Net::Custom(Box::new(transport)), local_addr, config)
+    }
+
     fn from_udp(udp: tokio::net::UdpSocket, config: Config) -> io::Result<(Self, Driver)> {
         let local_addr = udp.local_addr()?;
+        Self::from_net(Net::Udp(udp), local_addr, config)
+    }
+
+    fn from_net(net: Net, local_addr: SocketAddr, config: Config) -> io::Result<(Self, Driver)> {
         let endpoint = Endpoint::new(Arc::new(config), Instant::now());
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -297,7 +341,7 @@ impl UtpSocket {
                 other: OtherQueue::default(),
                 direct_buf: Vec::new(),
             }),
-            udp,
+            net,
             local_addr,
         });
         let driver = Driver::new(shared.clone())?;
@@ -340,7 +384,7 @@ impl UtpSocket {
     ) -> io::Result<UtpStream> {
         let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
         // The route's MTU caps the connection's path MTU search.
-        let max_datagram = udp::route_max_datagram(target);
+        let max_datagram = self.shared.route_max_datagram(target);
         let h = {
             let mut inner = self.shared.lock();
             if let Some(kind) = inner.driver_gone {
@@ -417,12 +461,22 @@ impl UtpSocket {
     /// own datagrams on a shared port ([`UtpSocket::send_to`]) are marked
     /// too.
     pub fn set_traffic_class(&self, tos: u8) -> io::Result<()> {
-        udp::set_traffic_class(&self.shared.udp, tos)
+        udp::set_traffic_class(self.udp()?, tos)
     }
 
     /// The marking in use (read back from the socket).
     pub fn traffic_class(&self) -> io::Result<u8> {
-        udp::traffic_class(&self.shared.udp)
+        udp::traffic_class(self.udp()?)
+    }
+
+    fn udp(&self) -> io::Result<&tokio::net::UdpSocket> {
+        match &self.shared.net {
+            Net::Udp(udp) => Ok(udp),
+            Net::Custom(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "not a UDP socket: the transport handles marking",
+            )),
+        }
     }
 
     /// TOS byte for DSCP LE, "lower effort" (RFC 8622): DSCP 1.
@@ -474,7 +528,10 @@ impl UtpSocket {
     /// socket's port.
     pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         let target = udp::map_target(self.shared.local_addr, target)?;
-        self.shared.udp.send_to(buf, target).await
+        match &self.shared.net {
+            Net::Udp(udp) => udp.send_to(buf, target).await,
+            Net::Custom(t) => std::future::poll_fn(|cx| t.poll_send(cx, buf, target)).await,
+        }
     }
 }
 
@@ -501,7 +558,11 @@ const STEPS: usize = 64;
 #[must_use = "the driver does nothing unless polled or spawned"]
 pub struct Driver {
     shared: Arc<Shared>,
-    io: udp::BatchIo,
+    /// Batched UDP I/O; `None` over a user transport.
+    io: Option<udp::BatchIo>,
+    /// Over a user transport: datagrams received and to send.
+    custom_rx: Vec<(SocketAddr, Vec<u8>)>,
+    custom_tx: VecDeque<(SocketAddr, Vec<u8>)>,
     rx: udp::RxBuffers,
     tx: udp::TxBatch,
     timer: Pin<Box<Sleep>>,
@@ -523,11 +584,19 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     fn new(shared: Arc<Shared>) -> io::Result<Self> {
-        let io = udp::BatchIo::new(&shared.udp)?;
-        let tx = udp::TxBatch::new(&io);
+        let (io, tx) = match &shared.net {
+            Net::Udp(udp) => {
+                let io = udp::BatchIo::new(udp)?;
+                let tx = udp::TxBatch::new(&io);
+                (Some(io), tx)
+            }
+            Net::Custom(_) => (None, udp::TxBatch::unbatched()),
+        };
         Ok(Self {
             shared,
             io,
+            custom_rx: Vec::new(),
+            custom_tx: VecDeque::new(),
             rx: udp::RxBuffers::new(),
             tx,
             timer: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600))),
@@ -541,7 +610,13 @@ impl Driver {
     /// per-peer error) came in; `false` means the socket is drained and the
     /// task will be woken when more arrives.
     fn receive(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        match self.io.poll_recv(cx, &self.shared.udp, &mut self.rx) {
+        let shared = self.shared.clone();
+        let (io, udp_socket) = match (&mut self.io, &shared.net) {
+            (Some(io), Net::Udp(udp_socket)) => (io, udp_socket),
+            (_, Net::Custom(t)) => return self.receive_custom(cx, t.as_ref()),
+            (None, Net::Udp(_)) => unreachable!("a UDP driver has batched I/O"),
+        };
+        match io.poll_recv(cx, udp_socket, &mut self.rx) {
             Poll::Ready(Ok(())) => Ok(true),
             // ICMP errors surface here on some systems (Linux reports "port
             // unreachable" as refused); they concern one peer, not the socket.
@@ -554,11 +629,31 @@ impl Driver {
         }
     }
 
+    /// Receives up to a batch from a user transport, without the lock.
+    fn receive_custom(&mut self, cx: &mut Context<'_>, t: &dyn Transport) -> io::Result<bool> {
+        let mut buf = [0u8; udp::MAX_DATAGRAM];
+        while self.custom_rx.len() < CUSTOM_BATCH {
+            match t.poll_recv(cx, &mut buf) {
+                Poll::Ready(Ok((n, from))) => self.custom_rx.push((from, buf[..n].to_vec())),
+                Poll::Ready(Err(e)) if udp::is_transient(&e) || udp::is_peer_error(&e) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(!self.custom_rx.is_empty())
+    }
+
+    /// Whether the last receive filled its batch (more may be waiting).
+    fn rx_was_full(&self) -> bool {
+        self.rx.was_full() || self.custom_rx.len() >= CUSTOM_BATCH
+    }
+
     /// Under the lock: feeds what `receive` got to the endpoint, runs timers
     /// and collects the wakers to call.
     fn process(&mut self, inner: &mut Inner) {
         let now = Instant::now();
-        for (from, data) in self.rx.datagrams() {
+        let custom = self.custom_rx.iter().map(|(a, d)| (*a, d.as_slice()));
+        for (from, data) in self.rx.datagrams().chain(custom) {
             if let Err(e) = inner.endpoint.handle_datagram(now, from, data) {
                 // Not uTP: maybe DHT or a tracker sharing the port.
                 tracing::trace!(%from, error = %e, "non-uTP datagram");
@@ -566,6 +661,7 @@ impl Driver {
             }
         }
         self.rx.processed();
+        self.custom_rx.clear();
         inner.endpoint.handle_timeout(now);
 
         // Sends refused as larger than the route allows (its MTU shrank, or
@@ -573,7 +669,9 @@ impl Driver {
         // to that peer lower their size; the packets are resent by the
         // protocol like any loss.
         for (to, len) in self.tx.too_big.drain(..) {
-            let max = udp::route_max_datagram(to)
+            let max = self
+                .shared
+                .route_max_datagram(to)
                 .filter(|&m| m < len)
                 .unwrap_or(len.saturating_sub(1));
             inner.endpoint.on_datagram_too_big(now, to, max);
@@ -581,7 +679,7 @@ impl Driver {
         // Connections that lost a path MTU probe: the route's MTU may have
         // been lowered by ICMP meanwhile (cheap: no packet is sent).
         while let Some((h, to)) = inner.endpoint.poll_path_query() {
-            if let Some(max) = udp::route_max_datagram(to) {
+            if let Some(max) = self.shared.route_max_datagram(to) {
                 inner.endpoint.set_max_datagram(h, now, max);
             }
         }
@@ -602,6 +700,9 @@ impl Driver {
     /// Under the lock: collects the endpoint's datagrams into the send
     /// batch. Returns whether the batch filled up (the endpoint has more).
     fn collect(&mut self, inner: &mut Inner) -> bool {
+        if self.io.is_none() {
+            return self.collect_custom(inner);
+        }
         if !self.tx.is_empty() {
             return false;
         }
@@ -616,11 +717,46 @@ impl Driver {
 
     /// Sends the batch, without the lock. `Ok(false)`: the socket is full and
     /// the task will be woken when it drains.
+    fn collect_custom(&mut self, inner: &mut Inner) -> bool {
+        if !self.custom_tx.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut buf = [0u8; udp::MAX_DATAGRAM];
+        while self.custom_tx.len() < CUSTOM_BATCH {
+            let Some(t) = inner.endpoint.poll_transmit(now, &mut buf) else {
+                return false;
+            };
+            self.custom_tx
+                .push_back((t.destination, buf[..t.len].to_vec()));
+        }
+        true
+    }
+
     fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let shared = self.shared.clone();
+        let (io, udp_socket) = match (&mut self.io, &shared.net) {
+            (Some(io), Net::Udp(udp_socket)) => (io, udp_socket),
+            (_, Net::Custom(t)) => {
+                while let Some((to, data)) = self.custom_tx.front() {
+                    match t.poll_send(cx, data, *to) {
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(e)) if udp::is_transient(&e) || udp::is_peer_error(&e) => {
+                            tracing::debug!(%to, error = %e, "datagram not sent");
+                        }
+                        Poll::Ready(Err(e)) => return Err(e),
+                        Poll::Pending => return Ok(false),
+                    }
+                    self.custom_tx.pop_front();
+                }
+                return Ok(true);
+            }
+            (None, Net::Udp(_)) => unreachable!("a UDP driver has batched I/O"),
+        };
         if self.tx.is_empty() {
             return Ok(true);
         }
-        match self.io.poll_flush(cx, &self.shared.udp, &mut self.tx) {
+        match io.poll_flush(cx, udp_socket, &mut self.tx) {
             Poll::Ready(Ok(())) => Ok(true),
             Poll::Ready(Err(e)) => Err(e),
             Poll::Pending => Ok(false),
@@ -633,7 +769,7 @@ impl Driver {
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         self.process(&mut inner);
-        if !self.wake.is_empty() && !self.rx.was_full() {
+        if !self.wake.is_empty() && !self.rx_was_full() {
             // The socket is drained: let the woken tasks run before anything
             // is collected for sending. A reply written now carries the ack
             // that would otherwise go out alone (one datagram per message

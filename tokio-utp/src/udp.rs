@@ -478,6 +478,11 @@ impl TxBatch {
         Self::with_max_segments(io.max_segments())
     }
 
+    /// One datagram per send (for transports without batching).
+    pub(crate) fn unbatched() -> Self {
+        Self::with_max_segments(1)
+    }
+
     fn with_max_segments(max_segments: usize) -> Self {
         Self {
             buf: Vec::new(),
