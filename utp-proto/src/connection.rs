@@ -1881,8 +1881,14 @@ impl Connection {
                 .wrapping_sub(self.outstanding.len() as u16)
                 .wrapping_sub(1);
             self.bh_check = BlackHoleCheck::Sent { big };
+            tracing::trace!(recv_id = self.recv_id, seq = acked, "black-hole check sent");
             let h = self.header(PacketType::Data, acked, now);
             self.stats.packets_sent += 1;
+            // Marked fragmentable so it goes out alone: batched with the
+            // big resend (one GSO send), it would share its fate, since a
+            // router drops a whole GSO batch when one segment is too big.
+            // (Without DF is harmless at 20 bytes.)
+            self.fragmentable = true;
             return Some(packet::encode(&h, &[], &[], buf));
         }
 
