@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,35 +9,9 @@ use common::{datagram, drain, hdr, peer, Out};
 use utp_proto::packet::PacketType;
 use utp_proto::{Config, ConnHandle, Endpoint, State};
 
-// ------------------------------------------------------------ alloc counter
-
-struct Counting;
-thread_local! {
-    // Per thread, so tests running in parallel don't disturb each other.
-    static LIVE_TL: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
-}
-fn bump(d: isize) {
-    let _ = LIVE_TL.try_with(|c| c.set(c.get() + d));
-}
-fn live() -> isize {
-    LIVE_TL.with(|c| c.get())
-}
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        bump(l.size() as isize);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        bump(-(l.size() as isize));
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        bump(n as isize - l.size() as isize);
-        System.realloc(p, l, n)
-    }
-}
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
+use common::alloc::live;
 
 // ------------------------------------------------------------ harness
 

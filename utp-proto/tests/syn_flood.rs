@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,33 +12,9 @@ use common::{datagram, hdr, pattern, LinkParams, SimNet};
 use utp_proto::packet::PacketType;
 use utp_proto::{Config, ConnHandle, EndpointStats};
 
-// Heap in use by this thread (the simulation runs on the test's thread).
-struct Counting;
-thread_local! {
-    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
-}
-fn bump(d: isize) {
-    let _ = LIVE.try_with(|c| c.set(c.get() + d));
-}
-fn live() -> isize {
-    LIVE.with(|c| c.get())
-}
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        bump(l.size() as isize);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        bump(-(l.size() as isize));
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        bump(n as isize - l.size() as isize);
-        System.realloc(p, l, n)
-    }
-}
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
+use common::alloc::live;
 
 const SYNS: u32 = 100_000;
 const PER_BATCH: u32 = 1_000;
