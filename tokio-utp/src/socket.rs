@@ -634,7 +634,11 @@ impl Driver {
         let mut buf = [0u8; udp::MAX_DATAGRAM];
         while self.custom_rx.len() < CUSTOM_BATCH {
             match t.poll_recv(cx, &mut buf) {
-                Poll::Ready(Ok((n, from))) => self.custom_rx.push((from, buf[..n].to_vec())),
+                Poll::Ready(Ok((n, from))) => {
+                    // A transport claiming more than the buffer is not trusted.
+                    let n = n.min(buf.len());
+                    self.custom_rx.push((from, buf[..n].to_vec()));
+                }
                 Poll::Ready(Err(e)) if udp::is_transient(&e) || udp::is_peer_error(&e) => {}
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => break,
