@@ -49,13 +49,15 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
-/// Datagrams waiting for one in-memory socket, at most this many (like a
-/// socket buffer: more are dropped).
+/// Datagrams and bytes waiting for one in-memory socket, at most this much
+/// (like a socket buffer: more are dropped).
 const INBOX_DATAGRAMS: usize = 4096;
+const INBOX_BYTES: usize = 8 << 20;
 
 #[derive(Default)]
 struct Inbox {
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    bytes: usize,
     waker: Option<Waker>,
 }
 
@@ -139,6 +141,7 @@ impl Transport for MemorySocket {
         };
         match inbox.queue.pop_front() {
             Some((from, data)) => {
+                inbox.bytes -= data.len();
                 let n = data.len().min(buf.len());
                 buf[..n].copy_from_slice(&data[..n]);
                 Poll::Ready(Ok((n, from)))
@@ -159,7 +162,8 @@ impl Transport for MemorySocket {
         let mut inboxes = self.net.lock();
         // Nobody there, or a full queue: lost, as UDP would lose it.
         if let Some(inbox) = inboxes.get_mut(&target) {
-            if inbox.queue.len() < INBOX_DATAGRAMS {
+            if inbox.queue.len() < INBOX_DATAGRAMS && inbox.bytes + buf.len() <= INBOX_BYTES {
+                inbox.bytes += buf.len();
                 inbox.queue.push_back((self.addr, buf.to_vec()));
                 if let Some(w) = inbox.waker.take() {
                     w.wake();
