@@ -7,6 +7,7 @@
 //! sends no faster than the limit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -90,7 +91,16 @@ impl TokenBucket {
 /// global upload and download caps). Cheap to clone: a handle.
 #[derive(Debug, Clone, Default)]
 pub struct SharedLimits {
-    inner: Arc<Mutex<Limits>>,
+    inner: Arc<SharedInner>,
+}
+
+#[derive(Debug, Default)]
+struct SharedInner {
+    limits: Mutex<Limits>,
+    /// Whether an upload / download limit is set: read on every packet and
+    /// every read, so connections of an unlimited socket never take the lock.
+    up_on: AtomicBool,
+    down_on: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -135,17 +145,30 @@ impl SharedLimits {
     fn lock(&self) -> MutexGuard<'_, Limits> {
         // A panic elsewhere can't leave a bucket half-updated in a way that
         // matters: keep going with its numbers.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.limits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets the upload limit in bytes per second (`None`: unlimited).
     pub fn set_upload(&self, rate: Option<u64>) {
-        self.lock().up = rate.map(TokenBucket::new);
+        let mut limits = self.lock();
+        limits.up = rate.map(TokenBucket::new);
+        self.inner.up_on.store(rate.is_some(), Ordering::Relaxed);
     }
 
     /// Sets the download limit in bytes per second (`None`: unlimited).
     pub fn set_download(&self, rate: Option<u64>) {
-        self.lock().down = rate.map(TokenBucket::new);
+        let mut limits = self.lock();
+        limits.down = rate.map(TokenBucket::new);
+        self.inner.down_on.store(rate.is_some(), Ordering::Relaxed);
+    }
+
+    fn is_on(&self, upload: bool) -> bool {
+        let flag = if upload {
+            &self.inner.up_on
+        } else {
+            &self.inner.down_on
+        };
+        flag.load(Ordering::Relaxed)
     }
 
     /// The upload limit, if any.
@@ -156,14 +179,6 @@ impl SharedLimits {
     /// The download limit, if any.
     pub fn download(&self) -> Option<u64> {
         self.lock().down.as_ref().map(TokenBucket::rate)
-    }
-
-    pub(crate) fn with_up<R>(&self, f: impl FnOnce(&mut TokenBucket) -> R) -> Option<R> {
-        self.lock().up.as_mut().map(f)
-    }
-
-    pub(crate) fn with_down<R>(&self, f: impl FnOnce(&mut TokenBucket) -> R) -> Option<R> {
-        self.lock().down.as_mut().map(f)
     }
 }
 
@@ -210,29 +225,48 @@ impl ConnLimits {
         }
     }
 
-    /// Keeps this connection's fair share of a shared limit up to date: the
-    /// limit divided among the connections using it lately.
-    fn update_share(&mut self, now: Instant, upload: bool) {
-        let mut limits = self.shared.lock();
-        let limits = &mut *limits;
+    /// Under the shared lock, once per call: keeps this connection's fair
+    /// share of a shared limit up to date (the limit divided among the
+    /// connections using it lately), then runs `f` on the shared bucket and
+    /// the share. `None` when no shared limit is set (no lock taken).
+    fn with_shared<R>(
+        &mut self,
+        now: Instant,
+        upload: bool,
+        f: impl FnOnce(&mut TokenBucket, &mut TokenBucket) -> R,
+    ) -> Option<R> {
+        if !self.shared.is_on(upload) {
+            if upload {
+                self.fair_up = None;
+            } else {
+                self.fair_down = None;
+            }
+            return None;
+        }
+        let mut guard = self.shared.lock();
+        let limits = &mut *guard;
         let (bucket, active, fair) = if upload {
-            (&limits.up, &mut limits.senders, &mut self.fair_up)
+            (&mut limits.up, &mut limits.senders, &mut self.fair_up)
         } else {
-            (&limits.down, &mut limits.readers, &mut self.fair_down)
+            (&mut limits.down, &mut limits.readers, &mut self.fair_down)
         };
-        let Some(rate) = bucket.as_ref().map(|b| b.rate) else {
+        let Some(bucket) = bucket.as_mut() else {
             *fair = None;
-            return;
+            return None;
         };
         let id = *self.id.get_or_insert_with(|| {
             limits.next_id += 1;
             limits.next_id
         });
-        let share = rate / active.count(id, now) as f64;
-        match fair {
-            Some(b) => b.set_rate(share),
-            None => *fair = Some(TokenBucket::new(share as u64)),
-        }
+        let share = bucket.rate / active.count(id, now) as f64;
+        let fair = match fair {
+            Some(b) => {
+                b.set_rate(share);
+                b
+            }
+            None => fair.insert(TokenBucket::new(share as u64)),
+        };
+        Some(f(bucket, fair))
     }
 }
 
@@ -242,61 +276,69 @@ impl Drop for ConnLimits {
     }
 }
 
-fn later(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 impl ConnLimits {
     /// How long until `bytes` of new data may be sent (`None`: now).
     pub(crate) fn upload_delay(&mut self, now: Instant, bytes: usize) -> Option<Duration> {
-        self.update_share(now, true);
         let own = self.up.as_mut().and_then(|b| b.delay(now, bytes));
-        let fair = self.fair_up.as_mut().and_then(|b| b.delay(now, bytes));
-        let shared = self.shared.with_up(|b| b.delay(now, bytes)).flatten();
-        later(later(own, fair), shared)
+        let shared = self.with_shared(now, true, |shared, fair| {
+            shared.delay(now, bytes).max(fair.delay(now, bytes))
+        });
+        own.max(shared.flatten())
     }
 
     pub(crate) fn on_upload(&mut self, bytes: usize) {
-        for b in [&mut self.up, &mut self.fair_up].into_iter().flatten() {
+        if let Some(b) = &mut self.up {
             b.consume(bytes);
         }
-        self.shared.with_up(|b| b.consume(bytes));
+        self.consume_shared(true, bytes);
     }
 
     /// Bytes the application may read now (`usize::MAX`: unlimited).
     pub(crate) fn download_allowance(&mut self, now: Instant) -> usize {
-        self.update_share(now, false);
         let own = self.down.as_mut().map(|b| b.available(now));
-        let fair = self.fair_down.as_mut().map(|b| b.available(now));
-        let shared = self.shared.with_down(|b| b.available(now));
-        [own, fair, shared]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(usize::MAX)
+        let shared = self.with_shared(now, false, |shared, fair| {
+            shared.available(now).min(fair.available(now))
+        });
+        own.into_iter().chain(shared).min().unwrap_or(usize::MAX)
     }
 
     /// How long until `bytes` may be read (at least a microsecond).
     pub(crate) fn download_delay(&mut self, now: Instant, bytes: usize) -> Duration {
         let own = self.down.as_mut().and_then(|b| b.delay(now, bytes));
-        let fair = self.fair_down.as_mut().and_then(|b| b.delay(now, bytes));
-        let shared = self.shared.with_down(|b| b.delay(now, bytes)).flatten();
-        later(later(own, fair), shared).unwrap_or(Duration::from_micros(1))
+        let shared = self.with_shared(now, false, |shared, fair| {
+            shared.delay(now, bytes).max(fair.delay(now, bytes))
+        });
+        own.max(shared.flatten())
+            .unwrap_or(Duration::from_micros(1))
+    }
+
+    /// `bytes` passed: charged to the shared bucket and this connection's
+    /// share of it.
+    fn consume_shared(&mut self, upload: bool, bytes: usize) {
+        if !self.shared.is_on(upload) {
+            return;
+        }
+        let mut limits = self.shared.lock();
+        let (bucket, fair) = if upload {
+            (&mut limits.up, &mut self.fair_up)
+        } else {
+            (&mut limits.down, &mut self.fair_down)
+        };
+        for b in [bucket, fair].into_iter().flatten() {
+            b.consume(bytes);
+        }
     }
 
     /// Whether any download limit applies.
     pub(crate) fn download_limited(&self) -> bool {
-        self.down.is_some() || self.shared.download().is_some()
+        self.down.is_some() || self.shared.is_on(false)
     }
 
     pub(crate) fn on_download(&mut self, bytes: usize) {
-        for b in [&mut self.down, &mut self.fair_down].into_iter().flatten() {
+        if let Some(b) = &mut self.down {
             b.consume(bytes);
         }
-        self.shared.with_down(|b| b.consume(bytes));
+        self.consume_shared(false, bytes);
     }
 }
 
