@@ -146,13 +146,7 @@ fn transfer(script: Script, delay_ms: u64, c2s: usize, s2c: usize, seed: u64) ->
                 if n == 0 {
                     break;
                 }
-                let at = s.got.len();
-                assert!(at + n <= s.expect.len(), "side {i}: more bytes than sent");
-                assert!(
-                    buf[..n] == s.expect[at..at + n],
-                    "side {i}: wrong bytes at {at}"
-                );
-                s.got.extend_from_slice(&buf[..n]);
+                common::append_checked(&mut s.got, &s.expect, &buf[..n], i);
             }
             if ep.conn(h).is_eof() && !s.eof {
                 assert_eq!(s.got.len(), s.expect.len(), "side {i}: EOF before the end");

@@ -162,13 +162,7 @@ fn run_flows(
                         break;
                     }
                     budget -= n;
-                    let at = s.got.len();
-                    assert!(at + n <= s.expect.len(), "side {i}: more bytes than sent");
-                    assert!(
-                        buf[..n] == s.expect[at..at + n],
-                        "side {i}: corrupted stream at byte {at}"
-                    );
-                    s.got.extend_from_slice(&buf[..n]);
+                    common::append_checked(&mut s.got, &s.expect, &buf[..n], i);
                 }
                 if ep.conn(h).is_eof() && !s.eof {
                     assert_eq!(s.got.len(), s.expect.len(), "side {i}: EOF before all data");

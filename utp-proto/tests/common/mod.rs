@@ -123,6 +123,21 @@ pub fn sack_of(ack: u16, seqs: &[u16]) -> Vec<u8> {
     bits
 }
 
+/// Appends what side `side` read to `got`, asserting it is the next part of
+/// `expect` (what the other side sent): never more, never different.
+pub fn append_checked(got: &mut Vec<u8>, expect: &[u8], data: &[u8], side: usize) {
+    let at = got.len();
+    assert!(
+        at + data.len() <= expect.len(),
+        "side {side}: more bytes than sent"
+    );
+    assert!(
+        data == &expect[at..at + data.len()],
+        "side {side}: corrupted stream at byte {at}"
+    );
+    got.extend_from_slice(data);
+}
+
 /// Deterministic byte pattern that differs per stream and per position.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed);
