@@ -220,6 +220,10 @@ pub struct Connection {
     path_query: bool,
     /// Black-hole check (see `on_large_timer_loss`).
     bh_check: BlackHoleCheck,
+    /// After a fall-back, no new check until every packet sent before it
+    /// (this sequence number on) is delivered: their resends crowd the path
+    /// and would look like a second black hole at the new size.
+    bh_quiet_until: Option<u16>,
 
     // Handshake.
     syn_seq: u16,
@@ -346,6 +350,7 @@ impl Connection {
             fragmentable: false,
             path_query: false,
             bh_check: BlackHoleCheck::Idle,
+            bh_quiet_until: None,
             syn_seq: 0,
             syn_send: false,
             syn_sent_at: None,
@@ -1555,6 +1560,12 @@ impl Connection {
         let Some(p) = self.outstanding.front_mut() else {
             return;
         };
+        if let Some(q) = self.bh_quiet_until {
+            if seq::lt(p.seq, q) {
+                return;
+            }
+            self.bh_quiet_until = None;
+        }
         // Evidence must be a packet of the current size sent with DF (one
         // from before a fall-back is resent without it and proves nothing).
         let big = HEADER_LEN + p.payload.len();
@@ -1616,6 +1627,7 @@ impl Connection {
         if self.pmtud.on_black_hole_evidence(size, now) {
             self.sync_mss();
             self.resend_oversized();
+            self.bh_quiet_until = Some(self.seq_nr);
         } else {
             // Check again at once rather than wait for the next timer.
             self.start_black_hole_check();
