@@ -461,7 +461,14 @@ def case_e_we_close(ctx, mode):
     check(fin_acked(fin, summ["lt"]), "libtorrent never acked our FIN")
     lt_fins = summ["lt_fins"]
     check(lt_fins, "libtorrent sent no FIN after ours")
-    check(fin_acked(lt_fins[0], summ["us"]), "we never acked libtorrent's FIN")
+    if not fin_acked(lt_fins[0], summ["us"]):
+        tail = sorted(summ["lt"] + summ["us"], key=lambda q: q["t"])[-8:]
+        raise CaseFailed(
+            f"we never acked libtorrent's FIN (x{len(lt_fins)}); bt_fetch: {fetch.tail()}; "
+            "last packets (time from our FIN): " + ", ".join(
+                f"{'lt' if q['from_lt'] else 'us'} {ST_NAMES.get(q['type'])} seq={q['seq']} "
+                f"ack={q['ack']} wnd={q['wnd']} {(q['t'] - fin['t']) * 1e6:+.0f} us"
+                for q in tail))
     our_acks = [p for p in summ["us"] if p["type"] == 2 and p["ack"] == lt_fins[0]["seq"]]
     copies = [round(p["t"] - lt_fins[0]["t"], 2) for p in lt_fins]
     reasons = sorted({r for r in map(close_reason_of, lt_fins) if r is not None})

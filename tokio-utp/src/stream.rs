@@ -50,7 +50,9 @@ impl Drop for StreamInner {
         let mut inner = self.shared.lock();
         inner.wakers.remove(&self.handle);
         inner.endpoint.release(self.handle, Instant::now());
-        inner.wake_driver_if_needed();
+        // The FIN (or the ack of the peer's) goes out from here: a program
+        // that drops its stream and exits may not give the driver a turn.
+        self.shared.send_direct(&mut inner);
     }
 }
 
@@ -66,7 +68,14 @@ impl StreamInner {
             .endpoint
             .with_conn(h, Instant::now(), |c| c.read(dst).map(|n| (n, c.is_eof())));
         match r {
-            Ok((0, true)) => Poll::Ready(Ok(())),
+            Ok((0, true)) => {
+                // The ack of the peer's FIN goes out before the reader learns
+                // of the EOF: a program that exits on EOF may not give the
+                // driver another turn, and the peer would resend its FIN to
+                // a closed port.
+                self.shared.send_direct(&mut inner);
+                Poll::Ready(Ok(()))
+            }
             Ok((0, false)) => {
                 if let Some(kind) = inner.driver_gone {
                     return Poll::Ready(Err(driver_gone(kind)));
@@ -280,6 +289,10 @@ impl UtpStream {
         poll_fn(|cx| self.inner.poll_shutdown(cx)).await?;
         let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| self.inner.poll_peer_finished(cx)))
             .await;
+        // The ack of the peer's FIN goes out now, not at the driver's next
+        // turn, which a program exiting after `close` may never give it.
+        let mut inner = self.inner.shared.lock();
+        self.inner.shared.send_direct(&mut inner);
         Ok(())
     }
 

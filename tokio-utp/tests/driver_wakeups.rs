@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use tokio_utp::{Config, UtpListener, UtpSocket, UtpStream};
@@ -105,5 +105,42 @@ async fn driver_finishes_after_close_when_peer_stays_silent() {
     assert!(
         r.is_ok(),
         "driver still running 4 s after close(); linger is 200 ms: the released connection was never freed"
+    );
+}
+
+/// A program that exits as soon as it reads EOF must still have acked the
+/// peer's FIN: the ack leaves from the reading task, since the driver may
+/// never get another turn. (The current-thread runtime below is dropped the
+/// moment the read returns, as at process exit; before the fix the peer's
+/// `close()` never saw its FIN acked. Seen against libtorrent, whose FIN
+/// then went unanswered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fin_is_acked_before_eof_reaches_the_reader() {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = rt.block_on(async {
+            let (mut stream, driver) = UtpStream::connect(addr).await.unwrap();
+            tokio::spawn(driver);
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"bye");
+            stream
+        });
+        drop(rt);
+        // "Exit": the stream is never dropped, so no FIN of ours either.
+        std::mem::forget(stream);
+    });
+    let (mut s, _) = listener.accept().await.unwrap();
+    s.write_all(b"bye").await.unwrap();
+    let closed = timeout(Duration::from_secs(5), s.shutdown()).await;
+    client.join().unwrap();
+    assert!(
+        matches!(closed, Ok(Ok(()))),
+        "our FIN was not acked by a peer that read EOF and exited: {closed:?}"
     );
 }
