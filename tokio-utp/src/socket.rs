@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -120,7 +120,17 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     pub(crate) net: Net,
     pub(crate) local_addr: SocketAddr,
+    /// Recent answers of the OS route query, by peer address (see
+    /// [`Shared::route_max_datagram`]).
+    route_cache: Mutex<HashMap<IpAddr, (Option<usize>, Instant)>>,
 }
+
+/// How long a route's MTU is taken from the cache. A lost path MTU probe
+/// asks the OS afresh (`route_max_datagram_fresh`), so a route change is
+/// seen at once where it matters.
+const ROUTE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most cached routes; the cache is cleared when full (rebuilt cheaply).
+const ROUTE_CACHE_MAX: usize = 4096;
 
 /// What moves the datagrams: the UDP socket (batched), or a user transport.
 pub(crate) enum Net {
@@ -136,10 +146,33 @@ const DIRECT_DATAGRAMS: usize = 4;
 
 impl Shared {
     /// The largest datagram toward `peer` the OS route (or the transport)
-    /// allows, if known.
+    /// allows, if known. Asking the OS costs four system calls (a socket
+    /// connected to the peer), which every connect and accept would pay, so
+    /// answers are cached for a while per peer address.
     pub(crate) fn route_max_datagram(&self, peer: SocketAddr) -> Option<usize> {
+        if matches!(self.net, Net::Udp(_)) {
+            let cache = self.route_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(&(max, at)) = cache.get(&peer.ip()) {
+                if at.elapsed() < ROUTE_CACHE_TTL {
+                    return max;
+                }
+            }
+        }
+        self.route_max_datagram_fresh(peer)
+    }
+
+    /// Like [`Shared::route_max_datagram`], always asking the OS.
+    pub(crate) fn route_max_datagram_fresh(&self, peer: SocketAddr) -> Option<usize> {
         match &self.net {
-            Net::Udp(_) => udp::route_max_datagram(peer),
+            Net::Udp(_) => {
+                let max = udp::route_max_datagram(peer);
+                let mut cache = self.route_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= ROUTE_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(peer.ip(), (max, Instant::now()));
+                max
+            }
             Net::Custom(t) => t.max_datagram(peer),
         }
     }
@@ -172,7 +205,12 @@ impl Shared {
                 let Some(t) = endpoint.poll_transmit(now, direct_buf) else {
                     break;
                 };
-                let send = || udp_socket.try_send_to(&direct_buf[..t.len], t.destination);
+                // The system call itself, not tokio's `try_send_to`: that
+                // one fails at once while tokio has no writable event cached
+                // for the socket (a fresh socket, before the reactor's first
+                // turn), which lost every first SYN to a 1 s retransmission.
+                let sock = socket2::SockRef::from(udp_socket);
+                let send = || sock.send_to(&direct_buf[..t.len], &t.destination.into());
                 let r = if t.fragmentable {
                     udp::with_fragmentation(udp_socket, self.local_addr.is_ipv6(), send)
                 } else {
@@ -181,7 +219,8 @@ impl Shared {
                 match r {
                     Ok(_) => {}
                     Err(e) if udp::is_too_big(&e) => {
-                        let max = udp::route_max_datagram(t.destination)
+                        let max = self
+                            .route_max_datagram_fresh(t.destination)
                             .filter(|&m| m < t.len)
                             .unwrap_or(t.len.saturating_sub(1));
                         endpoint.on_datagram_too_big(now, t.destination, max);
@@ -343,6 +382,7 @@ impl UtpSocket {
             }),
             net,
             local_addr,
+            route_cache: Mutex::new(HashMap::new()),
         });
         let driver = Driver::new(shared.clone())?;
         Ok((
@@ -383,8 +423,6 @@ impl UtpSocket {
         config: Option<Arc<Config>>,
     ) -> io::Result<UtpStream> {
         let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
-        // The route's MTU caps the connection's path MTU search.
-        let max_datagram = self.shared.route_max_datagram(target);
         let h = {
             let mut inner = self.shared.lock();
             if let Some(kind) = inner.driver_gone {
@@ -396,13 +434,19 @@ impl UtpSocket {
                 None => inner.endpoint.connect(now, target),
             }
             .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
-            if let Some(max) = max_datagram {
-                inner.endpoint.set_max_datagram(h, now, max);
-            }
             inner.wakers.insert(h, ConnWakers::default());
-            inner.wake_driver();
+            // The SYN leaves from here: one task hop less per connect.
+            self.shared.send_direct(&mut inner);
             h
         };
+        // The route's MTU caps the connection's path MTU search; asked while
+        // the SYN is on its way (the search starts after the handshake).
+        if let Some(max) = self.shared.route_max_datagram(target) {
+            self.shared
+                .lock()
+                .endpoint
+                .set_max_datagram(h, Instant::now(), max);
+        }
         let stream = UtpStream::new(SharedRef::clone(&self.shared), h);
         stream.wait_connected().await?;
         Ok(stream)
@@ -675,7 +719,7 @@ impl Driver {
         for (to, len) in self.tx.too_big.drain(..) {
             let max = self
                 .shared
-                .route_max_datagram(to)
+                .route_max_datagram_fresh(to)
                 .filter(|&m| m < len)
                 .unwrap_or(len.saturating_sub(1));
             inner.endpoint.on_datagram_too_big(now, to, max);
@@ -683,7 +727,7 @@ impl Driver {
         // Connections that lost a path MTU probe: the route's MTU may have
         // been lowered by ICMP meanwhile (cheap: no packet is sent).
         while let Some((h, to)) = inner.endpoint.poll_path_query() {
-            if let Some(max) = self.shared.route_max_datagram(to) {
+            if let Some(max) = self.shared.route_max_datagram_fresh(to) {
                 inner.endpoint.set_max_datagram(h, now, max);
             }
         }
