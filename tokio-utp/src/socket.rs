@@ -616,6 +616,8 @@ pub struct Driver {
     /// Wakers collected under the lock, called after it is released (a woken
     /// task on another thread would only contend for it).
     wake: Vec<Waker>,
+    /// Whether `wake` holds a stream's waker (not only the listener's).
+    streams_woken: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -647,6 +649,7 @@ impl Driver {
             timer_at: None,
             touched: Vec::new(),
             wake: Vec::new(),
+            streams_woken: false,
         })
     }
 
@@ -738,6 +741,7 @@ impl Driver {
                 w.take_into(&mut self.wake);
             }
         }
+        self.streams_woken = !self.wake.is_empty();
         if inner.endpoint.accept_queue_len() > 0 {
             if let Some(w) = inner.accept_waker.take() {
                 self.wake.push(w);
@@ -817,7 +821,9 @@ impl Driver {
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         self.process(&mut inner);
-        if !self.wake.is_empty() && !self.rx_was_full() {
+        // Only a stream can answer with data: a SYN-ACK goes out before the
+        // accepting task runs.
+        if self.streams_woken && !self.rx_was_full() {
             // The socket is drained: let the woken tasks run before anything
             // is collected for sending. A reply written now carries the ack
             // that would otherwise go out alone (one datagram per message
