@@ -78,12 +78,31 @@ pub struct ConnOpts {
     /// No live status line on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Fail (exit 1) when nothing arrives from the peer for SECS seconds,
+    /// e.g. because it crashed while we only receive. Our keep-alives go out
+    /// every 29 s, libutp's too, so choose more than that against a live but
+    /// idle peer. Default: wait for ever, like TCP without keep-alive.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl ConnOpts {
     pub fn config(&self) -> Config {
-        self.payload.apply(Config::default())
+        let config = self.payload.apply(Config::default());
+        match self.idle_timeout {
+            Some(t) => config.idle_timeout(Some(t)),
+            None => config,
+        }
     }
+}
+
+/// Seconds, fractional allowed, more than zero.
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err("must be more than 0".into());
+    }
+    std::time::Duration::try_from_secs_f64(v).map_err(|e| e.to_string())
 }
 
 /// Packet size options (path MTU discovery).
