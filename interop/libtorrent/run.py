@@ -253,6 +253,18 @@ def summarize(pkts):
     return s
 
 
+def packet_tail(summ, n=14):
+    """The last packets of a capture, for a failure message."""
+    pkts = sorted(summ["lt"] + summ["us"], key=lambda q: q["t"])
+    if not pkts:
+        return "no packets captured"
+    t0 = pkts[0]["t"]
+    return f"{len(pkts)} packets, the last: " + ", ".join(
+        f"{'lt' if q['from_lt'] else 'us'} {ST_NAMES.get(q['type'])} seq={q['seq']} "
+        f"ack={q['ack']} wnd={q['wnd']} len={q['plen']} at {q['t'] - t0:.3f} s"
+        for q in pkts[-n:])
+
+
 def close_reason_of(p):
     for ty, body in p["ext"]:
         if ty == 3 and len(body) == 4:
@@ -375,7 +387,8 @@ def transfer(ctx, name, mode, size, piece_len, end="close", pause_after_fetch=Fa
         time.sleep(1.2)
         cap.stop()
         summ = summarize(cap.packets())
-        check(fetch.line("fetched ") is not None, f"download failed: {fetch.tail()}")
+        check(fetch.line("fetched ") is not None,
+              f"download failed: {fetch.tail()}; {packet_tail(summ)}")
         if require_exit_0:
             check(rc == 0, f"bt_fetch exit {rc}: {fetch.tail()}")
         if summ["resets"]:
@@ -462,13 +475,9 @@ def case_e_we_close(ctx, mode):
     lt_fins = summ["lt_fins"]
     check(lt_fins, "libtorrent sent no FIN after ours")
     if not fin_acked(lt_fins[0], summ["us"]):
-        tail = sorted(summ["lt"] + summ["us"], key=lambda q: q["t"])[-8:]
         raise CaseFailed(
             f"we never acked libtorrent's FIN (x{len(lt_fins)}); bt_fetch: {fetch.tail()}; "
-            "last packets (time from our FIN): " + ", ".join(
-                f"{'lt' if q['from_lt'] else 'us'} {ST_NAMES.get(q['type'])} seq={q['seq']} "
-                f"ack={q['ack']} wnd={q['wnd']} {(q['t'] - fin['t']) * 1e6:+.0f} us"
-                for q in tail))
+            f"{packet_tail(summ, 8)}")
     our_acks = [p for p in summ["us"] if p["type"] == 2 and p["ack"] == lt_fins[0]["seq"]]
     copies = [round(p["t"] - lt_fins[0]["t"], 2) for p in lt_fins]
     reasons = sorted({r for r in map(close_reason_of, lt_fins) if r is not None})

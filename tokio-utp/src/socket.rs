@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -123,6 +124,12 @@ pub(crate) struct Shared {
     /// Recent answers of the OS route query, by peer address (see
     /// [`Shared::route_max_datagram`]).
     route_cache: Mutex<HashMap<IpAddr, (Option<usize>, Instant)>>,
+    /// Set (under the lock) while the driver holds datagrams it collected
+    /// but has not handed to the socket yet. Meanwhile `send_direct` leaves
+    /// sending to the driver: a datagram sent directly would overtake them,
+    /// e.g. our first DATA its SYN-ACK, which libtorrent then acks without
+    /// ever delivering the data.
+    driver_tx: AtomicBool,
 }
 
 /// How long a route's MTU is taken from the cache. A lost path MTU probe
@@ -190,8 +197,11 @@ impl Shared {
     /// socket too full to take a datagram loses it, as a full network queue
     /// would; the protocol's retransmission covers that rare case.
     pub(crate) fn send_direct(&self, inner: &mut Inner) {
-        // A user transport is only driven by the driver.
-        if let (None, Net::Udp(udp_socket)) = (inner.driver_gone, &self.net) {
+        // A user transport is only driven by the driver; so is everything
+        // while the driver has collected datagrams still to send.
+        let driver_sending = self.driver_tx.load(Ordering::Acquire);
+        if let (None, Net::Udp(udp_socket), false) = (inner.driver_gone, &self.net, driver_sending)
+        {
             let now = Instant::now();
             let Inner {
                 endpoint,
@@ -383,6 +393,7 @@ impl UtpSocket {
             net,
             local_addr,
             route_cache: Mutex::new(HashMap::new()),
+            driver_tx: AtomicBool::new(false),
         });
         let driver = Driver::new(shared.clone())?;
         Ok((
@@ -760,11 +771,16 @@ impl Driver {
         }
         let now = Instant::now();
         let endpoint = &mut inner.endpoint;
-        self.tx.fill(|buf| {
+        let full = self.tx.fill(|buf| {
             endpoint
                 .poll_transmit(now, buf)
                 .map(|t| (t.destination, t.len, t.fragmentable))
-        })
+        });
+        if !self.tx.is_empty() {
+            // Still under the lock, so no direct send runs in between.
+            self.shared.driver_tx.store(true, Ordering::Release);
+        }
+        full
     }
 
     /// Sends the batch, without the lock. `Ok(false)`: the socket is full and
@@ -809,7 +825,10 @@ impl Driver {
             return Ok(true);
         }
         match io.poll_flush(cx, udp_socket, &mut self.tx) {
-            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Ok(())) => {
+                self.shared.driver_tx.store(false, Ordering::Release);
+                Ok(true)
+            }
             Poll::Ready(Err(e)) => Err(e),
             Poll::Pending => Ok(false),
         }
