@@ -61,6 +61,9 @@ async fn write_into_closed_window_probes_via_driver() {
     .await
     .unwrap();
     let mut stream = connect.await.unwrap();
+    // The SYN-ACK is acked first.
+    let (a, _, _) = recv(&raw, Duration::from_secs(5)).await.expect("ack");
+    assert_eq!((a.ty, a.ack_nr), (PacketType::State, y.wrapping_sub(1)));
     stream.write_all(&[1u8; 100]).await.unwrap();
     let (d, n, _) = recv(&raw, Duration::from_secs(5)).await.expect("data");
     assert_eq!((d.ty, n), (PacketType::Data, 100));

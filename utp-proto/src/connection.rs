@@ -27,6 +27,17 @@ use crate::seq;
 /// the peer's FIN, before the close counts as complete.
 const FIN_ONLY_TIMEOUTS: u32 = 2;
 
+/// How long an accepted connection holds its first DATA (and FIN) back,
+/// waiting for the initiator's first packet to show the SYN-ACK arrived.
+/// libtorrent, when a DATA reaches it before the SYN-ACK (reordered, or the
+/// SYN-ACK lost), completes its handshake on that DATA, acks it and drops
+/// its payload: the stream then stalls. Initiators that speak first
+/// (BitTorrent peers; ours acks the SYN-ACK at once) are not delayed. For a
+/// silent one, a copy of the SYN-ACK goes out right before our first DATA,
+/// this long after the first: a lost SYN-ACK is replaced in time, and no
+/// DATA can overtake it.
+pub const SYN_RECV_HOLD: Duration = Duration::from_millis(200);
+
 /// Most unacknowledged packets a connection keeps in flight.
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 
@@ -237,6 +248,12 @@ pub struct Connection {
     /// when re-sent after data: the initiator's ack_nr starts at seq - 1.
     synack_seq: u16,
     synack_pending: bool,
+    /// Responder: new DATA and FIN wait until the initiator's first packet
+    /// shows it has the SYN-ACK, or until this deadline (see `SYN_RECV_HOLD`).
+    hold_until: Option<Instant>,
+    /// Responder still to send a SYN-ACK copy ahead of its first DATA/FIN
+    /// (while the initiator has not spoken).
+    synack_copy: bool,
     /// Initiator: DATA/FIN that overtook the SYN-ACK, replayed after it.
     early: Vec<(Header, Bytes)>,
 
@@ -359,6 +376,8 @@ impl Connection {
             connect_deadline: None,
             synack_seq: seq_nr,
             synack_pending: false,
+            hold_until: None,
+            synack_copy: false,
             early: Vec::new(),
             seq_nr,
             pending: SendQueue::default(),
@@ -456,6 +475,8 @@ impl Connection {
         c.syn_seq = syn.seq_nr;
         c.ack_nr = syn.seq_nr;
         c.synack_pending = true;
+        c.hold_until = Some(now + SYN_RECV_HOLD);
+        c.synack_copy = true;
         // An initiator that never speaks again must not pin us forever.
         c.connect_deadline = Some(now + c.cfg.connect_timeout);
         c.last_ack_seen = isn.wrapping_sub(1);
@@ -827,6 +848,10 @@ impl Connection {
                 self.state = State::Connected;
                 self.connect_deadline = None;
                 self.syn_retx_at = None;
+                // Acked at once (ack_nr = seq - 1, as before any data): the
+                // responder holds its first DATA until it hears from us
+                // (SYN_RECV_HOLD), and we may have nothing to say yet.
+                self.ack_pending = true;
                 // The SYN-ACK does not consume a sequence number. A re-sent
                 // SYN-ACK (libutp) may carry a later seq than data we hold.
                 let mut first = h.seq_nr;
@@ -889,6 +914,8 @@ impl Connection {
         if self.state == State::SynRecv {
             self.state = State::Connected;
             self.connect_deadline = None;
+            self.hold_until = None;
+            self.synack_copy = false;
         }
         if let Some(r) = pkt.close_reason {
             self.stats.peer_close_reason = Some(r);
@@ -1413,6 +1440,9 @@ impl Connection {
             self.connect_deadline,
             self.rto_deadline,
             self.tlp_deadline,
+            // Only a hold with something held needs waking for.
+            self.hold_until
+                .filter(|_| !self.pending.is_empty() || self.fin == FinState::Queued),
             self.time_wait_until,
             self.linger_until,
             self.paced_until,
@@ -1454,6 +1484,11 @@ impl Connection {
         self.clock = self.clock.max(now);
         if self.paced_until.is_some_and(|t| now >= t) {
             self.paced_until = None;
+        }
+        if self.hold_until.is_some_and(|t| now >= t) {
+            // The initiator stayed silent (it waits for us to speak first):
+            // send after all, led by a SYN-ACK copy (next_datagram).
+            self.hold_until = None;
         }
         if self.read_limited_until.is_some_and(|t| now >= t) {
             // The reader is woken (the endpoint marks the connection touched).
@@ -1737,9 +1772,10 @@ impl Connection {
                     || self.ack_echo_pending
                     || self.synack_pending
                     || !self.resend.is_empty()
-                    || self.fin == FinState::Queued
+                    || (self.fin == FinState::Queued && self.hold_until.is_none())
                     || matches!(self.bh_check, BlackHoleCheck::Due { .. })
                     || (!self.pending.is_empty()
+                        && self.hold_until.is_none()
                         && self.paced_until.is_none()
                         && self.send_allowance() > 0)
             }
@@ -1904,8 +1940,18 @@ impl Connection {
             return Some(packet::encode(&h, &[], &[], buf));
         }
 
+        // 2b. Before a silent initiator gets our first DATA or FIN: a copy of
+        // the SYN-ACK, in case the first was lost (see SYN_RECV_HOLD).
+        let news = (!self.pending.is_empty() && self.paced_until.is_none())
+            || (self.fin == FinState::Queued && self.pending.is_empty());
+        if news && self.synack_copy && self.hold_until.is_none() && self.state == State::SynRecv {
+            self.synack_copy = false;
+            let seq = self.synack_seq;
+            return Some(self.send_state(now, seq, buf));
+        }
+
         // 3. New data, led by a path MTU probe when one is due, paced.
-        if !self.pending.is_empty() && self.paced_until.is_none() {
+        if !self.pending.is_empty() && self.paced_until.is_none() && self.hold_until.is_none() {
             let allowance = self.send_allowance();
             let n = allowance.min(self.pending.len());
             let paced = if self.cfg.pacing && n > 0 {
@@ -1936,7 +1982,7 @@ impl Connection {
         }
 
         // 4. FIN once all data is packetized.
-        if self.fin == FinState::Queued && self.pending.is_empty() {
+        if self.fin == FinState::Queued && self.pending.is_empty() && self.hold_until.is_none() {
             self.fin = FinState::Sent;
             return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf, 0));
         }

@@ -26,7 +26,9 @@ pub use congestion::{
     Aimd, AimdFactory, Controller, ControllerFactory, DelayState, Ledbat, LedbatConfig,
     LedbatFactory,
 };
-pub use connection::{Connection, ConnectionError, ConnectionStats, Role, State, WriteError};
+pub use connection::{
+    Connection, ConnectionError, ConnectionStats, Role, State, WriteError, SYN_RECV_HOLD,
+};
 pub use drops::DropStats;
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};

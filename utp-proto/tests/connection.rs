@@ -11,6 +11,7 @@ use common::{datagram, drain, hdr, me, peer, sack_of, Out};
 use utp_proto::packet::{Header, PacketType};
 use utp_proto::{
     AimdFactory, Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError,
+    SYN_RECV_HOLD,
 };
 
 const MSS: usize = 1400;
@@ -217,7 +218,12 @@ fn initiator_with(cfg: Config, y: u16, synack_wnd: u32) -> (Harness, Out) {
     let mut synack = hdr(PacketType::State, r, y, syn.h.seq_nr);
     synack.wnd_size = synack_wnd;
     let out = hs.feed_full(synack, &[], &[]);
-    assert!(out.is_empty(), "a SYN-ACK needs no reply: {out:?}");
+    // One ack (of Y - 1, as before any data), so a responder that holds its
+    // first DATA until it hears from us (libutp, and us) can start.
+    let ack = only(out);
+    assert_eq!(ack.h.ty, PacketType::State, "the SYN-ACK is acked");
+    assert_eq!(ack.h.ack_nr, y.wrapping_sub(1));
+    assert_eq!(ack.h.seq_nr, hs.first_seq);
     assert_eq!(hs.conn().state(), State::Connected);
     (hs, syn)
 }
@@ -251,8 +257,14 @@ fn responder_with(cfg: Config, r: u16, s: u16, syn_wnd: u32) -> (Harness, Out) {
     (hs, synack)
 }
 
+/// A responder whose initiator acked the SYN-ACK (so it may send data).
 fn responder() -> Harness {
-    responder_with(cfg0(), 4000, 60_000, MIB).0
+    let (mut hs, _) = responder_with(cfg0(), 4000, 60_000, MIB);
+    let y = hs.sy(0);
+    assert!(hs
+        .feed(PacketType::State, 60_001, y.wrapping_sub(1), MIB, &[])
+        .is_empty());
+    hs
 }
 
 /// A responder whose initiator has spoken once (an ack of Y - 1, at t0):
@@ -376,15 +388,14 @@ fn responder_first_data_carries_the_synack_seq() {
     let (mut hs, synack) = responder_with(cfg0(), 17767, 9158, MIB);
     let y = synack.h.seq_nr;
     hs.write(b"abc");
-    let d = only(hs.out());
+    // Held until the initiator shows it has the SYN-ACK (its ack of Y - 1).
+    assert!(hs.out().is_empty(), "no DATA before the initiator speaks");
+    let d = only(hs.feed(PacketType::State, 9159, y.wrapping_sub(1), MIB, &[]));
     assert_eq!(d.h.ty, PacketType::Data);
     assert_eq!(d.h.seq_nr, y, "SYN-ACK does not consume a seq");
     assert_eq!(d.h.conn_id, 17767);
     assert_eq!(d.h.ack_nr, 9158);
-    // The initiator acks Y-1 before our data, Y after it; neither is invalid.
-    assert!(hs
-        .feed(PacketType::State, 9159, y.wrapping_sub(1), MIB, &[])
-        .is_empty());
+    // The initiator acked Y-1 before our data, Y after it; neither is invalid.
     assert!(hs.feed(PacketType::State, 9159, y, MIB, &[]).is_empty());
     let st = hs.conn().stats();
     assert_eq!(st.invalid_acks, 0);
@@ -409,14 +420,41 @@ fn duplicate_syn_is_answered_again_without_second_connection() {
 
 #[test]
 fn syn_with_zero_window_does_not_block_responder_data() {
-    // libtorrent's SYN advertises window 0.
+    // libtorrent's SYN advertises window 0. An initiator that stays silent
+    // gets our data once the hold ends, the SYN's window notwithstanding.
     let (mut hs, synack) = responder_with(cfg0(), 21037, 38499, 0);
     hs.write(&[1u8; 2000]);
-    let out = hs.out();
+    assert!(hs.out().is_empty(), "held for the initiator's first packet");
+    assert_eq!(hs.ep.poll_timeout(), Some(hs.t0 + SYN_RECV_HOLD));
+    let out = hs.fire();
+    assert_eq!(hs.now - hs.t0, SYN_RECV_HOLD);
+    // A copy of the SYN-ACK leads, in case the first was lost.
+    assert_eq!(out[0].h.ty, PacketType::State);
+    assert_eq!((out[0].h.seq_nr, out[0].h.ack_nr), (synack.h.seq_nr, 38499));
     assert_eq!(
         data_seqs(&out),
         vec![synack.h.seq_nr, synack.h.seq_nr.wrapping_add(1)]
     );
+}
+
+/// libtorrent completes its handshake on whichever packet acks its SYN
+/// first: a DATA that overtakes the SYN-ACK is acked and its payload
+/// dropped. So the responder's first DATA (and a FIN) wait for any packet
+/// from the initiator, which proves the SYN-ACK arrived.
+#[test]
+fn responder_holds_data_and_fin_until_the_initiator_speaks() {
+    let (mut hs, synack) = responder_with(cfg0(), 5000, 100, MIB);
+    let y = synack.h.seq_nr;
+    hs.write(b"hello");
+    hs.ep.with_conn(hs.h, hs.now, |c| c.close());
+    hs.advance(ms(500));
+    assert!(hs.out().is_empty(), "nothing before the initiator speaks");
+    // Its first DATA (a BitTorrent handshake) releases ours at once.
+    let out = hs.feed(PacketType::Data, 101, y.wrapping_sub(1), MIB, b"hi");
+    let types: Vec<PacketType> = out.iter().map(|o| o.h.ty).collect();
+    assert_eq!(types, vec![PacketType::Data, PacketType::Fin], "{out:?}");
+    assert_eq!(out[0].h.seq_nr, y);
+    assert_eq!(out[0].h.ack_nr, 101, "the DATA carries the ack");
 }
 
 // ---------------------------------------------------------------- acks
@@ -1455,7 +1493,8 @@ fn duplicate_syn_after_responder_data_is_answered_with_the_synack_seq() {
     let (mut hs, synack) = responder_with(cfg0(), 4000, 60_000, MIB);
     let y = synack.h.seq_nr;
     hs.write(&[1u8; 2 * MSS]);
-    assert_eq!(data_seqs(&hs.out()), vec![y, y.wrapping_add(1)]);
+    // The initiator stays silent: the data goes when the hold ends.
+    assert_eq!(data_seqs(&hs.fire()), vec![y, y.wrapping_add(1)]);
     hs.advance(secs(1));
     let out = hs.feed_full(hdr(PacketType::Syn, 4000, 60_000, 0), &[], &[]);
     let st: Vec<&Out> = out.iter().filter(|o| o.h.ty == PacketType::State).collect();
@@ -1524,7 +1563,7 @@ fn lost_synack_reanswered_with_next_seq_keeps_buffered_data() {
 }
 
 #[test]
-fn lost_synack_and_lost_first_data_lose_nothing_end_to_end() {
+fn lost_synack_loses_nothing_end_to_end() {
     let (mut a, t0) = endpoint(cfg0(), 23);
     let mut b = Endpoint::with_seed(Arc::new(cfg0()), t0, 24);
     b.set_listening(true);
@@ -1535,7 +1574,9 @@ fn lost_synack_and_lost_first_data_lose_nothing_end_to_end() {
     b.with_conn(hb, t0, |c| c.write(b"greeting from the responder"))
         .unwrap();
     let lost = drain(&mut b, t0);
-    assert_eq!(lost.len(), 2, "SYN-ACK and data, both lost: {lost:?}");
+    // The data waits for the initiator (SYN_RECV_HOLD); the SYN-ACK is lost.
+    assert_eq!(lost.len(), 1, "only the SYN-ACK: {lost:?}");
+    assert_eq!(lost[0].h.ty, PacketType::State);
     // The initiator re-sends its SYN; everything is delivered from now on.
     let mut now = t0;
     let mut got = Vec::new();
@@ -1716,7 +1757,8 @@ fn idle_connection_sends_keepalives_and_detects_a_silent_peer() {
     synack.wnd_size = MIB;
     ep.handle_datagram(t0, peer(), &datagram(&synack, &[], &[]))
         .unwrap();
-    assert!(drain(&mut ep, t0).is_empty());
+    let ack = only(drain(&mut ep, t0));
+    assert_eq!((ack.h.ty, ack.h.ack_nr), (PacketType::State, 29_999));
     // Run every timer for two minutes of silence from the peer.
     let mut keepalives = Vec::new();
     let mut now = t0;
