@@ -152,11 +152,14 @@ async fn fin_is_acked_before_eof_reaches_the_reader() {
 /// even when the accepting task writes at once on another thread while the
 /// driver is still sending the SYN-ACK it collected. (libtorrent acks a DATA
 /// that overtook the SYN-ACK without delivering it: its handshake then
-/// timed out. Seen in about 1 of 8 runs of interop case b under load.) The
-/// accepting code runs in the test's own future, which the test thread
-/// polls in parallel with the runtime's workers, as a `#[tokio::main]`
-/// program's does; the race is timing-dependent, so this tries many
-/// handshakes.
+/// timed out. Seen in about 1 of 8 runs of interop case b under load.) Two
+/// things guarantee it now: direct sends wait while the driver holds
+/// collected datagrams, and a responder holds its first DATA until the
+/// initiator speaks (this raw initiator never does, so the DATA follows a
+/// copy of the SYN-ACK 200 ms later). Without both, 164-527 of 1000
+/// handshakes here began with the DATA. The accepting code runs in the
+/// test's own future, which the test thread polls in parallel with the
+/// runtime's workers, as a `#[tokio::main]` program's does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syn_ack_goes_out_before_the_first_data() {
     const N: u16 = 1000;
