@@ -403,13 +403,7 @@ impl SimNet {
                 let extra = self.rng.gen_range(0..=p.reorder_max.as_micros() as u64);
                 at += Duration::from_micros(extra);
             }
-            self.next_id += 1;
-            self.queue.push(InFlight {
-                at,
-                id: self.next_id,
-                to,
-                data: data.to_vec(),
-            });
+            self.enqueue(to, at, data);
         }
     }
 
