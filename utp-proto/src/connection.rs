@@ -39,6 +39,8 @@ const FIN_ONLY_TIMEOUTS: u32 = 2;
 pub const SYN_RECV_HOLD: Duration = Duration::from_millis(200);
 
 /// Most unacknowledged packets a connection keeps in flight.
+/// How long an idle connection keeps spare send chunks for the next write.
+const SPARE_LINGER: Duration = Duration::from_millis(250);
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 
 /// Why a connection failed.
@@ -266,6 +268,10 @@ pub struct Connection {
     limits: ConnLimits,
     /// A download limit holds reads back until then.
     read_limited_until: Option<Instant>,
+    /// When an idle connection lets go of its spare send chunks. Not at
+    /// once: a bulk sender is briefly app-limited many times a second, and
+    /// fresh chunks cost a page fault per 4 KiB the application writes.
+    spare_release_at: Option<Instant>,
     /// The latest time the connection was told (reads have no clock).
     clock: Instant,
     outstanding: VecDeque<Sent>,
@@ -389,6 +395,7 @@ impl Connection {
                 cfg.download_limit,
             ),
             read_limited_until: None,
+            spare_release_at: None,
             clock: now,
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
@@ -1418,9 +1425,12 @@ impl Connection {
     /// every input): a closed peer window with data waiting and nothing in
     /// flight starts the persist timer, whose expiry allows one probe.
     pub fn refresh(&mut self, now: Instant) {
-        if self.outstanding.is_empty() && self.pending.is_empty() {
-            // All acknowledged: an idle connection keeps no send memory.
-            self.pending.release_spare();
+        if self.outstanding.is_empty() && self.pending.is_empty() && self.pending.has_spare() {
+            // All acknowledged: an idle connection keeps no send memory
+            // (once it has stayed idle a moment).
+            self.spare_release_at.get_or_insert(now + SPARE_LINGER);
+        } else {
+            self.spare_release_at = None;
         }
         if self.rto_deadline.is_none()
             && matches!(self.state, State::Connected | State::SynRecv)
@@ -1447,6 +1457,7 @@ impl Connection {
             self.linger_until,
             self.paced_until,
             self.read_limited_until,
+            self.spare_release_at,
             self.keepalive_at(),
             self.idle_deadline(),
             (self.state == State::Connected)
@@ -1489,6 +1500,10 @@ impl Connection {
             // The initiator stayed silent (it waits for us to speak first):
             // send after all, led by a SYN-ACK copy (next_datagram).
             self.hold_until = None;
+        }
+        if self.spare_release_at.is_some_and(|t| now >= t) {
+            self.spare_release_at = None;
+            self.pending.release_spare();
         }
         if self.read_limited_until.is_some_and(|t| now >= t) {
             // The reader is woken (the endpoint marks the connection touched).

@@ -17,18 +17,24 @@ use bytes::{Bytes, BytesMut};
 const MAX_CHUNK: usize = 1024 * 1024;
 /// Most drained chunks kept for reuse.
 const MAX_SPARES: usize = 4;
+/// Most bytes of drained chunks kept for reuse: a send buffer's worth of
+/// chunks cycles through this many (chunks still shared with packets in
+/// flight wait here until those are acknowledged).
+const MAX_SPARE_BYTES: usize = 2 * MAX_CHUNK;
 /// Smallest chunk: small writes (request/response traffic) share one.
 const MIN_CHUNK: usize = 4 * 1024;
 
 /// A FIFO of bytes in chunks.
 #[derive(Debug, Default)]
 pub(crate) struct SendQueue {
-    chunks: VecDeque<BytesMut>,
+    /// Each chunk with the size it was allocated with (a `BytesMut` split
+    /// down to nothing reports no capacity).
+    chunks: VecDeque<(usize, BytesMut)>,
     len: usize,
     /// Drained chunks whose allocations in-flight packets may still share.
     /// Once they are acknowledged one is reused for the next chunk instead
     /// of allocating (and page-faulting in) a fresh one.
-    spares: Vec<BytesMut>,
+    spares: Vec<(usize, BytesMut)>,
 }
 
 impl SendQueue {
@@ -56,23 +62,32 @@ impl SendQueue {
         }
     }
 
-    fn new_chunk(&mut self, cap: usize) -> BytesMut {
+    /// Whether drained chunks are kept for reuse.
+    pub(crate) fn has_spare(&self) -> bool {
+        !self.spares.is_empty()
+    }
+
+    fn new_chunk(&mut self, cap: usize) -> (usize, BytesMut) {
+        // Sizes are powers of two so that a spare fits the next chunk of its
+        // class; a fresh allocation costs a page fault per 4 KiB written.
+        let cap = cap.next_power_of_two();
         let reusable = self
             .spares
             .iter_mut()
-            .position(|c| c.is_empty() && c.try_reclaim(cap));
+            .position(|(size, c)| *size >= cap && c.is_empty() && c.try_reclaim(cap));
         match reusable {
             Some(i) => self.spares.swap_remove(i),
-            None => BytesMut::with_capacity(cap),
+            None => (cap, BytesMut::with_capacity(cap)),
         }
     }
 
     /// Keeps a drained chunk as a spare, a few at most (a send buffer's
     /// worth of chunks cycles through them).
-    fn retire(&mut self, mut chunk: BytesMut) {
-        if self.spares.len() < MAX_SPARES {
+    fn retire(&mut self, (size, mut chunk): (usize, BytesMut)) {
+        let kept: usize = self.spares.iter().map(|(s, _)| s).sum();
+        if self.spares.len() < MAX_SPARES && kept + size <= MAX_SPARE_BYTES {
             chunk.clear();
-            self.spares.push(chunk);
+            self.spares.push((size, chunk));
         }
     }
 
@@ -81,7 +96,10 @@ impl SendQueue {
     pub(crate) fn push(&mut self, mut data: &[u8]) {
         self.len += data.len();
         while !data.is_empty() {
-            let room = self.chunks.back().map_or(0, |c| c.capacity() - c.len());
+            let room = self
+                .chunks
+                .back()
+                .map_or(0, |(_, c)| c.capacity() - c.len());
             if room == 0 {
                 let cap = data.len().max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
                 let chunk = self.new_chunk(cap);
@@ -89,7 +107,7 @@ impl SendQueue {
                 continue;
             }
             let n = room.min(data.len());
-            let last = self.chunks.back_mut().expect("room > 0 means a chunk");
+            let (_, last) = self.chunks.back_mut().expect("room > 0 means a chunk");
             last.extend_from_slice(&data[..n]);
             data = &data[n..];
         }
@@ -112,7 +130,7 @@ impl SendQueue {
         let n = n.min(self.len);
         self.len -= n;
         let several = self.chunks.len() > 1;
-        let Some(front) = self.chunks.front_mut() else {
+        let Some((_, front)) = self.chunks.front_mut() else {
             return Bytes::new();
         };
         if front.len() >= n {
@@ -127,7 +145,7 @@ impl SendQueue {
         // Spans chunks: assemble a copy.
         let mut out = BytesMut::with_capacity(n);
         while out.len() < n {
-            let Some(front) = self.chunks.front_mut() else {
+            let Some((_, front)) = self.chunks.front_mut() else {
                 break;
             };
             let take = (n - out.len()).min(front.len());
@@ -186,16 +204,16 @@ mod tests {
         let mut q = SendQueue::default();
         q.push(&[1; 8192]);
         q.push(&[2; 8192]);
-        let first_ptr = q.chunks[0].as_ptr();
+        let first_ptr = q.chunks[0].1.as_ptr();
         let packets: Vec<Bytes> = (0..8).map(|_| q.take(1024)).collect();
         assert_eq!(q.spares.len(), 1, "the drained first chunk is kept");
         // Still shared with packets in flight: not reused yet.
         q.push(&[3; 8192]);
-        assert_ne!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
+        assert_ne!(q.chunks.back().expect("a chunk").1.as_ptr(), first_ptr);
         drop(packets);
         let _ = q.take(16384);
         q.push(&[4; 8192]);
-        assert_eq!(q.chunks.back().expect("a chunk").as_ptr(), first_ptr);
+        assert_eq!(q.chunks.back().expect("a chunk").1.as_ptr(), first_ptr);
         assert_eq!(q.take(8192), Bytes::from(vec![4; 8192]));
     }
 

@@ -268,6 +268,7 @@ fn idle_and_time_wait_connections_release_their_buffers() {
     let mut buf = vec![0u8; 1 << 16];
     let mut closing = false;
     let mut idle_heap = None;
+    let mut idle_since = None;
     net.run(Duration::from_secs(60), 1_000_000, |net| {
         if let Some(h) = net.eps[1].accept() {
             server = Some(h);
@@ -293,7 +294,14 @@ fn idle_and_time_wait_connections_release_their_buffers() {
                 got += n;
             }
             let all_acked = net.eps[0].conn(c).stats().bytes_unacked == 0;
-            if got == data.len() && all_acked && idle_heap.is_none() {
+            if got == data.len() && all_acked && idle_since.is_none() {
+                // A sender keeps spare send chunks for a quarter second
+                // after going idle, in case the application writes again.
+                idle_since = Some(now);
+                net.app_wake = Some(now + Duration::from_millis(300));
+            }
+            let settled = idle_since.is_some_and(|t| now >= t + Duration::from_millis(300));
+            if settled && idle_heap.is_none() {
                 // Everything delivered and acked; both sides idle.
                 idle_heap = Some(live() - base);
                 net.eps[0].with_conn(c, now, |cc| cc.close());
