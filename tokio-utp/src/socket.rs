@@ -714,9 +714,18 @@ impl Driver {
     /// and collects the wakers to call.
     fn process(&mut self, inner: &mut Inner) {
         let now = Instant::now();
-        let custom = self.custom_rx.iter().map(|(a, d)| (*a, d.as_slice()));
-        for (from, data) in self.rx.datagrams().chain(custom) {
-            if let Err(e) = inner.endpoint.handle_datagram(now, from, data) {
+        let custom = self
+            .custom_rx
+            .iter()
+            .map(|(a, d)| (*a, udp::Datagram::Borrowed(d)));
+        for (from, datagram) in self.rx.datagrams().chain(custom) {
+            let (r, data) = match &datagram {
+                udp::Datagram::Borrowed(d) => (inner.endpoint.handle_datagram(now, from, d), *d),
+                udp::Datagram::Shared(b) => {
+                    (inner.endpoint.handle_datagram_shared(now, from, b), &b[..])
+                }
+            };
+            if let Err(e) = r {
                 // Not uTP: maybe DHT or a tracker sharing the port.
                 tracing::trace!(%from, error = %e, "non-uTP datagram");
                 inner.other.push(from, data);

@@ -19,10 +19,12 @@
 //! only module with `unsafe` (raw socket options libc has and socket2 lacks).
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -301,7 +303,7 @@ impl BatchIo {
         rx.full = false;
         loop {
             std::task::ready!(udp.poll_recv_ready(cx))?;
-            let mut slices = slices(&mut rx.buf);
+            let mut slices = slices(&mut rx.slots);
             let meta = &mut rx.meta;
             let r = udp.try_io(Interest::READABLE, || {
                 self.state.recv(udp.into(), &mut slices, meta)
@@ -396,28 +398,81 @@ pub(crate) fn is_peer_error(e: &io::Error) -> bool {
 }
 
 /// Receive buffers and what the last call put in them.
+///
+/// A buffer holding large datagrams is lent out as [`Bytes`] while they are
+/// processed, so their payloads reach readers without a copy (the protocol
+/// core slices them, see `Endpoint::handle_datagram_shared`). A buffer that
+/// comes back unshared is reused; one a reader still holds is replaced and
+/// reclaimed once the reader lets go, so steady-state receiving writes into
+/// warm memory and allocates nothing.
 pub(crate) struct RxBuffers {
-    buf: Vec<u8>,
+    /// `MAX_DATAGRAM` long each (zeroed once: pages cost nothing until the
+    /// kernel writes them).
+    slots: [BytesMut; RX_BUFFERS],
+    /// Slots frozen for the current batch (`Some` while lent).
+    frozen: [Option<Bytes>; RX_BUFFERS],
     meta: [RecvMeta; RX_BUFFERS],
     count: usize,
     full: bool,
+    /// Buffers readers still hold slices of, checked for return each batch.
+    lent: VecDeque<Bytes>,
+    /// Returned buffers, ready to refill a slot.
+    spare: Vec<BytesMut>,
+}
+
+/// Smallest datagram lent out rather than read in place: smaller payloads
+/// are copied by the protocol core anyway.
+const LEND_MIN: usize = 32 * 1024;
+/// Most lent buffers tracked for return (4 MiB); beyond that the oldest is
+/// simply left to its readers, which free it when done.
+const MAX_LENT: usize = 64;
+
+/// One received datagram: in a slot, or a slice of a lent buffer.
+pub(crate) enum Datagram<'a> {
+    Borrowed(&'a [u8]),
+    Shared(Bytes),
 }
 
 impl RxBuffers {
     pub(crate) fn new() -> Self {
         Self {
-            // Zeroed pages cost no memory until the kernel writes into them.
-            buf: vec![0; RX_BUFFERS * MAX_DATAGRAM],
+            slots: std::array::from_fn(|_| BytesMut::zeroed(MAX_DATAGRAM)),
+            frozen: std::array::from_fn(|_| None),
             meta: [RecvMeta::default(); RX_BUFFERS],
             count: 0,
             full: false,
+            lent: VecDeque::new(),
+            spare: Vec::new(),
         }
     }
 
-    /// Marks the last receive's datagrams as handled.
+    /// Marks the last receive's datagrams as handled and takes back the
+    /// buffers nobody holds any more.
     pub(crate) fn processed(&mut self) {
         self.full = self.count == RX_BUFFERS;
         self.count = 0;
+        for (slot, frozen) in self.slots.iter_mut().zip(&mut self.frozen) {
+            let Some(b) = frozen.take() else { continue };
+            *slot = match b.try_into_mut() {
+                Ok(m) => m,
+                Err(b) => {
+                    if self.lent.len() == MAX_LENT {
+                        self.lent.pop_front();
+                    }
+                    self.lent.push_back(b);
+                    self.spare
+                        .pop()
+                        .unwrap_or_else(|| BytesMut::zeroed(MAX_DATAGRAM))
+                }
+            };
+        }
+        // Readers drain in order, so the oldest buffers come back first.
+        while self.spare.len() < RX_BUFFERS && self.lent.front().is_some_and(Bytes::is_unique) {
+            let b = self.lent.pop_front().expect("checked");
+            if let Ok(m) = b.try_into_mut() {
+                self.spare.push(m);
+            }
+        }
     }
 
     /// Whether the last receive filled every buffer (more is probably
@@ -427,22 +482,44 @@ impl RxBuffers {
     }
 
     /// The datagrams of the last receive, GRO buffers split at their stride.
-    pub(crate) fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+    /// Buffers of large datagrams are lent out (see [`RxBuffers`]).
+    pub(crate) fn datagrams(&mut self) -> impl Iterator<Item = (SocketAddr, Datagram<'_>)> {
+        for i in 0..self.count {
+            let m = &self.meta[i];
+            let len = m.len.min(MAX_DATAGRAM);
+            let segment = if m.stride == 0 {
+                len
+            } else {
+                m.stride.min(len)
+            };
+            if segment >= LEND_MIN {
+                let slot = std::mem::take(&mut self.slots[i]);
+                self.frozen[i] = Some(slot.freeze());
+            }
+        }
+        let (slots, frozen) = (&self.slots, &self.frozen);
         self.meta[..self.count]
             .iter()
-            .zip(self.buf.chunks_exact(MAX_DATAGRAM))
-            .flat_map(|(m, b)| {
-                let data = &b[..m.len.min(b.len())];
+            .enumerate()
+            .flat_map(move |(i, m)| {
+                let len = m.len.min(MAX_DATAGRAM);
                 // A stride of 0 would never advance: treat it as one datagram.
-                let stride = if m.stride == 0 { data.len() } else { m.stride };
-                data.chunks(stride.max(1)).map(move |d| (m.addr, d))
+                let stride = if m.stride == 0 { len } else { m.stride }.max(1);
+                (0..len).step_by(stride).map(move |at| {
+                    let end = (at + stride).min(len);
+                    let d = match &frozen[i] {
+                        Some(b) => Datagram::Shared(b.slice(at..end)),
+                        None => Datagram::Borrowed(&slots[i][at..end]),
+                    };
+                    (m.addr, d)
+                })
             })
     }
 }
 
-fn slices(buf: &mut [u8]) -> [IoSliceMut<'_>; RX_BUFFERS] {
-    let mut chunks = buf.chunks_exact_mut(MAX_DATAGRAM);
-    std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("RX_BUFFERS chunks")))
+fn slices(bufs: &mut [BytesMut; RX_BUFFERS]) -> [IoSliceMut<'_>; RX_BUFFERS] {
+    let mut it = bufs.iter_mut();
+    std::array::from_fn(|_| IoSliceMut::new(&mut it.next().expect("RX_BUFFERS slots")[..]))
 }
 
 /// One send: `count` datagrams of `segment` bytes (the last may be shorter)
@@ -598,6 +675,76 @@ mod tests {
             .iter()
             .map(|g| (g.destination.port(), g.segment, g.count))
             .collect()
+    }
+
+    /// Pretends the kernel delivered datagrams of these (length, stride).
+    fn deliver(rx: &mut RxBuffers, sizes: &[(usize, usize)]) {
+        for (i, &(len, stride)) in sizes.iter().enumerate() {
+            rx.slots[i][..len].fill(i as u8 + 1);
+            rx.meta[i].addr = addr(1);
+            rx.meta[i].len = len;
+            rx.meta[i].stride = stride;
+        }
+        rx.count = sizes.len();
+    }
+
+    #[test]
+    fn large_datagrams_are_lent_and_their_buffer_comes_back_once_released() {
+        let mut rx = RxBuffers::new();
+        let slot0 = rx.slots[0].as_ptr();
+        // One 60 KiB datagram and a GRO buffer of 1400-byte ones.
+        deliver(&mut rx, &[(60_000, 60_000), (14_000, 1_400)]);
+        let mut kept = Vec::new();
+        let mut borrowed = 0;
+        for (_, d) in rx.datagrams() {
+            match d {
+                Datagram::Shared(b) => kept.push(b),
+                Datagram::Borrowed(d) => {
+                    assert_eq!(d.len(), 1_400);
+                    assert!(d.iter().all(|&b| b == 2));
+                    borrowed += 1;
+                }
+            }
+        }
+        assert_eq!(borrowed, 10, "small datagrams are read in place");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].len(), 60_000);
+        assert_eq!(kept[0].as_ptr(), slot0, "no copy");
+        assert!(kept[0].iter().all(|&b| b == 1));
+        // A reader still holds the payload: the slot gets another buffer.
+        rx.processed();
+        assert_ne!(rx.slots[0].as_ptr(), slot0);
+        assert_eq!(rx.slots[0].len(), MAX_DATAGRAM);
+        assert_eq!(rx.lent.len(), 1);
+        // Released: taken back as a spare and used for the next lent slot.
+        drop(kept);
+        deliver(&mut rx, &[(40_000, 0)]);
+        let slot0_now = rx.slots[0].as_ptr();
+        for (_, d) in rx.datagrams() {
+            assert!(matches!(d, Datagram::Shared(_)));
+        }
+        rx.processed();
+        assert!(rx.lent.is_empty());
+        assert_eq!(rx.spare.len(), 1);
+        assert_eq!(rx.slots[0].as_ptr(), slot0_now, "unshared: reused in place");
+        assert_eq!(rx.spare[0].as_ptr(), slot0, "the released buffer is kept");
+        assert_eq!(rx.spare[0].len(), MAX_DATAGRAM);
+    }
+
+    #[test]
+    fn readers_holding_every_buffer_cannot_grow_the_tracked_set() {
+        let mut rx = RxBuffers::new();
+        let mut held = Vec::new();
+        for _ in 0..3 * MAX_LENT {
+            deliver(&mut rx, &[(65_000, 0)]);
+            held.extend(rx.datagrams().filter_map(|(_, d)| match d {
+                Datagram::Shared(b) => Some(b),
+                Datagram::Borrowed(_) => None,
+            }));
+            rx.processed();
+            assert!(rx.lent.len() <= MAX_LENT);
+        }
+        assert_eq!(held.len(), 3 * MAX_LENT);
     }
 
     #[test]

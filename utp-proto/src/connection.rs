@@ -39,6 +39,20 @@ const FIN_ONLY_TIMEOUTS: u32 = 2;
 pub const SYN_RECV_HOLD: Duration = Duration::from_millis(200);
 
 /// Most unacknowledged packets a connection keeps in flight.
+/// Smallest payload kept as a slice of the datagram buffer it arrived in
+/// rather than copied. A slice keeps its whole buffer (64 KiB) alive until
+/// read, so this bounds what it pins to twice the bytes it holds.
+const SHARE_MIN: usize = 32 * 1024;
+
+/// `payload` as a slice of `owner` (no copy) when it is large and lies
+/// within it.
+fn shared_slice(owner: Option<&Bytes>, payload: &[u8]) -> Option<Bytes> {
+    let owner = owner?;
+    let start = (payload.as_ptr() as usize).checked_sub(owner.as_ptr() as usize)?;
+    let inside = start.checked_add(payload.len())? <= owner.len();
+    (payload.len() >= SHARE_MIN && inside).then(|| owner.slice(start..start + payload.len()))
+}
+
 /// How long an idle connection keeps spare send chunks for the next write.
 const SPARE_LINGER: Duration = Duration::from_millis(250);
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
@@ -794,6 +808,13 @@ impl Connection {
 
     /// Processes one packet addressed to this connection.
     pub fn handle_packet(&mut self, now: Instant, pkt: &Packet<'_>) {
+        self.handle_packet_in(now, pkt, None);
+    }
+
+    /// [`Connection::handle_packet`] for a packet parsed out of `owner`: a
+    /// large payload is then queued for the reader as a slice of it instead
+    /// of a copy.
+    pub fn handle_packet_in(&mut self, now: Instant, pkt: &Packet<'_>, owner: Option<&Bytes>) {
         self.clock = self.clock.max(now);
         let h = &pkt.header;
         self.stats.packets_received += 1;
@@ -946,7 +967,7 @@ impl Connection {
         self.process_ack(now, h, pkt.sack);
 
         match h.ty {
-            PacketType::Data | PacketType::Fin => self.process_data(h, pkt.payload),
+            PacketType::Data | PacketType::Fin => self.process_data(h, pkt.payload, owner),
             _ => {}
         }
         if self.state == State::TimeWait && h.ty == PacketType::Fin {
@@ -1249,7 +1270,7 @@ impl Connection {
             .min(u32::MAX as usize) as u32
     }
 
-    fn process_data(&mut self, h: &Header, payload: &[u8]) {
+    fn process_data(&mut self, h: &Header, payload: &[u8], owner: Option<&Bytes>) {
         let s = h.seq_nr;
         // Every data packet gets an ack, duplicates too (the peer may have
         // lost our earlier one).
@@ -1311,7 +1332,10 @@ impl Connection {
             if !self.released && !payload.is_empty() {
                 self.stats.bytes_received += payload.len() as u64;
                 self.ready_bytes += payload.len();
-                self.push_ready_slice(payload);
+                match shared_slice(owner, payload) {
+                    Some(data) => self.push_ready(data),
+                    None => self.push_ready_slice(payload),
+                }
             }
             return;
         }
@@ -1324,7 +1348,7 @@ impl Connection {
         let data = if self.released {
             Bytes::new()
         } else {
-            Bytes::copy_from_slice(payload)
+            shared_slice(owner, payload).unwrap_or_else(|| Bytes::copy_from_slice(payload))
         };
         self.reorder_bytes += data.len();
         self.reorder[offset] = Some(data);
@@ -2140,4 +2164,25 @@ pub enum WriteError {
     /// Our direction was already closed.
     #[error("write after close")]
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_large_payloads_inside_their_buffer_are_sliced() {
+        let owner = Bytes::from(vec![5u8; 65_536]);
+        let big = &owner[100..100 + SHARE_MIN];
+        let s = shared_slice(Some(&owner), big).expect("large and inside");
+        assert_eq!(s.as_ptr(), big.as_ptr(), "a slice, not a copy");
+        assert_eq!(s.len(), SHARE_MIN);
+        assert!(shared_slice(Some(&owner), &owner[..SHARE_MIN - 1]).is_none());
+        assert!(shared_slice(None, big).is_none());
+        // Not inside `owner`: never sliced (a slice would be out of bounds).
+        let elsewhere = vec![5u8; SHARE_MIN];
+        assert!(shared_slice(Some(&owner), &elsewhere).is_none());
+        let tail = owner.slice(owner.len() - SHARE_MIN..);
+        assert!(shared_slice(Some(&tail), big).is_none(), "before the owner");
+    }
 }

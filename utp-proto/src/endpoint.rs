@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slab::Slab;
@@ -476,6 +477,28 @@ impl Endpoint {
         from: SocketAddr,
         data: &[u8],
     ) -> Result<(), packet::ParseError> {
+        self.handle_datagram_in(now, from, data, None)
+    }
+
+    /// [`Endpoint::handle_datagram`] for a datagram held in `owner` (`data`
+    /// lies within it): large payloads reach the reader as slices of it,
+    /// with no copy. The buffer stays allocated until they are read.
+    pub fn handle_datagram_shared(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        owner: &Bytes,
+    ) -> Result<(), packet::ParseError> {
+        self.handle_datagram_in(now, from, owner, Some(owner))
+    }
+
+    fn handle_datagram_in(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        owner: Option<&Bytes>,
+    ) -> Result<(), packet::ParseError> {
         self.stats.datagrams_received += 1;
         let pkt = match Packet::parse(data) {
             Ok(p) => p,
@@ -502,7 +525,7 @@ impl Endpoint {
                 let e = &mut self.conns[idx];
                 // Everything the connection logs carries its id and peer.
                 let _span = conn_span(&e.conn, e.addr).entered();
-                e.conn.handle_packet(now, &pkt);
+                e.conn.handle_packet_in(now, &pkt, owner);
                 self.touch(idx);
                 self.after_change(idx, now);
             }
