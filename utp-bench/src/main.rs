@@ -362,34 +362,53 @@ struct Sample {
     detail: String,
 }
 
-/// Runs `f` under the watchdog, `runs` times, and reports the median.
+/// Runs `f` for each stack under the watchdog, `runs` rounds, and reports
+/// each stack's median. Rounds interleave the stacks (A B C, A B C, ...):
+/// this machine's speed drifts over seconds (TCP's loopback rate has moved
+/// between 1.7 and 5.5 GB/s within minutes), and back-to-back blocks per
+/// stack would turn that drift into a difference between stacks. A stack
+/// that fails or stalls is not run again.
 async fn measure<F, Fut>(
     case: &str,
-    stack: Stack,
+    stacks: &[Stack],
     unit: &'static str,
     runs: usize,
     watchdog: Duration,
     mut f: F,
-) -> Row
+) -> Vec<Row>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Stack) -> Fut,
     Fut: Future<Output = Result<Sample>>,
 {
-    let mut samples = Vec::new();
-    let mut status = "ok".to_string();
+    let mut samples: Vec<Vec<Sample>> = stacks.iter().map(|_| Vec::new()).collect();
+    let mut status: Vec<String> = stacks.iter().map(|_| "ok".to_string()).collect();
     for _ in 0..runs {
-        match tokio::time::timeout(watchdog, f()).await {
-            Ok(Ok(s)) => samples.push(s),
-            Ok(Err(e)) => {
-                status = format!("error: {e:#}");
-                break;
+        for (i, &stack) in stacks.iter().enumerate() {
+            if status[i] != "ok" {
+                continue;
             }
-            Err(_) => {
-                status = format!("stall (no result within {} s)", watchdog.as_secs());
-                break;
+            match tokio::time::timeout(watchdog, f(stack)).await {
+                Ok(Ok(s)) => samples[i].push(s),
+                Ok(Err(e)) => status[i] = format!("error: {e:#}"),
+                Err(_) => status[i] = format!("stall (no result within {} s)", watchdog.as_secs()),
             }
         }
     }
+    stacks
+        .iter()
+        .zip(samples.into_iter().zip(status))
+        .map(|(&stack, (samples, status))| summarize(case, stack, unit, samples, status))
+        .collect()
+}
+
+/// One stack's row: the medians of its samples.
+fn summarize(
+    case: &str,
+    stack: Stack,
+    unit: &'static str,
+    samples: Vec<Sample>,
+    status: String,
+) -> Row {
     let row = |value, cpu, detail| Row {
         case: case.to_string(),
         stack: stack.name(),
@@ -641,29 +660,32 @@ async fn run(args: Args) -> Result<Vec<Row>> {
     let want = |s: Stack| args.stacks.is_empty() || args.stacks.iter().any(|x| x == s.key());
     let connected = [Stack::Utp(None), Stack::Tcp, Stack::Rqbit];
     let mut rows = Vec::new();
-    let note = |r: &Row| {
-        if !args.json {
-            eprintln!(
-                "  {:<10} {:<26} {}",
-                r.case,
-                r.stack,
-                r.value
-                    .map_or(r.status.clone(), |v| format!("{v:.1} {}", r.unit))
-            );
+    let json = args.json;
+    let mut record = |rs: Vec<Row>| {
+        for r in rs {
+            if !json {
+                eprintln!(
+                    "  {:<10} {:<26} {}",
+                    r.case,
+                    r.stack,
+                    r.value
+                        .map_or(r.status.clone(), |v| format!("{v:.1} {}", r.unit))
+                );
+            }
+            rows.push(r);
         }
     };
 
     // First, while the heap is fresh: a reused heap would hide growth.
     if want_case("conc10k") {
         let n = if quick { 2_000 } else { 10_000 };
+        // One stack at a time (no interleaving to gain from one round).
         for s in connected.into_iter().filter(|&s| want(s)) {
-            let p = pat.clone();
-            let r = measure("conc10k", s, "MB/s", 1, watchdog * 2, || {
-                concurrent(s, p.clone(), n_for(s, n), 4096, 64, true)
+            let rs = measure("conc10k", &[s], "MB/s", 1, watchdog * 2, |s| {
+                concurrent(s, pat.clone(), n_for(s, n), 4096, 64, true)
             })
             .await;
-            note(&r);
-            rows.push(r);
+            record(rs);
         }
     }
     if want_case("bulk") {
@@ -674,37 +696,33 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             Stack::Udp1,
             Stack::UdpGso,
         ];
-        for s in stacks.into_iter().filter(|&s| want(s)) {
-            let p = pat.clone();
-            let r = measure("bulk", s, "MB/s", runs, watchdog, || {
-                bulk(s, p.clone(), size)
-            })
-            .await;
-            note(&r);
-            rows.push(r);
-        }
-    }
-    if want_case("bulk1400") && want(Stack::Utp(None)) {
-        let s = Stack::Utp(Some(1400));
-        let p = pat.clone();
-        let r = measure("bulk1400", s, "MB/s", runs, watchdog, || {
-            bulk(s, p.clone(), size)
+        let stacks: Vec<Stack> = stacks.into_iter().filter(|&s| want(s)).collect();
+        let rs = measure("bulk", &stacks, "MB/s", runs, watchdog, |s| {
+            bulk(s, pat.clone(), size)
         })
         .await;
-        note(&r);
-        rows.push(r);
+        record(rs);
+    }
+    if want_case("bulk1400") && want(Stack::Utp(None)) {
+        let rs = measure(
+            "bulk1400",
+            &[Stack::Utp(Some(1400))],
+            "MB/s",
+            runs,
+            watchdog,
+            |s| bulk(s, pat.clone(), size),
+        )
+        .await;
+        record(rs);
     }
     if want_case("conc100") {
         let per = if quick { 256 << 10 } else { 1 << 20 };
-        for s in connected.into_iter().filter(|&s| want(s)) {
-            let p = pat.clone();
-            let r = measure("conc100", s, "MB/s", runs, watchdog, || {
-                concurrent(s, p.clone(), 100, per, 100, false)
-            })
-            .await;
-            note(&r);
-            rows.push(r);
-        }
+        let stacks: Vec<Stack> = connected.into_iter().filter(|&s| want(s)).collect();
+        let rs = measure("conc100", &stacks, "MB/s", runs, watchdog, |s| {
+            concurrent(s, pat.clone(), 100, per, 100, false)
+        })
+        .await;
+        record(rs);
     }
     if want_case("loss") {
         // The relay forwards one datagram per system call, which caps the
@@ -715,34 +733,31 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             .filter(|&s| want(s))
         {
             for (case, loss) in [("relay 0%", 0.0), ("relay 1%", 0.01)] {
-                let p = pat.clone();
-                let r = measure(case, s, "MB/s", runs, watchdog, || {
-                    lossy(s, p.clone(), size, loss)
+                let rs = measure(case, &[s], "MB/s", runs, watchdog, |s| {
+                    lossy(s, pat.clone(), size, loss)
                 })
                 .await;
-                note(&r);
-                rows.push(r);
+                record(rs);
             }
         }
     }
     if want_case("pingpong") {
         let rounds = if quick { 1_000 } else { 5_000 };
-        for s in connected.into_iter().filter(|&s| want(s)) {
-            let r = measure("pingpong", s, "us median", runs, watchdog, || {
-                pingpong(s, rounds)
-            })
-            .await;
-            note(&r);
-            rows.push(r);
-        }
+        let stacks: Vec<Stack> = connected.into_iter().filter(|&s| want(s)).collect();
+        let rs = measure("pingpong", &stacks, "us median", runs, watchdog, |s| {
+            pingpong(s, rounds)
+        })
+        .await;
+        record(rs);
     }
     if want_case("connects") {
         let n = if quick { 300 } else { 1_000 };
-        for s in connected.into_iter().filter(|&s| want(s)) {
-            let r = measure("connects", s, "conn/s", runs, watchdog, || connects(s, n)).await;
-            note(&r);
-            rows.push(r);
-        }
+        let stacks: Vec<Stack> = connected.into_iter().filter(|&s| want(s)).collect();
+        let rs = measure("connects", &stacks, "conn/s", runs, watchdog, |s| {
+            connects(s, n)
+        })
+        .await;
+        record(rs);
     }
     Ok(rows)
 }

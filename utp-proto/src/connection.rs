@@ -53,6 +53,9 @@ fn shared_slice(owner: Option<&Bytes>, payload: &[u8]) -> Option<Bytes> {
     (payload.len() >= SHARE_MIN && inside).then(|| owner.slice(start..start + payload.len()))
 }
 
+/// The smallest send limit `Connection::send_limit` sets.
+const MIN_SEND_LIMIT: usize = 64 * 1024;
+
 /// How long an idle connection keeps spare send chunks for the next write.
 const SPARE_LINGER: Duration = Duration::from_millis(250);
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
@@ -662,7 +665,7 @@ impl Connection {
             return Err(WriteError::Closed);
         }
         let queued = self.queued_bytes();
-        let room = self.cfg.send_buffer.saturating_sub(queued);
+        let room = self.send_limit().saturating_sub(queued);
         let n = room.min(data.len());
         self.pending.push(&data[..n]);
         Ok(n)
@@ -677,7 +680,18 @@ impl Connection {
     pub fn is_writable(&self) -> bool {
         self.error().is_some()
             || self.fin != FinState::None
-            || self.queued_bytes() < self.cfg.send_buffer
+            || self.queued_bytes() < self.send_limit()
+    }
+
+    /// How many unacknowledged bytes the application may queue: the send
+    /// buffer, but no more than a few windows' worth. Bytes queued far ahead
+    /// of the window only occupy memory (as TCP sizes its send buffer from
+    /// the window); with many connections that is memory the application's
+    /// writes fault in afresh, where a short queue cycles through warm
+    /// chunks.
+    fn send_limit(&self) -> usize {
+        let by_window = self.cc.window().saturating_mul(2);
+        self.cfg.send_buffer.min(by_window.max(MIN_SEND_LIMIT))
     }
 
     /// Copies received in-order bytes into `buf`. `Ok(0)` with a non-empty

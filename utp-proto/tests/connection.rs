@@ -1375,6 +1375,8 @@ fn sender_never_exceeds_min_of_cwnd_and_peer_window() {
     let out = hs.feed(PacketType::State, hs.py(0), hs.sy(1), 5000, &[]);
     assert!(data_seqs(&out).is_empty(), "{out:?}");
     for wnd in [5000u32, 3000, 20_000, 1400, 64_000, 700, 0, 100_000] {
+        // The application keeps the queue full (it takes about two windows).
+        hs.write(&[9u8; 200_000]);
         let out = hs.feed(PacketType::State, hs.py(0), hs.sy(next - 1), wnd, &[]);
         let seqs = data_seqs(&out);
         let bytes: usize = out.iter().map(|o| o.payload.len()).sum();

@@ -83,11 +83,14 @@ fn packets_in_flight_stay_below_half_the_sequence_space() {
         .pacing(false)
         .controller(std::sync::Arc::new(utp_proto::AimdFactory::default()));
     let mut hs = H::initiator(cfg, 1000);
-    let n = hs
-        .ep
-        .with_conn(hs.h, hs.now, |c| c.write(&vec![7u8; 48 << 20]))
-        .unwrap();
-    assert_eq!(n, 48 << 20);
+    // The application keeps the send queue full (it accepts about two
+    // windows at a time).
+    let block = vec![7u8; 4 << 20];
+    let top_up = |hs: &mut H| {
+        let now = hs.now;
+        while hs.ep.with_conn(hs.h, now, |c| c.write(&block)).unwrap() > 0 {}
+    };
+    top_up(&mut hs);
     let data = |o: &[Out]| o.iter().filter(|o| o.h.ty == PacketType::Data).count() as u32;
     let mut sent: u32 = data(&drain(&mut hs.ep, hs.now));
     let mut max_outstanding: u32 = sent;
@@ -98,6 +101,7 @@ fn packets_in_flight_stay_below_half_the_sequence_space() {
         }
         // The peer acks everything it got (16 MiB window): slow start doubles.
         hs.now += Duration::from_millis(20);
+        top_up(&mut hs);
         let last = hs.first_seq.wrapping_add((sent - 1) as u16);
         let out = hs.ack(last, 64 * MIB);
         acked = sent;
@@ -105,6 +109,7 @@ fn packets_in_flight_stay_below_half_the_sequence_space() {
         max_outstanding = max_outstanding.max(sent - acked);
     }
     assert!(sent - acked > 10, "test setup: packets must be in flight");
+    eprintln!("max outstanding {max_outstanding}");
     let before = hs.ep.conn(hs.h).stats();
     // A valid ack for the 10 oldest packets in flight.
     hs.now += Duration::from_millis(20);
