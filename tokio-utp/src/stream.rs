@@ -87,7 +87,9 @@ impl StreamInner {
             }
             Ok((n, _)) => {
                 buf.advance(n);
-                inner.wake_driver_if_needed();
+                if !inner.ack_waits_for_reply(h) {
+                    inner.wake_driver_if_needed();
+                }
                 Poll::Ready(Ok(()))
             }
             Err(e) => Poll::Ready(Err(io_error(e))),

@@ -218,3 +218,111 @@ async fn syn_ack_goes_out_before_the_first_data() {
         "{overtaken} of {N} handshakes: DATA before the SYN-ACK"
     );
 }
+
+/// A stream connected to a raw UDP socket playing the peer: returns the
+/// peer socket, our stream, our address, the peer's send connection id,
+/// the peer's next sequence number (its SYN-ACK already acked) and our
+/// last sequence number (the SYN's, for the peer to ack).
+async fn raw_peer() -> (UdpSocket, UtpStream, SocketAddr, u16, u16, u16) {
+    let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let connect = tokio::spawn(async move { sock.connect(raw_addr).await.unwrap() });
+    let (syn, _, from) = recv(&raw, Duration::from_secs(5)).await.expect("SYN");
+    let r = syn.conn_id;
+    let y = 1000u16;
+    raw.send_to(
+        &encode(&hdr(PacketType::State, r, y, syn.seq_nr, 1 << 20)),
+        from,
+    )
+    .await
+    .unwrap();
+    let stream = connect.await.unwrap();
+    let (a, _, _) = recv(&raw, Duration::from_secs(5)).await.expect("ack");
+    assert_eq!((a.ty, a.ack_nr), (PacketType::State, y.wrapping_sub(1)));
+    (raw, stream, from, r, y, syn.seq_nr)
+}
+
+fn hdr(ty: PacketType, conn_id: u16, seq_nr: u16, ack_nr: u16, wnd_size: u32) -> Header {
+    Header {
+        ty,
+        conn_id,
+        timestamp: 1,
+        timestamp_diff: 0,
+        wnd_size,
+        seq_nr,
+        ack_nr,
+    }
+}
+
+fn data(h: &Header, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; packet::encoded_len(0, payload.len())];
+    packet::encode(h, &[], payload, &mut buf);
+    buf
+}
+
+/// A read leaves the ack for the reader's answer to carry; when no answer
+/// comes, the driver's fallback timer sends it within moments (not at the
+/// next keep-alive, half a minute later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_left_for_a_reply_goes_out_alone_when_none_comes() {
+    let (raw, mut stream, from, r, y, ours) = raw_peer().await;
+    for i in 0..20u16 {
+        let seq = y.wrapping_add(i);
+        let pkt = data(&hdr(PacketType::Data, r, seq, ours, 1 << 20), b"request");
+        raw.send_to(&pkt, from).await.unwrap();
+        let mut buf = [0u8; 7];
+        timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .expect("request delivered")
+            .unwrap();
+        assert_eq!(&buf, b"request");
+        // No reply: the ack must still come, and soon.
+        let (a, n, _) = recv(&raw, Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|| panic!("round {i}: no ack within 500 ms"));
+        assert_eq!(
+            (a.ty, a.ack_nr, n),
+            (PacketType::State, seq, 0),
+            "round {i}"
+        );
+    }
+}
+
+/// When the reader answers, its data carries the ack: one datagram per
+/// message each way, as TCP's delayed ack achieves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_carries_the_ack_of_the_request() {
+    let (raw, mut stream, from, r, y, mut ours) = raw_peer().await;
+    let rounds = 200u16;
+    let mut alone = 0;
+    let mut acked_by_reply = 0;
+    for i in 0..rounds {
+        let seq = y.wrapping_add(i);
+        let pkt = data(&hdr(PacketType::Data, r, seq, ours, 1 << 20), b"ping");
+        raw.send_to(&pkt, from).await.unwrap();
+        let mut buf = [0u8; 4];
+        timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .expect("request delivered")
+            .unwrap();
+        stream.write_all(b"pong").await.unwrap();
+        loop {
+            let (h, n, _) = recv(&raw, Duration::from_secs(5)).await.expect("reply");
+            if h.ty == PacketType::Data {
+                assert_eq!((h.ack_nr, n), (seq, 4), "round {i}");
+                ours = h.seq_nr;
+                acked_by_reply += 1;
+                break;
+            }
+            alone += 1;
+        }
+    }
+    eprintln!("{acked_by_reply} replies carried their ack; {alone} acks went alone");
+    // A busy machine may delay the answer past the fallback timer now and
+    // then; most acks ride on the reply.
+    assert!(
+        alone <= rounds as usize / 4,
+        "{alone} of {rounds} acks went alone"
+    );
+}

@@ -1792,3 +1792,56 @@ fn idle_connection_sends_keepalives_and_detects_a_silent_peer() {
         "the idle timeout counts from the last packet"
     );
 }
+
+/// An ack may wait for the application's answer only while it is all there
+/// is to send and the window we last advertised was at least half open;
+/// one that reopens a nearly closed window goes at once.
+#[test]
+fn an_ack_may_wait_for_a_reply_unless_it_reopens_the_window() {
+    let cfg = cfg0().recv_buffer(8 * MSS);
+    let (mut hs, _) = initiator_with(cfg, 30_000, MIB);
+    let now = hs.now;
+    let packet = |hs: &Harness, k: u16| {
+        let mut h = hdr(
+            PacketType::Data,
+            hs.to_us,
+            hs.py(k),
+            hs.sy(0).wrapping_sub(1),
+        );
+        h.timestamp = hs.peer_ts;
+        datagram(&h, &[], &[k as u8; MSS])
+    };
+    // One packet: the window stays over half open, the ack may wait.
+    let d = packet(&hs, 0);
+    hs.ep.handle_datagram(now, peer(), &d).unwrap();
+    assert!(hs.conn().ack_can_wait());
+    assert!(hs.conn().wants_transmit());
+    // Sent: nothing pending any more.
+    let out = hs.out();
+    assert_eq!(out.last().map(|o| o.h.ack_nr), Some(hs.py(0)));
+    assert!(!hs.conn().ack_can_wait());
+    // Unread data closes the window to under half: the next ack advertises
+    // that, and the ack after a read (which reopens it) may not wait.
+    for k in 1..6 {
+        let d = packet(&hs, k);
+        hs.ep.handle_datagram(now, peer(), &d).unwrap();
+    }
+    let out = hs.out();
+    assert!(out
+        .last()
+        .is_some_and(|o| (o.h.wnd_size as usize) < 4 * MSS));
+    let mut buf = vec![0u8; 6 * MSS];
+    let n = hs.ep.with_conn(hs.h, now, |c| c.read(&mut buf)).unwrap();
+    assert_eq!(n, 6 * MSS);
+    let d = packet(&hs, 6);
+    hs.ep.handle_datagram(now, peer(), &d).unwrap();
+    assert!(!hs.conn().ack_can_wait(), "the window update must not wait");
+    // A plain ack is not a reply to wait for anything.
+    let out = hs.out();
+    assert!(out.last().is_some_and(|o| o.h.wnd_size as usize >= 7 * MSS));
+    // Data waiting to be sent goes with the ack anyway: nothing waits.
+    let d = packet(&hs, 7);
+    hs.ep.with_conn(hs.h, now, |c| c.write(b"reply")).unwrap();
+    hs.ep.handle_datagram(now, peer(), &d).unwrap();
+    assert!(!hs.conn().ack_can_wait());
+}
