@@ -95,16 +95,6 @@ impl OtherQueue {
 }
 
 impl Inner {
-    /// Whether the ack a read left pending may wait for the reader's
-    /// answer: the driver handed off to the woken tasks with its fallback
-    /// timer armed, which sends the ack if no answer comes.
-    pub(crate) fn ack_waits_for_reply(&self, h: ConnHandle) -> bool {
-        let fallback_armed = self
-            .driver_timer
-            .is_some_and(|t| t <= Instant::now() + HANDOFF_FALLBACK);
-        fallback_armed && self.endpoint.conn(h).ack_can_wait()
-    }
-
     /// Asks the driver to run (after the application queued work).
     pub(crate) fn wake_driver(&mut self) {
         if let Some(w) = &self.driver_waker {
@@ -610,10 +600,6 @@ enum Step {
     Yield,
 }
 
-/// When the driver sends what woken streams left unsent (an ack) if none
-/// of them woke it first.
-const HANDOFF_FALLBACK: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// Driver steps (one receive call, its processing, one send batch) per poll
 /// before yielding to other tasks.
 const STEPS: usize = 64;
@@ -643,8 +629,6 @@ pub struct Driver {
     wake: Vec<Waker>,
     /// Whether `wake` holds a stream's waker (not only the listener's).
     streams_woken: bool,
-    /// `rx` holds a receive not processed yet.
-    prefetched: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -677,7 +661,6 @@ impl Driver {
             touched: Vec::new(),
             wake: Vec::new(),
             streams_woken: false,
-            prefetched: false,
         })
     }
 
@@ -862,7 +845,7 @@ impl Driver {
 
     /// One step: receive, process, send.
     fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
-        let received = std::mem::take(&mut self.prefetched) || self.receive(cx)?;
+        let received = self.receive(cx)?;
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         self.process(&mut inner);
@@ -939,38 +922,11 @@ impl Future for Driver {
             }
         }
         let mut steps = 0;
-        let mut handoff = false;
         let result = loop {
             // Leftovers from a send the socket wasn't ready for go first.
             match this.flush(cx).and_then(|_| this.step(cx)) {
                 Ok(Step::More) if steps + 1 < STEPS => steps += 1,
-                Ok(Step::Yield) => {
-                    // The woken streams run next; one that reads wakes the
-                    // driver if an ack is left to send, one that answers
-                    // carries it. A fallback timer covers tasks that do
-                    // neither. (Yielding instead makes tokio wake another
-                    // worker to steal the driver: a futex round trip and a
-                    // thread switch per message.) The socket must have been
-                    // seen empty first, or its readiness would never wake
-                    // this task again.
-                    match this.receive(cx) {
-                        Ok(true) if steps + 1 < STEPS => {
-                            this.prefetched = true;
-                            steps += 1;
-                        }
-                        Ok(true) => {
-                            this.prefetched = true;
-                            yield_to_others(cx);
-                            return Poll::Pending;
-                        }
-                        Ok(false) => {
-                            handoff = true;
-                            break Ok(());
-                        }
-                        Err(e) => break Err(e),
-                    }
-                }
-                Ok(Step::More) => {
+                Ok(Step::More | Step::Yield) => {
                     // Let streams on this runtime run, then go on.
                     yield_to_others(cx);
                     return Poll::Pending;
@@ -992,11 +948,7 @@ impl Future for Driver {
             return Poll::Ready(Ok(()));
         }
 
-        let mut next = inner.endpoint.poll_timeout();
-        if handoff && inner.endpoint.has_transmit() {
-            let fallback = Instant::now() + HANDOFF_FALLBACK;
-            next = Some(next.map_or(fallback, |t| t.min(fallback)));
-        }
+        let next = inner.endpoint.poll_timeout();
         inner.driver_timer = next;
         match next {
             Some(t) => {

@@ -87,9 +87,7 @@ impl StreamInner {
             }
             Ok((n, _)) => {
                 buf.advance(n);
-                if !inner.ack_waits_for_reply(h) {
-                    inner.wake_driver_if_needed();
-                }
+                inner.wake_driver_if_needed();
                 Poll::Ready(Ok(()))
             }
             Err(e) => Poll::Ready(Err(io_error(e))),

@@ -380,6 +380,7 @@ where
     F: FnMut(Stack) -> Fut,
     Fut: Future<Output = Result<Sample>>,
 {
+    settle().await;
     let mut samples: Vec<Vec<Sample>> = stacks.iter().map(|_| Vec::new()).collect();
     let mut status: Vec<String> = stacks.iter().map(|_| "ok".to_string()).collect();
     for _ in 0..runs {
@@ -399,6 +400,20 @@ where
         .zip(samples.into_iter().zip(status))
         .map(|(&stack, (samples, status))| summarize(case, stack, unit, samples, status))
         .collect()
+}
+
+/// Waits (10 s at most) until the process is quiet: connections of an
+/// earlier case close in the background (20,000 FIN exchanges after the
+/// 10k case), and that work must not be charged to the next case's stack.
+async fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let cpu0 = cpu_time();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if cpu_time() - cpu0 < Duration::from_millis(5) {
+            return;
+        }
+    }
 }
 
 /// One stack's row: the medians of its samples.

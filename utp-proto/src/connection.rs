@@ -1820,28 +1820,9 @@ impl Connection {
         match self.state {
             State::Failed(_) | State::Done => false,
             State::SynSent => self.syn_send,
-            _ => self.ack_pending || self.wants_transmit_besides_ack(),
-        }
-    }
-
-    /// Whether all there is to send is an ack that may wait a moment for
-    /// data to carry it: the application that just read is likely to
-    /// answer (request/response traffic), and a separate ack would double
-    /// the datagrams. Not when the ack reopens a window we had advertised
-    /// as less than half open: the peer may be waiting for it.
-    pub fn ack_can_wait(&self) -> bool {
-        self.state == State::Connected
-            && self.ack_pending
-            && !self.wants_transmit_besides_ack()
-            && self.last_wnd_sent as usize >= self.cfg.recv_buffer / 2
-    }
-
-    fn wants_transmit_besides_ack(&self) -> bool {
-        match self.state {
-            State::Failed(_) | State::Done => false,
-            State::SynSent => self.syn_send,
             _ => {
-                self.ack_echo_pending
+                self.ack_pending
+                    || self.ack_echo_pending
                     || self.synack_pending
                     || !self.resend.is_empty()
                     || (self.fin == FinState::Queued && self.hold_until.is_none())
