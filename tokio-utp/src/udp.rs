@@ -423,9 +423,14 @@ pub(crate) struct RxBuffers {
 /// Smallest datagram lent out rather than read in place: smaller payloads
 /// are copied by the protocol core anyway.
 const LEND_MIN: usize = 32 * 1024;
-/// Most lent buffers tracked for return (4 MiB); beyond that the oldest is
-/// simply left to its readers, which free it when done.
-const MAX_LENT: usize = 64;
+/// Most lent buffers tracked for return (16 MiB: what readers pin is bounded
+/// by their receive windows, not by this); beyond that the oldest is simply
+/// left to its readers, which free it when done.
+const MAX_LENT: usize = 256;
+/// Most returned buffers kept for reuse (2 MiB). Many connections with
+/// readers a little behind cycle through this many; a fresh buffer costs a
+/// page fault per 4 KiB the kernel writes.
+const MAX_SPARE: usize = 32;
 
 /// One received datagram: in a slot, or a slice of a lent buffer.
 pub(crate) enum Datagram<'a> {
@@ -466,11 +471,18 @@ impl RxBuffers {
                 }
             };
         }
-        // Readers drain in order, so the oldest buffers come back first.
-        while self.spare.len() < RX_BUFFERS && self.lent.front().is_some_and(Bytes::is_unique) {
-            let b = self.lent.pop_front().expect("checked");
-            if let Ok(m) = b.try_into_mut() {
-                self.spare.push(m);
+        // Readers of different connections let go in any order.
+        let mut i = 0;
+        while i < self.lent.len() {
+            if !self.lent[i].is_unique() {
+                i += 1;
+                continue;
+            }
+            let b = self.lent.remove(i).expect("index in range");
+            if self.spare.len() < MAX_SPARE {
+                if let Ok(m) = b.try_into_mut() {
+                    self.spare.push(m);
+                }
             }
         }
     }
@@ -729,6 +741,35 @@ mod tests {
         assert_eq!(rx.slots[0].as_ptr(), slot0_now, "unshared: reused in place");
         assert_eq!(rx.spare[0].as_ptr(), slot0, "the released buffer is kept");
         assert_eq!(rx.spare[0].len(), MAX_DATAGRAM);
+    }
+
+    #[test]
+    fn a_buffer_comes_back_while_an_older_one_is_still_held() {
+        let mut rx = RxBuffers::new();
+        let mut lend = |rx: &mut RxBuffers| {
+            deliver(rx, &[(50_000, 0)]);
+            let b: Vec<Bytes> = rx
+                .datagrams()
+                .filter_map(|(_, d)| match d {
+                    Datagram::Shared(b) => Some(b),
+                    Datagram::Borrowed(_) => None,
+                })
+                .collect();
+            rx.processed();
+            b
+        };
+        let old = lend(&mut rx);
+        let newer = lend(&mut rx);
+        let newer_ptr = newer[0].as_ptr();
+        assert_eq!(rx.lent.len(), 2);
+        // Another connection's reader finishes first.
+        drop(newer);
+        rx.processed();
+        assert_eq!(rx.lent.len(), 1, "the released buffer is taken back");
+        assert!(rx.spare.iter().any(|b| b.as_ptr() == newer_ptr));
+        drop(old);
+        rx.processed();
+        assert!(rx.lent.is_empty());
     }
 
     #[test]
