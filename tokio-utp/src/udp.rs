@@ -746,7 +746,7 @@ mod tests {
     #[test]
     fn a_buffer_comes_back_while_an_older_one_is_still_held() {
         let mut rx = RxBuffers::new();
-        let mut lend = |rx: &mut RxBuffers| {
+        let lend = |rx: &mut RxBuffers| {
             deliver(rx, &[(50_000, 0)]);
             let b: Vec<Bytes> = rx
                 .datagrams()
