@@ -62,7 +62,10 @@ pub struct Config {
     /// Highest number of out-of-order packets held past a hole. Default 1024.
     pub max_reorder_packets: usize,
     /// Connections accepted by the endpoint but not yet taken by the
-    /// application; SYNs beyond it are dropped. Default 128.
+    /// application; SYNs beyond it are dropped (and retried by the peer a
+    /// second later). Default 1024, as tokio's `TcpListener`: a burst of
+    /// connects completes its handshakes before the accepting task runs,
+    /// and 128 lost SYNs to bursts of 64 parallel connects.
     pub accept_backlog: usize,
     /// Incoming connections whose initiator has not spoken since its SYN
     /// (half-open, whether or not the application accepted them yet); SYNs
@@ -113,7 +116,7 @@ impl Default for Config {
             time_wait: Duration::from_secs(10),
             linger: Duration::from_secs(10),
             max_reorder_packets: 1024,
-            accept_backlog: 128,
+            accept_backlog: 1024,
             max_half_open: 1024,
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
