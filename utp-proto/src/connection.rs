@@ -38,7 +38,6 @@ const FIN_ONLY_TIMEOUTS: u32 = 2;
 /// DATA can overtake it.
 pub const SYN_RECV_HOLD: Duration = Duration::from_millis(200);
 
-/// Most unacknowledged packets a connection keeps in flight.
 /// Smallest payload kept as a slice of the datagram buffer it arrived in
 /// rather than copied. A slice keeps its whole buffer (64 KiB) alive until
 /// read, so this bounds what it pins to twice the bytes it holds.
@@ -58,6 +57,8 @@ const MIN_SEND_LIMIT: usize = 64 * 1024;
 
 /// How long an idle connection keeps spare send chunks for the next write.
 const SPARE_LINGER: Duration = Duration::from_millis(250);
+
+/// Most unacknowledged packets a connection keeps in flight.
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 
 /// Why a connection failed.

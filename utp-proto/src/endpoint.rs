@@ -480,9 +480,9 @@ impl Endpoint {
         self.handle_datagram_in(now, from, data, None)
     }
 
-    /// [`Endpoint::handle_datagram`] for a datagram held in `owner` (`data`
-    /// lies within it): large payloads reach the reader as slices of it,
-    /// with no copy. The buffer stays allocated until they are read.
+    /// [`Endpoint::handle_datagram`] for a datagram in a shared buffer:
+    /// large payloads reach the reader as slices of `owner`, with no copy.
+    /// The buffer stays allocated until they are read.
     pub fn handle_datagram_shared(
         &mut self,
         now: Instant,

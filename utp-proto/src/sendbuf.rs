@@ -54,8 +54,9 @@ impl SendQueue {
         self.spares = Vec::new();
     }
 
-    /// Frees the spare chunks; for when nothing is queued or in flight, so an
-    /// idle connection holds no send memory.
+    /// Frees the spare chunks, and the chunk writes go to when nothing is
+    /// queued; for when nothing is queued or in flight, so an idle
+    /// connection holds no send memory.
     pub(crate) fn release_spare(&mut self) {
         if self.len == 0 && !self.chunks.is_empty() {
             self.chunks = VecDeque::new();
@@ -124,15 +125,12 @@ impl SendQueue {
     }
 
     /// Removes and returns the oldest `n` bytes (fewer if fewer are queued).
+    ///
+    /// The chunk writes go to stays even when the queue runs empty: a
+    /// sender that keeps up with its application empties it between writes,
+    /// and the next write fills its remaining room instead of a fresh
+    /// chunk. `release_spare` lets it go once idle.
     pub(crate) fn take(&mut self, n: usize) -> Bytes {
-        // The chunk writes go to stays even when the queue runs empty: a
-        // sender that keeps up with its application empties it between
-        // writes, and the next write fills its remaining room instead of
-        // a fresh chunk. `release_spare` lets it go once idle.
-        self.take_inner(n)
-    }
-
-    fn take_inner(&mut self, n: usize) -> Bytes {
         let n = n.min(self.len);
         self.len -= n;
         let several = self.chunks.len() > 1;
