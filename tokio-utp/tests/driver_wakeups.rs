@@ -10,9 +10,7 @@ use tokio_utp::{Config, UtpListener, UtpSocket, UtpStream};
 use utp_proto::packet::{self, Header, Packet, PacketType};
 
 fn encode(h: &Header) -> Vec<u8> {
-    let mut buf = vec![0u8; packet::encoded_len(0, 0)];
-    packet::encode(h, &[], &[], &mut buf);
-    buf
+    data(h, &[])
 }
 
 async fn recv(raw: &UdpSocket, wait: Duration) -> Option<(Header, usize, SocketAddr)> {
@@ -34,41 +32,12 @@ async fn recv(raw: &UdpSocket, wait: Duration) -> Option<(Header, usize, SocketA
 /// peer's window update is lost, the stream stalls forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_into_closed_window_probes_via_driver() {
-    let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let raw_addr = raw.local_addr().unwrap();
-    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
-    let connect = tokio::spawn({
-        let sock = sock.clone();
-        async move { sock.connect(raw_addr).await.unwrap() }
-    });
-    let (syn, _, from) = recv(&raw, Duration::from_secs(5)).await.expect("SYN");
-    assert_eq!(syn.ty, PacketType::Syn);
-    let r = syn.conn_id;
-    let y = 1000u16;
-    let mk = |ty, seq_nr, ack_nr, wnd_size| Header {
-        ty,
-        conn_id: r,
-        timestamp: 1,
-        timestamp_diff: 0,
-        wnd_size,
-        seq_nr,
-        ack_nr,
-    };
-    raw.send_to(
-        &encode(&mk(PacketType::State, y, syn.seq_nr, 1 << 20)),
-        from,
-    )
-    .await
-    .unwrap();
-    let mut stream = connect.await.unwrap();
-    // The SYN-ACK is acked first.
-    let (a, _, _) = recv(&raw, Duration::from_secs(5)).await.expect("ack");
-    assert_eq!((a.ty, a.ack_nr), (PacketType::State, y.wrapping_sub(1)));
+    let (raw, mut stream, from, r, y, _) = raw_peer().await;
     stream.write_all(&[1u8; 100]).await.unwrap();
     let (d, n, _) = recv(&raw, Duration::from_secs(5)).await.expect("data");
     assert_eq!((d.ty, n), (PacketType::Data, 100));
     // Acked, window closed; nothing is pending, so no timer is needed yet.
-    raw.send_to(&encode(&mk(PacketType::State, y, d.seq_nr, 0)), from)
+    raw.send_to(&encode(&hdr(PacketType::State, r, y, d.seq_nr, 0)), from)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -229,6 +198,7 @@ async fn raw_peer() -> (UdpSocket, UtpStream, SocketAddr, u16, u16, u16) {
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let connect = tokio::spawn(async move { sock.connect(raw_addr).await.unwrap() });
     let (syn, _, from) = recv(&raw, Duration::from_secs(5)).await.expect("SYN");
+    assert_eq!(syn.ty, PacketType::Syn);
     let r = syn.conn_id;
     let y = 1000u16;
     raw.send_to(
