@@ -141,7 +141,7 @@ const ROUTE_CACHE_MAX: usize = 4096;
 
 /// What moves the datagrams: the UDP socket (batched), or a user transport.
 pub(crate) enum Net {
-    Udp(tokio::net::UdpSocket),
+    Udp(udp::UdpIo),
     Custom(Box<dyn Transport>),
 }
 
@@ -219,10 +219,10 @@ impl Shared {
                 // one fails at once while tokio has no writable event cached
                 // for the socket (a fresh socket, before the reactor's first
                 // turn), which lost every first SYN to a 1 s retransmission.
-                let sock = socket2::SockRef::from(udp_socket);
+                let sock = socket2::SockRef::from(udp_socket.socket());
                 let send = || sock.send_to(&direct_buf[..t.len], &t.destination.into());
                 let r = if t.fragmentable {
-                    udp::with_fragmentation(udp_socket, self.local_addr.is_ipv6(), send)
+                    udp::with_fragmentation(udp_socket.socket(), self.local_addr.is_ipv6(), send)
                 } else {
                     send()
                 };
@@ -348,7 +348,7 @@ impl UtpSocket {
     ) -> io::Result<(Self, Driver)> {
         socket.set_nonblocking(true)?;
         udp::set_dont_fragment(&socket, socket.local_addr()?.is_ipv6());
-        Self::from_udp(tokio::net::UdpSocket::from_std(socket)?, config)
+        Self::from_udp(socket, config)
     }
 
     /// A socket over a transport of your own instead of UDP (an in-memory
@@ -371,9 +371,9 @@ impl UtpSocket {
         Self::from_net(Net::Custom(Box::new(transport)), local_addr, config)
     }
 
-    fn from_udp(udp: tokio::net::UdpSocket, config: Config) -> io::Result<(Self, Driver)> {
+    fn from_udp(udp: std::net::UdpSocket, config: Config) -> io::Result<(Self, Driver)> {
         let local_addr = udp.local_addr()?;
-        Self::from_net(Net::Udp(udp), local_addr, config)
+        Self::from_net(Net::Udp(udp::UdpIo::new(udp)?), local_addr, config)
     }
 
     fn from_net(net: Net, local_addr: SocketAddr, config: Config) -> io::Result<(Self, Driver)> {
@@ -524,9 +524,9 @@ impl UtpSocket {
         udp::traffic_class(self.udp()?)
     }
 
-    fn udp(&self) -> io::Result<&tokio::net::UdpSocket> {
+    fn udp(&self) -> io::Result<&std::net::UdpSocket> {
         match &self.shared.net {
-            Net::Udp(udp) => Ok(udp),
+            Net::Udp(udp) => Ok(udp.socket()),
             Net::Custom(_) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "not a UDP socket: the transport handles marking",

@@ -24,9 +24,13 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use bytes::{Bytes, BytesMut};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// Socket buffer size we ask the kernel for: bursts of a full window must not
@@ -54,8 +58,117 @@ const TX_DATAGRAMS: usize = 256;
 /// can be (at most one call's worth of packets).
 const RX_BUFFERS: usize = 8;
 
+/// The UDP socket, registered with tokio's reactor for readability only.
+///
+/// Linux signals a UDP socket writable on every datagram it sends (each
+/// freed send buffer wakes the socket's waiters, with no "someone was
+/// blocked" check as TCP has), so a socket registered for writes, as
+/// `tokio::net::UdpSocket` always is, wakes the reactor thread once per
+/// datagram sent: on request/response traffic that is a thread wakeup and
+/// lock contention per message. Sends are tried directly instead (the
+/// socket is non-blocking), and only a send that finds the buffer full
+/// registers a duplicate of the descriptor for writability, until a send
+/// goes through at once again.
+pub(crate) struct UdpIo {
+    read: AsyncFd<std::net::UdpSocket>,
+    /// The write registration while sends are blocked (see above).
+    write: Mutex<Option<AsyncFd<std::net::UdpSocket>>>,
+    write_registered: AtomicBool,
+}
+
+impl std::fmt::Debug for UdpIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpIo")
+            .field("socket", self.socket())
+            .finish()
+    }
+}
+
+impl UdpIo {
+    /// Registers a non-blocking socket (must be called inside a runtime).
+    pub(crate) fn new(sock: std::net::UdpSocket) -> io::Result<Self> {
+        Ok(Self {
+            read: register(sock, Interest::READABLE)?,
+            write: Mutex::new(None),
+            write_registered: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn socket(&self) -> &std::net::UdpSocket {
+        self.read.get_ref()
+    }
+
+    /// Runs the non-blocking `op` once the socket is readable; `Pending`
+    /// until then.
+    pub(crate) fn poll_recv_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&std::net::UdpSocket) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            let mut guard = std::task::ready!(self.read.poll_read_ready(cx))?;
+            match guard.try_io(|fd| op(fd.get_ref())) {
+                Ok(r) => return Poll::Ready(r),
+                // try_io cleared the readiness: poll it again.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Runs the non-blocking `op` (a send) at once, and again once the
+    /// socket is writable if the send buffer was full; `Pending` until then.
+    pub(crate) fn poll_send_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&std::net::UdpSocket) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        if !self.write_registered.load(Ordering::Acquire) {
+            match op(self.socket()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+        let mut write = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if write.is_none() {
+            // Registering reports the socket writable at once if it drained
+            // since the send above, so no wakeup is lost.
+            *write = Some(register(self.socket().try_clone()?, Interest::WRITABLE)?);
+            self.write_registered.store(true, Ordering::Release);
+        }
+        let fd = write.as_ref().expect("registered above");
+        loop {
+            let mut guard = std::task::ready!(fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| op(fd.get_ref())) {
+                Ok(r) => {
+                    // Went through: back to plain sends, with no reactor
+                    // wakeup per datagram.
+                    *write = None;
+                    self.write_registered.store(false, Ordering::Release);
+                    return Poll::Ready(r);
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends one datagram, waiting while the send buffer is full.
+    pub(crate) async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_send_io(cx, |s| s.send_to(buf, target))).await
+    }
+}
+
+/// Registers `sock` with the reactor for `interest` only.
+fn register(
+    sock: std::net::UdpSocket,
+    interest: Interest,
+) -> io::Result<AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and
+    // refers to the same socket for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(|e| e.into())
+}
+
 /// Binds a non-blocking UDP socket with large buffers; `[::]` is dual-stack.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let domain = Domain::for_address(addr);
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -77,7 +190,7 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     set_dont_fragment(&sock, addr.is_ipv6());
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(sock.into())
+    Ok(sock.into())
 }
 
 /// Sets DF on every datagram in PROBE mode (IPv4, and IPv6 plus the
@@ -276,14 +389,14 @@ pub(crate) struct BatchIo {
 
 impl BatchIo {
     /// Prepares `udp` for batched I/O (enables GRO where available).
-    pub(crate) fn new(udp: &tokio::net::UdpSocket) -> io::Result<Self> {
-        let state = UdpSocketState::new(udp.into())?;
+    pub(crate) fn new(udp: &UdpIo) -> io::Result<Self> {
+        let state = UdpSocketState::new(udp.socket().into())?;
         tracing::debug!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
             "datagram batching"
         );
-        let ipv6 = udp.local_addr()?.is_ipv6();
+        let ipv6 = udp.socket().local_addr()?.is_ipv6();
         Ok(Self { state, ipv6 })
     }
 
@@ -296,28 +409,17 @@ impl BatchIo {
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
-        udp: &tokio::net::UdpSocket,
+        udp: &UdpIo,
         rx: &mut RxBuffers,
     ) -> Poll<io::Result<()>> {
         rx.count = 0;
         rx.full = false;
-        loop {
-            std::task::ready!(udp.poll_recv_ready(cx))?;
-            let mut slices = slices(&mut rx.slots);
-            let meta = &mut rx.meta;
-            let r = udp.try_io(Interest::READABLE, || {
-                self.state.recv(udp.into(), &mut slices, meta)
-            });
-            match r {
-                Ok(n) => {
-                    rx.count = n;
-                    return Poll::Ready(Ok(()));
-                }
-                // try_io cleared the readiness: poll it again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let RxBuffers { slots, meta, .. } = rx;
+        let n = std::task::ready!(udp.poll_recv_io(cx, |sock| {
+            self.state.recv(sock.into(), &mut slices(slots), meta)
+        }))?;
+        rx.count = n;
+        Poll::Ready(Ok(()))
     }
 
     /// Sends the batch's groups in order; `Pending` leaves the rest queued.
@@ -326,7 +428,7 @@ impl BatchIo {
     pub(crate) fn poll_flush(
         &self,
         cx: &mut Context<'_>,
-        udp: &tokio::net::UdpSocket,
+        udp: &UdpIo,
         tx: &mut TxBatch,
     ) -> Poll<io::Result<()>> {
         while let Some(g) = tx.groups.get(tx.next) {
@@ -337,23 +439,14 @@ impl BatchIo {
                 segment_size: (g.count > 1).then_some(g.segment),
                 src_ip: None,
             };
-            let r = loop {
-                std::task::ready!(udp.poll_send_ready(cx))?;
-                let send = || {
-                    udp.try_io(Interest::WRITABLE, || {
-                        self.state.try_send(udp.into(), &transmit)
-                    })
-                };
-                let r = if g.fragmentable {
-                    with_fragmentation(udp, self.ipv6, send)
+            let r = std::task::ready!(udp.poll_send_io(cx, |sock| {
+                let send = || self.state.try_send(sock.into(), &transmit);
+                if g.fragmentable {
+                    with_fragmentation(sock, self.ipv6, send)
                 } else {
                     send()
-                };
-                match r {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    r => break r,
                 }
-            };
+            }));
             if let Err(e) = r {
                 if is_too_big(&e) {
                     // Larger than the route allows: the driver tells the
@@ -664,6 +757,40 @@ impl TxBatch {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_send_that_finds_the_buffer_full_waits_for_writability_then_unregisters() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let io = UdpIo::new(sock).unwrap();
+        // The first attempt reports a full buffer, as a real send would.
+        let mut calls = 0;
+        let r = std::future::poll_fn(|cx| {
+            io.poll_send_io(cx, |_| {
+                calls += 1;
+                if calls == 1 {
+                    Err(io::Error::from(io::ErrorKind::WouldBlock))
+                } else {
+                    Ok(calls)
+                }
+            })
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2, "retried once the socket reported writable");
+        assert!(!io.write_registered.load(Ordering::Acquire));
+        assert!(io.write.lock().unwrap().is_none(), "write interest dropped");
+        // Plain sends go straight through, with no registration.
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = peer.local_addr().unwrap();
+        assert_eq!(io.send_to(b"hello", to).await.unwrap(), 5);
+        let mut buf = [0u8; 16];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"hello"[..], io.socket().local_addr().unwrap())
+        );
+        assert!(io.write.lock().unwrap().is_none());
+    }
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -899,7 +1026,7 @@ mod pmtu_tests {
 /// Marks every datagram the socket sends with `tos`: the IPv4 TOS byte and,
 /// on IPv6 sockets, the traffic class (DSCP in the upper six bits, ECN bits
 /// left to the OS). A dual-stack socket gets both, for its IPv4-mapped peers.
-pub(crate) fn set_traffic_class(sock: &tokio::net::UdpSocket, tos: u8) -> io::Result<()> {
+pub(crate) fn set_traffic_class(sock: &std::net::UdpSocket, tos: u8) -> io::Result<()> {
     let s = socket2::SockRef::from(sock);
     if sock.local_addr()?.is_ipv6() {
         s.set_tclass_v6(tos.into())?;
@@ -913,7 +1040,7 @@ pub(crate) fn set_traffic_class(sock: &tokio::net::UdpSocket, tos: u8) -> io::Re
 }
 
 /// The marking set by [`set_traffic_class`], read back from the socket.
-pub(crate) fn traffic_class(sock: &tokio::net::UdpSocket) -> io::Result<u8> {
+pub(crate) fn traffic_class(sock: &std::net::UdpSocket) -> io::Result<u8> {
     let s = socket2::SockRef::from(sock);
     let v = if sock.local_addr()?.is_ipv6() {
         s.tclass_v6()?
