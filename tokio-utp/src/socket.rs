@@ -781,9 +781,19 @@ impl Driver {
         let now = Instant::now();
         let endpoint = &mut inner.endpoint;
         let full = self.tx.fill(|buf| {
-            endpoint
-                .poll_transmit(now, buf)
-                .map(|t| (t.destination, t.len, t.fragmentable))
+            // Large payloads go beside their header, gathered by the kernel
+            // (one copy fewer per byte), where the OS has gather sends.
+            let (t, payload) = if cfg!(target_os = "linux") {
+                endpoint.poll_transmit_split(now, buf)?
+            } else {
+                (endpoint.poll_transmit(now, buf)?, None)
+            };
+            Some(udp::Outgoing {
+                destination: t.destination,
+                len: t.len,
+                fragmentable: t.fragmentable,
+                payload,
+            })
         });
         if !self.tx.is_empty() {
             // Still under the lock, so no direct send runs in between.

@@ -432,21 +432,34 @@ impl BatchIo {
         tx: &mut TxBatch,
     ) -> Poll<io::Result<()>> {
         while let Some(g) = tx.groups.get(tx.next) {
-            let transmit = quinn_udp::Transmit {
-                destination: g.destination,
-                ecn: None,
-                contents: &tx.buf[g.start..g.start + g.len],
-                segment_size: (g.count > 1).then_some(g.segment),
-                src_ip: None,
-            };
+            let parts = &tx.parts[g.first..g.first + g.parts];
+            let segment = (g.count > 1).then_some(g.segment);
             let r = std::task::ready!(udp.poll_send_io(cx, |sock| {
-                let send = || self.state.try_send(sock.into(), &transmit);
+                let send = || match parts {
+                    [Part::Buf { start, len }] => {
+                        let transmit = quinn_udp::Transmit {
+                            destination: g.destination,
+                            ecn: None,
+                            contents: &tx.buf[*start..start + len],
+                            segment_size: segment,
+                            src_ip: None,
+                        };
+                        self.state.try_send(sock.into(), &transmit)
+                    }
+                    _ => send_gather(sock, g.destination, &tx.buf, parts, segment).map(|_| ()),
+                };
                 if g.fragmentable {
                     with_fragmentation(sock, self.ipv6, send)
                 } else {
                     send()
                 }
             }));
+            if segment.is_some() && matches!(&r, Err(e) if e.raw_os_error() == Some(5)) {
+                // EIO: the device cannot segment (GSO); one datagram per
+                // send from now on. This batch's datagrams are lost, which
+                // the protocol's retransmission covers.
+                tx.max_segments = 1;
+            }
             if let Err(e) = r {
                 if is_too_big(&e) {
                     // Larger than the route allows: the driver tells the
@@ -627,12 +640,21 @@ fn slices(bufs: &mut [BytesMut; RX_BUFFERS]) -> [IoSliceMut<'_>; RX_BUFFERS] {
     std::array::from_fn(|_| IoSliceMut::new(&mut it.next().expect("RX_BUFFERS slots")[..]))
 }
 
+/// A piece of a send: bytes of the batch buffer, or a payload shared with
+/// the connection that sent it (gathered by the kernel, not copied here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Buf { start: usize, len: usize },
+    Shared(Bytes),
+}
+
 /// One send: `count` datagrams of `segment` bytes (the last may be shorter)
-/// to one destination, contiguous in the batch buffer.
+/// to one destination, made of `parts` pieces from `first` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Group {
     destination: SocketAddr,
-    start: usize,
+    first: usize,
+    parts: usize,
     len: usize,
     segment: usize,
     count: usize,
@@ -640,15 +662,28 @@ struct Group {
     fragmentable: bool,
 }
 
+/// A datagram the endpoint produced for a [`TxBatch`]: `len` bytes written
+/// into the buffer it was given, followed by `payload` if any.
+pub(crate) struct Outgoing {
+    pub(crate) destination: SocketAddr,
+    pub(crate) len: usize,
+    pub(crate) fragmentable: bool,
+    pub(crate) payload: Option<Bytes>,
+}
+
 /// Outgoing datagrams collected from the endpoint, grouped for GSO.
 pub(crate) struct TxBatch {
-    /// `TX_BYTES` long once used; `filled` bytes of it hold datagrams.
+    /// `TX_BYTES` long once used; `filled` bytes of it hold datagrams (or
+    /// the headers of those whose payload is a shared part).
     buf: Vec<u8>,
     filled: usize,
+    parts: Vec<Part>,
     groups: Vec<Group>,
     /// Groups before this one were sent.
     next: usize,
     datagrams: usize,
+    /// Bytes of all datagrams collected, shared payloads included.
+    bytes: usize,
     max_segments: usize,
     /// Sends refused as too big since the driver last looked:
     /// (destination, datagram size).
@@ -669,10 +704,12 @@ impl TxBatch {
         Self {
             buf: Vec::new(),
             filled: 0,
+            parts: Vec::new(),
             groups: Vec::new(),
             next: 0,
             datagrams: 0,
-            max_segments: max_segments.max(1),
+            bytes: 0,
+            max_segments: max_segments.clamp(1, MAX_SEGMENTS),
             too_big: Vec::new(),
         }
     }
@@ -684,23 +721,22 @@ impl TxBatch {
 
     fn clear(&mut self) {
         self.filled = 0;
+        self.parts.clear();
         self.groups.clear();
         self.next = 0;
         self.datagrams = 0;
+        self.bytes = 0;
     }
 
     fn has_room(&self) -> bool {
-        self.datagrams < TX_DATAGRAMS && self.filled + MAX_DATAGRAM <= TX_BYTES
+        // `bytes` >= `filled`: this also leaves a whole datagram of buffer.
+        self.datagrams < TX_DATAGRAMS && self.bytes + MAX_DATAGRAM <= TX_BYTES
     }
 
     /// Collects datagrams from `produce` (which writes one into the buffer it
-    /// is given and returns its destination, length and whether it may be
-    /// fragmented) until it has none or the batch is full. Returns whether
+    /// is given) until it has none or the batch is full. Returns whether
     /// the batch stopped for lack of room.
-    pub(crate) fn fill(
-        &mut self,
-        mut produce: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize, bool)>,
-    ) -> bool {
+    pub(crate) fn fill(&mut self, mut produce: impl FnMut(&mut [u8]) -> Option<Outgoing>) -> bool {
         if self.buf.is_empty() {
             // Allocated on first use, once: zeroed pages cost nothing until
             // written, and no per-datagram clearing is needed.
@@ -708,48 +744,161 @@ impl TxBatch {
         }
         while self.has_room() {
             let start = self.filled;
-            let Some((to, len, fragmentable)) = produce(&mut self.buf[start..start + MAX_DATAGRAM])
-            else {
+            let Some(d) = produce(&mut self.buf[start..start + MAX_DATAGRAM]) else {
                 return false;
             };
-            let len = len.min(MAX_DATAGRAM);
+            let payload = d.payload.filter(|p| !p.is_empty());
+            let len = d.len.min(MAX_DATAGRAM);
             self.filled += len;
-            self.push(to, start, len, fragmentable);
+            self.push(d.destination, start, len, payload, d.fragmentable);
         }
         true
     }
 
-    /// Records a datagram just written at `start`.
-    fn push(&mut self, to: SocketAddr, start: usize, len: usize, fragmentable: bool) {
+    /// Records a datagram just written at `start`, followed by `payload`.
+    fn push(
+        &mut self,
+        to: SocketAddr,
+        start: usize,
+        len: usize,
+        payload: Option<Bytes>,
+        fragmentable: bool,
+    ) {
+        let total = len + payload.as_ref().map_or(0, Bytes::len);
         self.datagrams += 1;
-        if let Some(g) = self
+        self.bytes += total;
+        let parts_before = self.parts.len();
+        let joins = self
             .groups
-            .last_mut()
+            .last()
             .filter(|g| !g.fragmentable && !fragmentable)
-        {
-            // Joins the group when it continues it: same peer, and the group
-            // is all full segments of this size (a shorter one ends a group).
-            let joins = g.destination == to
-                && g.start + g.len == start
-                && g.len == g.segment * g.count
-                && len <= g.segment
-                && len > 0
-                && g.count < self.max_segments
-                && g.len + len <= MAX_GSO_BYTES;
-            if joins {
-                g.len += len;
-                g.count += 1;
-                return;
-            }
+            .is_some_and(|g| {
+                // Joins the group when it continues it: same peer, and the
+                // group is all full segments of this size (a shorter one
+                // ends a group).
+                g.destination == to
+                    && g.len == g.segment * g.count
+                    && total <= g.segment
+                    && total > 0
+                    && g.count < self.max_segments
+                    && g.len + total <= MAX_GSO_BYTES
+            });
+        // Bytes of the buffer right after the previous piece of the same
+        // send extend it (one piece for the kernel instead of two).
+        match self.parts.last_mut() {
+            Some(Part::Buf { start: s, len: l }) if joins && *s + *l == start => *l += len,
+            _ if len > 0 => self.parts.push(Part::Buf { start, len }),
+            _ => {}
+        }
+        self.parts.extend(payload.map(Part::Shared));
+        let added = self.parts.len() - parts_before;
+        if joins {
+            let g = self.groups.last_mut().expect("joins a group");
+            g.len += total;
+            g.count += 1;
+            g.parts += added;
+            return;
         }
         self.groups.push(Group {
             destination: to,
-            start,
-            len,
-            segment: len,
+            first: parts_before,
+            parts: added,
+            len: total,
+            segment: total,
             count: 1,
             fragmentable,
         });
+    }
+}
+
+/// Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS).
+const MAX_SEGMENTS: usize = 64;
+
+/// Sends `parts` as one datagram, or as `segment`-sized datagrams (GSO),
+/// gathered by the kernel from the batch buffer and the shared payloads.
+#[cfg(target_os = "linux")]
+fn send_gather(
+    sock: &std::net::UdpSocket,
+    to: SocketAddr,
+    buf: &[u8],
+    parts: &[Part],
+    segment: Option<usize>,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // A header and a payload per datagram at most.
+    const MAX_IOV: usize = 2 * MAX_SEGMENTS;
+    if parts.len() > MAX_IOV {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many pieces",
+        ));
+    }
+    let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        *slot = io::IoSlice::new(match part {
+            Part::Buf { start, len } => &buf[*start..start + len],
+            Part::Shared(b) => b,
+        });
+    }
+    let addr = socket2::SockAddr::from(to);
+    // Room for one control message carrying a u16, suitably aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len();
+    // IoSlice is ABI-compatible with iovec on Unix (std guarantees it).
+    msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
+    msg.msg_iovlen = parts.len() as _;
+    if let Some(segment) = segment {
+        let size = std::mem::size_of::<u16>() as u32;
+        // SAFETY: `control` outlives the call and is large enough for
+        // CMSG_SPACE(2) (24 bytes); CMSG_FIRSTHDR points into it.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
+            msg.msg_controllen = libc::CMSG_SPACE(size) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
+        }
+    }
+    // SAFETY: every pointer in `msg` refers to live buffers of the stated
+    // lengths for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Without gather sends the driver asks for whole datagrams; should a
+/// shared part still come, it is copied together here.
+#[cfg(not(target_os = "linux"))]
+fn send_gather(
+    sock: &std::net::UdpSocket,
+    to: SocketAddr,
+    buf: &[u8],
+    parts: &[Part],
+    segment: Option<usize>,
+) -> io::Result<usize> {
+    let mut whole = Vec::new();
+    for part in parts {
+        match part {
+            Part::Buf { start, len } => whole.extend_from_slice(&buf[*start..start + len]),
+            Part::Shared(b) => whole.extend_from_slice(b),
+        }
+    }
+    match segment {
+        None => sock.send_to(&whole, to),
+        Some(seg) => {
+            for d in whole.chunks(seg) {
+                sock.send_to(d, to)?;
+            }
+            Ok(whole.len())
+        }
     }
 }
 
@@ -802,11 +951,20 @@ mod tests {
         tx.fill(|buf| {
             let &(port, len) = it.next()?;
             buf[..len].fill(port as u8);
-            Some((addr(port), len, port == 9))
+            Some(Outgoing {
+                destination: addr(port),
+                len,
+                fragmentable: port == 9,
+                payload: None,
+            })
         });
-        // Every byte lands where its group says.
+        // Every byte lands where its group says, in one piece per group.
         for g in &tx.groups {
-            assert!(tx.buf[g.start..g.start + g.len]
+            let [Part::Buf { start, len }] = &tx.parts[g.first..g.first + g.parts] else {
+                panic!("one contiguous piece per group: {g:?}");
+            };
+            assert_eq!(*len, g.len);
+            assert!(tx.buf[*start..start + len]
                 .iter()
                 .all(|&b| b == g.destination.port() as u8));
         }
@@ -960,6 +1118,85 @@ mod tests {
         assert_eq!(group(1, &[(1, 100); 3]), vec![(1, 100, 1); 3]);
     }
 
+    /// Datagram `i` of the gather tests: a 20-byte header of `i`, then
+    /// (for most) a payload of `plen` bytes counting up from `i`.
+    fn gathered(i: usize, plen: usize) -> (Vec<u8>, Option<Bytes>) {
+        let payload = (plen > 0).then(|| (0..plen).map(|k| (i + k) as u8).collect::<Bytes>());
+        (vec![i as u8; 20], payload)
+    }
+
+    /// Fills a batch with `gathered` datagrams of these payload lengths.
+    fn fill_gathered(tx: &mut TxBatch, to: SocketAddr, plens: &[usize]) {
+        let mut i = 0;
+        tx.fill(|buf| {
+            let &plen = plens.get(i)?;
+            let (hdr, payload) = gathered(i, plen);
+            buf[..hdr.len()].copy_from_slice(&hdr);
+            i += 1;
+            Some(Outgoing {
+                destination: to,
+                len: hdr.len(),
+                fragmentable: false,
+                payload,
+            })
+        });
+    }
+
+    #[test]
+    fn shared_payloads_follow_their_headers_and_group_by_total_size() {
+        let mut tx = TxBatch::with_max_segments(64);
+        fill_gathered(&mut tx, addr(1), &[4000, 4000, 4000, 0, 4000]);
+        let sizes: Vec<(usize, usize)> = tx.groups.iter().map(|g| (g.segment, g.count)).collect();
+        // The header-only datagram is shorter: it ends the first group.
+        // (Its header cannot join the previous header: a payload is between.)
+        assert_eq!(sizes, vec![(4020, 4), (4020, 1)]);
+        let mut expected = Vec::new();
+        for (i, plen) in [4000, 4000, 4000, 0, 4000].into_iter().enumerate() {
+            let (hdr, payload) = gathered(i, plen);
+            expected.extend_from_slice(&hdr);
+            expected.extend_from_slice(payload.as_deref().unwrap_or_default());
+        }
+        let mut got = Vec::new();
+        for part in &tx.parts {
+            match part {
+                Part::Buf { start, len } => got.extend_from_slice(&tx.buf[*start..start + len]),
+                Part::Shared(b) => got.extend_from_slice(b),
+            }
+        }
+        assert_eq!(got, expected);
+        // A header and a payload each, the payload-less datagram one piece.
+        assert_eq!(tx.parts.len(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_gathered_batch_arrives_as_whole_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let udp = UdpIo::new(sock).unwrap();
+        let io = BatchIo::new(&udp).unwrap();
+        let mut tx = TxBatch::new(&io);
+        let plens = [8000, 8000, 8000, 8000, 100, 0, 30_000, 5000, 5000];
+        fill_gathered(&mut tx, rx.local_addr().unwrap(), &plens);
+        std::future::poll_fn(|cx| io.poll_flush(cx, &udp, &mut tx))
+            .await
+            .unwrap();
+        assert!(tx.is_empty() && tx.parts.is_empty(), "sent and let go");
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for (i, &plen) in plens.iter().enumerate() {
+            let n = rx.recv(&mut buf).unwrap();
+            let (hdr, payload) = gathered(i, plen);
+            assert_eq!(n, hdr.len() + plen, "datagram {i}");
+            assert_eq!(&buf[..20], &hdr[..], "datagram {i}");
+            assert_eq!(
+                &buf[20..n],
+                payload.as_deref().unwrap_or_default(),
+                "datagram {i}"
+            );
+        }
+    }
+
     #[test]
     fn the_batch_stops_when_full_and_keeps_the_largest_datagrams_whole() {
         let mut tx = TxBatch::with_max_segments(64);
@@ -967,7 +1204,12 @@ mod tests {
         let full = tx.fill(|buf| {
             assert!(buf.len() >= 65_507, "room for any UDP payload");
             produced += 1;
-            Some((addr(1), 65_507, false))
+            Some(Outgoing {
+                destination: addr(1),
+                len: 65_507,
+                fragmentable: false,
+                payload: None,
+            })
         });
         assert!(full);
         assert_eq!(produced, TX_BYTES / MAX_DATAGRAM);

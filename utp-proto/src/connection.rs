@@ -246,6 +246,10 @@ pub struct Connection {
     /// The datagram last returned by poll_transmit is larger than the
     /// current path MTU (sent before a fall-back): send it without DF.
     fragmentable: bool,
+    /// Set during `poll_transmit_split`: a large payload is handed out as
+    /// `split_payload` instead of being copied behind the header.
+    split: bool,
+    split_payload: Option<Bytes>,
     /// A probe was lost: ask the OS whether ICMP taught it a smaller path
     /// MTU (see `take_path_query`).
     path_query: bool,
@@ -389,6 +393,8 @@ impl Connection {
             mss,
             pmtud,
             fragmentable: false,
+            split: false,
+            split_payload: None,
             path_query: false,
             bh_check: BlackHoleCheck::Idle,
             bh_quiet_until: None,
@@ -1918,6 +1924,23 @@ impl Connection {
         Some(n)
     }
 
+    /// Like [`Connection::poll_transmit`], except that a payload of at
+    /// least [`SPLIT_MIN`] bytes is not copied into `buf`: `buf` gets the
+    /// header (and extensions) and the payload is returned beside it, to
+    /// follow the header in the same datagram (a gather send), which saves
+    /// copying every byte sent once more.
+    pub fn poll_transmit_split(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(usize, Option<Bytes>)> {
+        self.split = true;
+        let n = self.poll_transmit(now, buf);
+        self.split = false;
+        let payload = self.split_payload.take();
+        n.map(|n| (n, payload))
+    }
+
     fn next_datagram(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         match self.state {
             State::Failed(_) | State::Done => return None,
@@ -2159,9 +2182,20 @@ impl Connection {
         self.stats.packets_sent += 1;
         let p = &self.outstanding[idx];
         self.fragmentable = HEADER_LEN + p.payload.len() > self.pmtud.current();
+        if self.split && p.payload.len() >= SPLIT_MIN {
+            // The payload comes last in the datagram: it follows the
+            // header (and any padding) as is.
+            self.split_payload = Some(p.payload.clone());
+            return packet::encode_padded(&h, p.pad, &[], buf);
+        }
         packet::encode_padded(&h, p.pad, &p.payload, buf)
     }
 }
+
+/// Smallest payload [`Connection::poll_transmit_split`] hands out beside
+/// the header rather than copying it: below this, one more piece for the
+/// kernel to gather costs about what the copy saves.
+pub const SPLIT_MIN: usize = 4096;
 
 /// Keeps the most recently sent of the packets an ack covers.
 fn note_newest(newest: &mut Option<(Instant, bool)>, p: &Sent) {

@@ -639,23 +639,51 @@ impl Endpoint {
     /// Writes the next datagram into `buf` (at least `max_payload + 64`
     /// bytes). Connections take turns so one bulk sender can't starve others.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.next_transmit(now, buf, false).map(|(t, _)| t)
+    }
+
+    /// Like [`Endpoint::poll_transmit`], except that a payload of at least
+    /// [`SPLIT_MIN`](crate::SPLIT_MIN) bytes is returned beside the header
+    /// instead of being copied into `buf` (see
+    /// [`Connection::poll_transmit_split`]): the datagram is `buf[..len]`
+    /// followed by the payload, for a gather send.
+    pub fn poll_transmit_split(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(Transmit, Option<Bytes>)> {
+        self.next_transmit(now, buf, true)
+    }
+
+    fn next_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        split: bool,
+    ) -> Option<(Transmit, Option<Bytes>)> {
         if let Some((to, h)) = self.resets.pop_front() {
             self.stats.resets_sent += 1;
             self.stats.datagrams_sent += 1;
             let len = packet::encode(&h, &[], &[], buf);
             debug_assert_eq!(len, HEADER_LEN);
-            return Some(Transmit {
+            let t = Transmit {
                 destination: to,
                 len,
                 fragmentable: false,
-            });
+            };
+            return Some((t, None));
         }
         while let Some(idx) = self.dirty.pop_front() {
             let Some(e) = self.conns.get_mut(idx) else {
                 continue;
             };
             e.dirty = false;
-            let Some(len) = e.conn.poll_transmit(now, buf) else {
+            let sent = if split {
+                e.conn.poll_transmit_split(now, buf)
+            } else {
+                e.conn.poll_transmit(now, buf).map(|n| (n, None))
+            };
+            let Some((len, payload)) = sent else {
                 // Nothing sent, but a timer may have been armed (persist).
                 self.schedule(idx);
                 continue;
@@ -664,11 +692,12 @@ impl Endpoint {
             let fragmentable = e.conn.transmit_fragmentable();
             self.stats.datagrams_sent += 1;
             self.after_change(idx, now);
-            return Some(Transmit {
+            let t = Transmit {
                 destination,
                 len,
                 fragmentable,
-            });
+            };
+            return Some((t, payload));
         }
         None
     }

@@ -27,7 +27,7 @@ pub use congestion::{
     LedbatFactory,
 };
 pub use connection::{
-    Connection, ConnectionError, ConnectionStats, Role, State, WriteError, SYN_RECV_HOLD,
+    Connection, ConnectionError, ConnectionStats, Role, State, WriteError, SPLIT_MIN, SYN_RECV_HOLD,
 };
 pub use drops::DropStats;
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};

@@ -11,7 +11,7 @@ use common::{datagram, drain, hdr, me, peer, sack_of, Out};
 use utp_proto::packet::{Header, PacketType};
 use utp_proto::{
     AimdFactory, Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError,
-    SYN_RECV_HOLD,
+    SPLIT_MIN, SYN_RECV_HOLD,
 };
 
 const MSS: usize = 1400;
@@ -1790,5 +1790,52 @@ fn idle_connection_sends_keepalives_and_detects_a_silent_peer() {
         now - t0,
         secs(100),
         "the idle timeout counts from the last packet"
+    );
+}
+
+// ------------------------------------------------------------- gather sends
+
+/// `poll_transmit_split` hands out the same datagrams as `poll_transmit`,
+/// with payloads of `SPLIT_MIN` bytes or more beside the header instead of
+/// copied behind it.
+#[test]
+fn a_split_transmit_is_the_same_datagram_with_the_payload_beside_it() {
+    let cfg = || cfg0().base_payload(16_000);
+    let mut whole = established_responder(cfg());
+    let mut split = established_responder(cfg());
+    let (mut buf_a, mut buf_b) = (vec![0u8; 70_000], vec![0u8; 70_000]);
+    let mut sizes = Vec::new();
+    for data in [
+        vec![7u8; 100],
+        (0..40_000u32).map(|i| (i % 251) as u8).collect(),
+    ] {
+        for hs in [&mut whole, &mut split] {
+            let n = hs.ep.with_conn(hs.h, hs.now, |c| c.write(&data)).unwrap();
+            assert_eq!(n, data.len());
+        }
+        loop {
+            let a = whole
+                .ep
+                .poll_transmit(whole.now, &mut buf_a)
+                .map(|t| buf_a[..t.len].to_vec());
+            let b = split.ep.poll_transmit_split(split.now, &mut buf_b);
+            let Some((t, payload)) = b else {
+                assert_eq!(a, None);
+                break;
+            };
+            let mut d = buf_b[..t.len].to_vec();
+            if let Some(p) = &payload {
+                assert!(p.len() >= SPLIT_MIN, "short payloads stay inline");
+                assert_eq!(t.len, 20, "a data packet's header");
+                d.extend_from_slice(p);
+            }
+            assert_eq!(Some(d), a, "same datagram");
+            sizes.push((t.len, payload.map_or(0, |p| p.len())));
+        }
+    }
+    assert_eq!(
+        sizes,
+        vec![(120, 0), (20, 16_000), (20, 16_000), (20, 8_000)],
+        "100 bytes inline, then 40,000 in three gathered packets"
     );
 }
