@@ -27,10 +27,20 @@ pub(crate) struct ConnWakers {
 }
 
 impl ConnWakers {
-    /// Moves the wakers to `out`, to be called once the lock is released.
-    fn take_into(&mut self, out: &mut Vec<Waker>) {
-        out.extend(self.read.take());
-        out.extend(self.write.take());
+    /// Moves the wakers of the tasks `c` can now serve to `out`, to be
+    /// woken once the lock is released. Every waiter on the write side
+    /// (write, shutdown, connect, close) can go on once `c` is writable, and
+    /// every waiter on the read side (read, peer's FIN) once it is readable;
+    /// a task woken for nothing would only poll and wait again, and an ack
+    /// arriving for a request/response stream would cost a task switch and
+    /// an ack of its own for every message.
+    fn take_ready_into(&mut self, c: Option<&utp_proto::Connection>, out: &mut Vec<Waker>) {
+        if c.is_none_or(|c| c.is_readable()) {
+            out.extend(self.read.take());
+        }
+        if c.is_none_or(|c| c.is_writable()) {
+            out.extend(self.write.take());
+        }
     }
 
     fn wake(&mut self) {
@@ -596,8 +606,6 @@ enum Step {
     Idle,
     /// Probably more to receive or send right away.
     More,
-    /// Tasks were woken: let them run first, then go on.
-    Yield,
 }
 
 /// Driver steps (one receive call, its processing, one send batch) per poll
@@ -627,8 +635,6 @@ pub struct Driver {
     /// Wakers collected under the lock, called after it is released (a woken
     /// task on another thread would only contend for it).
     wake: Vec<Waker>,
-    /// Whether `wake` holds a stream's waker (not only the listener's).
-    streams_woken: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -660,7 +666,6 @@ impl Driver {
             timer_at: None,
             touched: Vec::new(),
             wake: Vec::new(),
-            streams_woken: false,
         })
     }
 
@@ -703,11 +708,6 @@ impl Driver {
             }
         }
         Ok(!self.custom_rx.is_empty())
-    }
-
-    /// Whether the last receive filled its batch (more may be waiting).
-    fn rx_was_full(&self) -> bool {
-        self.rx.was_full() || self.custom_rx.len() >= CUSTOM_BATCH
     }
 
     /// Under the lock: feeds what `receive` got to the endpoint, runs timers
@@ -758,10 +758,9 @@ impl Driver {
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {
-                w.take_into(&mut self.wake);
+                w.take_ready_into(inner.endpoint.get(h), &mut self.wake);
             }
         }
-        self.streams_woken = !self.wake.is_empty();
         if inner.endpoint.accept_queue_len() > 0 {
             if let Some(w) = inner.accept_waker.take() {
                 self.wake.push(w);
@@ -859,24 +858,12 @@ impl Driver {
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         self.process(&mut inner);
-        // Only a stream can answer with data: a SYN-ACK goes out before the
-        // accepting task runs.
-        if self.streams_woken && !self.rx_was_full() {
-            // The socket is drained: let the woken tasks run before anything
-            // is collected for sending. A reply written now carries the ack
-            // that would otherwise go out alone (one datagram per message
-            // instead of two, as TCP's delayed ack achieves), and a reader
-            // that drained its data makes the ack advertise the reopened
-            // window. The driver collects and sends right after them, so
-            // an ack is late by one scheduling turn at most. (While
-            // datagrams keep coming, draining the socket comes first: a full
-            // socket buffer drops them.)
-            drop(inner);
-            for w in self.wake.drain(..) {
-                w.wake();
-            }
-            return Ok(Step::Yield);
-        }
+        // Everything due goes out now. An ack that may wait for a reply (a
+        // lone small packet, see `Config::ack_delay`) is not due yet: the
+        // woken reader's answer carries it, or the connection's timer sends
+        // it alone. (Letting the woken tasks run first instead, by yielding,
+        // made tokio wake a second worker to steal the driver on every
+        // message: a thread wakeup and lock contention per round trip.)
         let full = self.collect(&mut inner);
         drop(inner);
         for w in self.wake.drain(..) {
@@ -936,7 +923,7 @@ impl Future for Driver {
             // Leftovers from a send the socket wasn't ready for go first.
             match this.flush(cx).and_then(|_| this.step(cx)) {
                 Ok(Step::More) if steps + 1 < STEPS => steps += 1,
-                Ok(Step::More | Step::Yield) => {
+                Ok(Step::More) => {
                     // Let streams on this runtime run, then go on.
                     yield_to_others(cx);
                     return Poll::Pending;

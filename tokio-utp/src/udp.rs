@@ -413,7 +413,6 @@ impl BatchIo {
         rx: &mut RxBuffers,
     ) -> Poll<io::Result<()>> {
         rx.count = 0;
-        rx.full = false;
         let RxBuffers { slots, meta, .. } = rx;
         let n = std::task::ready!(udp.poll_recv_io(cx, |sock| {
             self.state.recv(sock.into(), &mut slices(slots), meta)
@@ -519,7 +518,6 @@ pub(crate) struct RxBuffers {
     frozen: [Option<Bytes>; RX_BUFFERS],
     meta: [RecvMeta; RX_BUFFERS],
     count: usize,
-    full: bool,
     /// Buffers readers still hold slices of, checked for return each batch.
     lent: VecDeque<Bytes>,
     /// Returned buffers, ready to refill a slot.
@@ -551,7 +549,6 @@ impl RxBuffers {
             frozen: std::array::from_fn(|_| None),
             meta: [RecvMeta::default(); RX_BUFFERS],
             count: 0,
-            full: false,
             lent: VecDeque::new(),
             spare: Vec::new(),
         }
@@ -560,7 +557,6 @@ impl RxBuffers {
     /// Marks the last receive's datagrams as handled and takes back the
     /// buffers nobody holds any more.
     pub(crate) fn processed(&mut self) {
-        self.full = self.count == RX_BUFFERS;
         self.count = 0;
         for (slot, frozen) in self.slots.iter_mut().zip(&mut self.frozen) {
             let Some(b) = frozen.take() else { continue };
@@ -591,12 +587,6 @@ impl RxBuffers {
                 }
             }
         }
-    }
-
-    /// Whether the last receive filled every buffer (more is probably
-    /// waiting in the socket).
-    pub(crate) fn was_full(&self) -> bool {
-        self.full
     }
 
     /// The datagrams of the last receive, GRO buffers split at their stride.

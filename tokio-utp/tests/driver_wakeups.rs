@@ -257,3 +257,40 @@ async fn an_ack_left_for_a_reply_goes_out_alone_when_none_comes() {
         );
     }
 }
+
+/// Request/response traffic sends one datagram per message, as TCP's
+/// delayed ack achieves: a small request's ack waits for the reply and
+/// rides on it, instead of going out alone first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_carries_the_ack_of_its_request() {
+    let (raw, mut stream, from, r, y, ours) = raw_peer().await;
+    let mut our_seq = ours.wrapping_add(1);
+    for i in 0..20u16 {
+        let seq = y.wrapping_add(i);
+        let pkt = data(
+            &hdr(PacketType::Data, r, seq, our_seq.wrapping_sub(1), 1 << 20),
+            b"request",
+        );
+        raw.send_to(&pkt, from).await.unwrap();
+        let mut buf = [0u8; 7];
+        timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .expect("request delivered")
+            .unwrap();
+        stream.write_all(b"reply!").await.unwrap();
+        let (d, n, _) = recv(&raw, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("round {i}: no reply"));
+        assert_eq!(
+            (d.ty, d.ack_nr, d.seq_nr, n),
+            (PacketType::Data, seq, our_seq, 6),
+            "round {i}: the reply, acking the request, is the first datagram"
+        );
+        our_seq = our_seq.wrapping_add(1);
+    }
+    // No lone ack follows the replies (the last reply, never acked by
+    // this peer, may be probed again: that is data).
+    while let Some((h, _, _)) = recv(&raw, Duration::from_millis(50)).await {
+        assert_eq!(h.ty, PacketType::Data, "a lone ack went out: {h:?}");
+    }
+}

@@ -94,6 +94,12 @@ pub struct Config {
     /// Pace new data over the RTT instead of sending a window at once.
     /// Default true.
     pub pacing: bool,
+    /// How long the ack of a lone small data packet (under 1 KiB, in order,
+    /// with no other packet unacknowledged) may wait for data of ours to
+    /// carry it: request/response traffic then sends one datagram per
+    /// message instead of two (TCP's delayed ack). Anything else is acked
+    /// at once. `None` acks every packet at once. Default 1 ms.
+    pub ack_delay: Option<Duration>,
     /// Congestion controller factory. Default [`LedbatFactory`] (LEDBAT with
     /// a 100 ms target); [`crate::AimdFactory`] competes like TCP instead.
     pub controller: SharedControllerFactory,
@@ -124,6 +130,7 @@ impl Default for Config {
             upload_limit: None,
             download_limit: None,
             pacing: true,
+            ack_delay: Some(Duration::from_millis(1)),
             controller: Arc::new(LedbatFactory::default()),
         }
     }
@@ -188,6 +195,8 @@ setters! {
     download_limit: Option<u64>;
     /// Sets [`Config::pacing`].
     pacing: bool;
+    /// Sets [`Config::ack_delay`].
+    ack_delay: Option<Duration>;
     /// Sets [`Config::controller`].
     controller: SharedControllerFactory;
 }

@@ -339,6 +339,9 @@ pub struct Connection {
     peer_fin: Option<u16>,
     eof: bool,
     ack_pending: bool,
+    /// Until when the pending ack may wait for data to carry it (a lone
+    /// small packet: see `Config::ack_delay`).
+    ack_held_until: Option<Instant>,
     /// A second copy of the last ack, carrying our FIN's seq (see poll_transmit).
     ack_echo_pending: bool,
     last_wnd_sent: u32,
@@ -453,6 +456,7 @@ impl Connection {
             peer_fin: None,
             eof: false,
             ack_pending: false,
+            ack_held_until: None,
             ack_echo_pending: false,
             last_wnd_sent: cfg.recv_buffer as u32,
             last_wnd_seen: 0,
@@ -765,7 +769,7 @@ impl Connection {
             threshold = threshold.min((8 * self.mss) as u32);
         }
         if n > 0 && self.last_wnd_sent < threshold && wnd >= threshold && self.is_established() {
-            self.ack_pending = true;
+            self.ack_now();
         }
         Ok(n)
     }
@@ -885,7 +889,7 @@ impl Connection {
                 if self.state == State::SynRecv {
                     self.synack_pending = true;
                 } else {
-                    self.ack_pending = true;
+                    self.ack_now();
                 }
             } else {
                 self.stats.drops.unexpected_syn += 1;
@@ -897,10 +901,13 @@ impl Connection {
                 self.state = State::Connected;
                 self.connect_deadline = None;
                 self.syn_retx_at = None;
-                // Acked at once (ack_nr = seq - 1, as before any data): the
-                // responder holds its first DATA until it hears from us
-                // (SYN_RECV_HOLD), and we may have nothing to say yet.
-                self.ack_pending = true;
+                // Acked (ack_nr = seq - 1, as before any data) at once, or
+                // by our first data or FIN if the application has it within
+                // the ack delay: the responder holds its first DATA until it
+                // hears from us (SYN_RECV_HOLD), and we may have nothing to
+                // say yet.
+                self.ack_now();
+                self.ack_held_until = self.cfg.ack_delay.map(|d| self.clock + d);
                 // The SYN-ACK does not consume a sequence number. A re-sent
                 // SYN-ACK (libutp) may carry a later seq than data we hold.
                 let mut first = h.seq_nr;
@@ -1291,11 +1298,25 @@ impl Connection {
             .min(u32::MAX as usize) as u32
     }
 
+    /// An ack is due at once.
+    fn ack_now(&mut self) {
+        self.ack_pending = true;
+        self.ack_held_until = None;
+    }
+
+    /// Whether the pending ack may still wait for data to carry it.
+    fn ack_held(&self, now: Instant) -> bool {
+        self.ack_held_until.is_some_and(|t| now < t)
+    }
+
     fn process_data(&mut self, h: &Header, payload: &[u8], owner: Option<&Bytes>) {
         let s = h.seq_nr;
+        // A second packet unacked means an ack now (TCP's rule), whatever
+        // held the first one.
+        let lone = !self.ack_pending;
         // Every data packet gets an ack, duplicates too (the peer may have
         // lost our earlier one).
-        self.ack_pending = true;
+        self.ack_now();
         if let Some(fin) = self.peer_fin {
             if h.ty == PacketType::Fin && fin != s {
                 self.stats.drops.fin_mismatch += 1;
@@ -1350,6 +1371,9 @@ impl Connection {
             // the reader, copied into the shared tail, with no allocation or
             // reorder-buffer round trip per packet.
             self.ack_nr = s;
+            if lone && payload.len() < ACK_LATER_BELOW && self.state == State::Connected {
+                self.ack_held_until = self.cfg.ack_delay.map(|d| self.clock + d);
+            }
             if !self.released && !payload.is_empty() {
                 self.stats.bytes_received += payload.len() as u64;
                 self.ready_bytes += payload.len();
@@ -1503,6 +1527,7 @@ impl Connection {
             self.paced_until,
             self.read_limited_until,
             self.spare_release_at,
+            self.ack_held_until,
             self.keepalive_at(),
             self.idle_deadline(),
             (self.state == State::Connected)
@@ -1550,6 +1575,10 @@ impl Connection {
             self.spare_release_at = None;
             self.pending.release_spare();
         }
+        if self.ack_held_until.is_some_and(|t| now >= t) {
+            // No data of ours came to carry it: the ack goes alone.
+            self.ack_held_until = None;
+        }
         if self.read_limited_until.is_some_and(|t| now >= t) {
             // The reader is woken (the endpoint marks the connection touched).
             self.read_limited_until = None;
@@ -1560,7 +1589,7 @@ impl Connection {
             return;
         }
         if self.keepalive_at().is_some_and(|t| now >= t) {
-            self.ack_pending = true;
+            self.ack_now();
         }
         if self.state == State::Connected {
             self.pmtud.handle_timeout(now);
@@ -1828,7 +1857,7 @@ impl Connection {
             State::Failed(_) | State::Done => false,
             State::SynSent => self.syn_send,
             _ => {
-                self.ack_pending
+                (self.ack_pending && self.ack_held_until.is_none())
                     || self.ack_echo_pending
                     || self.synack_pending
                     || !self.resend.is_empty()
@@ -2064,8 +2093,8 @@ impl Connection {
             return Some(self.send_new(now, PacketType::Fin, Bytes::new(), buf, 0));
         }
 
-        // 5. A pure ack.
-        if self.ack_pending {
+        // 5. A pure ack, unless it may wait for data of ours to carry it.
+        if self.ack_pending && !self.ack_held(now) {
             let seq = self.seq_nr;
             if matches!(self.fin, FinState::Sent | FinState::Acked) {
                 // After our FIN the two big stacks disagree on an ack's seq:
@@ -2085,6 +2114,7 @@ impl Connection {
 
     fn send_state(&mut self, now: Instant, seq_nr: u16, buf: &mut [u8]) -> usize {
         self.ack_pending = false;
+        self.ack_held_until = None;
         let mut sack = [0u8; MAX_SACK_BYTES];
         let sn = self.sack_bytes(&mut sack);
         let h = self.header(PacketType::State, seq_nr, now);
@@ -2176,6 +2206,7 @@ impl Connection {
         // Data carries the ack; a separate STATE is only needed for SACKs.
         if self.reorder.is_empty() {
             self.ack_pending = false;
+            self.ack_held_until = None;
         }
         let h = self.header(ty, s, now);
         self.last_wnd_sent = h.wnd_size;
@@ -2191,6 +2222,10 @@ impl Connection {
         packet::encode_padded(&h, p.pad, &p.payload, buf)
     }
 }
+
+/// Payloads below this are "small" for the delayed ack (`Config::ack_delay`):
+/// messages of request/response traffic, not bulk data.
+const ACK_LATER_BELOW: usize = 1024;
 
 /// Smallest payload [`Connection::poll_transmit_split`] hands out beside
 /// the header rather than copying it: below this, one more piece for the

@@ -325,6 +325,11 @@ impl Endpoint {
         &self.conns[h.0].conn
     }
 
+    /// The connection behind `h`, if it still exists.
+    pub fn get(&self, h: ConnHandle) -> Option<&Connection> {
+        self.conns.get(h.0).map(|e| &e.conn)
+    }
+
     /// The peer address of `h`.
     pub fn peer_addr(&self, h: ConnHandle) -> SocketAddr {
         self.conns[h.0].addr

@@ -17,10 +17,14 @@ use utp_proto::{
 const MSS: usize = 1400;
 const MIB: u32 = 1 << 20;
 
-/// These tests pin packet-by-packet rules with fixed 1400-byte payloads;
-/// path MTU discovery (probes, size changes) has its own tests.
+/// These tests pin packet-by-packet rules with fixed 1400-byte payloads,
+/// every data packet acked at once; path MTU discovery (probes, size
+/// changes) and delayed acks have their own tests.
 fn cfg0() -> Config {
-    Config::default().pmtud(false).base_payload(MSS)
+    Config::default()
+        .pmtud(false)
+        .base_payload(MSS)
+        .ack_delay(None)
 }
 
 fn ms(n: u64) -> Duration {
@@ -200,6 +204,7 @@ fn data_seqs(out: &[Out]) -> Vec<u16> {
 
 /// Our side connects; the peer answers with a SYN-ACK (seq `y`) 10 ms later.
 fn initiator_with(cfg: Config, y: u16, synack_wnd: u32) -> (Harness, Out) {
+    let delayed = cfg.ack_delay.is_some();
     let (mut ep, t0) = endpoint(cfg, 1);
     let h = ep.connect(t0, peer()).unwrap();
     let syn = only(drain(&mut ep, t0));
@@ -218,7 +223,12 @@ fn initiator_with(cfg: Config, y: u16, synack_wnd: u32) -> (Harness, Out) {
     hs.at(ms(10));
     let mut synack = hdr(PacketType::State, r, y, syn.h.seq_nr);
     synack.wnd_size = synack_wnd;
-    let out = hs.feed_full(synack, &[], &[]);
+    let mut out = hs.feed_full(synack, &[], &[]);
+    if delayed {
+        // The ack waits for data of ours to carry it, for the ack delay.
+        assert!(out.is_empty(), "{out:?}");
+        out = hs.fire();
+    }
     // One ack (of Y - 1, as before any data), so a responder that holds its
     // first DATA until it hears from us (libutp, and us) can start.
     let ack = only(out);
@@ -1838,4 +1848,120 @@ fn a_split_transmit_is_the_same_datagram_with_the_payload_beside_it() {
         vec![(120, 0), (20, 16_000), (20, 16_000), (20, 8_000)],
         "100 bytes inline, then 40,000 in three gathered packets"
     );
+}
+
+// ---------------------------------------------------------------- delayed ack
+
+fn delayed_acks() -> Harness {
+    initiator_with(cfg0().ack_delay(Some(ms(1))), 30_000, MIB).0
+}
+
+#[test]
+fn a_lone_small_packet_is_acked_by_our_reply() {
+    let mut hs = delayed_acks();
+    let p0 = hs.py(0);
+    assert!(
+        hs.feed(
+            PacketType::Data,
+            p0,
+            hs.sy(0).wrapping_sub(1),
+            MIB,
+            &[1; 64]
+        )
+        .is_empty(),
+        "the ack waits for a reply"
+    );
+    hs.advance(Duration::from_micros(300));
+    assert!(hs.out().is_empty());
+    assert_eq!(hs.read_all(), vec![1; 64]);
+    assert_eq!(hs.write(&[2; 64]), 64);
+    let reply = only(hs.out());
+    assert_eq!(reply.h.ty, PacketType::Data);
+    assert_eq!(reply.h.ack_nr, p0, "the reply carries the ack");
+    // Nothing is left to send alone.
+    hs.advance(ms(5));
+    hs.ep.handle_timeout(hs.now);
+    assert!(hs.out().is_empty());
+}
+
+#[test]
+fn an_unanswered_small_packet_is_acked_after_the_delay() {
+    let mut hs = delayed_acks();
+    let p0 = hs.py(0);
+    let t = hs.now;
+    assert!(hs
+        .feed(
+            PacketType::Data,
+            p0,
+            hs.sy(0).wrapping_sub(1),
+            MIB,
+            &[1; 100]
+        )
+        .is_empty());
+    assert_eq!(
+        hs.ep.poll_timeout(),
+        Some(t + ms(1)),
+        "the delay is the next timer"
+    );
+    let ack = only(hs.fire());
+    assert_eq!((ack.h.ty, ack.h.ack_nr), (PacketType::State, p0));
+    assert_eq!(hs.now, t + ms(1));
+}
+
+#[test]
+fn a_second_packet_a_large_one_or_a_fin_is_acked_at_once() {
+    let mut hs = delayed_acks();
+    let ack_of_ours = hs.sy(0).wrapping_sub(1);
+    let (p0, p1, p2, p3) = (hs.py(0), hs.py(1), hs.py(2), hs.py(3));
+    assert!(hs
+        .feed(PacketType::Data, p0, ack_of_ours, MIB, &[1; 10])
+        .is_empty());
+    // Two packets unacked: both are acked now.
+    let ack = only(hs.feed(PacketType::Data, p1, ack_of_ours, MIB, &[1; 10]));
+    assert_eq!((ack.h.ty, ack.h.ack_nr), (PacketType::State, p1));
+    // A full-size packet is bulk data: acked at once.
+    let ack = only(hs.feed(PacketType::Data, p2, ack_of_ours, MIB, &[1; MSS]));
+    assert_eq!(ack.h.ack_nr, p2);
+    // So is a FIN.
+    let ack = only(hs.feed(PacketType::Fin, p3, ack_of_ours, MIB, &[]));
+    assert_eq!(ack.h.ack_nr, p3);
+}
+
+#[test]
+fn a_packet_out_of_order_is_acked_at_once_with_its_sack() {
+    let mut hs = delayed_acks();
+    let p1 = hs.py(1);
+    let ack = only(hs.feed(
+        PacketType::Data,
+        p1,
+        hs.sy(0).wrapping_sub(1),
+        MIB,
+        &[1; 10],
+    ));
+    assert_eq!(ack.h.ty, PacketType::State);
+    assert_eq!(ack.h.ack_nr, hs.py(0).wrapping_sub(1));
+    assert!(ack.sack.is_some(), "the SACK tells of the packet held");
+}
+
+#[test]
+fn the_ack_of_the_synack_rides_on_our_first_data_when_it_comes_at_once() {
+    let (mut ep, t0) = endpoint(cfg0().ack_delay(Some(ms(1))), 1);
+    let h = ep.connect(t0, peer()).unwrap();
+    let syn = only(drain(&mut ep, t0));
+    let y = 500;
+    let mut synack = hdr(PacketType::State, syn.h.conn_id, y, syn.h.seq_nr);
+    synack.timestamp = 1;
+    let t = t0 + ms(10);
+    ep.handle_datagram(t, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    assert!(drain(&mut ep, t).is_empty(), "held for the ack delay");
+    assert_eq!(ep.with_conn(h, t, |c| c.write(b"hello")), Ok(5));
+    let data = only(drain(&mut ep, t));
+    assert_eq!(data.h.ty, PacketType::Data);
+    assert_eq!(
+        data.h.ack_nr,
+        y.wrapping_sub(1),
+        "our data acks the SYN-ACK"
+    );
+    assert_eq!(data.payload, b"hello");
 }
