@@ -638,6 +638,16 @@ enum Part {
     Shared(Bytes),
 }
 
+impl Part {
+    /// Its bytes (`buf` is the batch buffer).
+    fn bytes<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
+        match self {
+            Part::Buf { start, len } => &buf[*start..start + len],
+            Part::Shared(b) => b,
+        }
+    }
+}
+
 /// One send: `count` datagrams of `segment` bytes (the last may be shorter)
 /// to one destination, made of `parts` pieces from `first` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -825,10 +835,7 @@ fn send_gather(
     }
     let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
     for (slot, part) in iov.iter_mut().zip(parts) {
-        *slot = io::IoSlice::new(match part {
-            Part::Buf { start, len } => &buf[*start..start + len],
-            Part::Shared(b) => b,
-        });
+        *slot = io::IoSlice::new(part.bytes(buf));
     }
     let addr = socket2::SockAddr::from(to);
     // Room for one control message carrying a u16, suitably aligned.
@@ -874,13 +881,7 @@ fn send_gather(
     parts: &[Part],
     segment: Option<usize>,
 ) -> io::Result<usize> {
-    let mut whole = Vec::new();
-    for part in parts {
-        match part {
-            Part::Buf { start, len } => whole.extend_from_slice(&buf[*start..start + len]),
-            Part::Shared(b) => whole.extend_from_slice(b),
-        }
-    }
+    let whole: Vec<u8> = parts.iter().flat_map(|p| p.bytes(buf)).copied().collect();
     match segment {
         None => sock.send_to(&whole, to),
         Some(seg) => {
@@ -1146,13 +1147,12 @@ mod tests {
             expected.extend_from_slice(&hdr);
             expected.extend_from_slice(payload.as_deref().unwrap_or_default());
         }
-        let mut got = Vec::new();
-        for part in &tx.parts {
-            match part {
-                Part::Buf { start, len } => got.extend_from_slice(&tx.buf[*start..start + len]),
-                Part::Shared(b) => got.extend_from_slice(b),
-            }
-        }
+        let got: Vec<u8> = tx
+            .parts
+            .iter()
+            .flat_map(|p| p.bytes(&tx.buf))
+            .copied()
+            .collect();
         assert_eq!(got, expected);
         // A header and a payload each, the payload-less datagram one piece.
         assert_eq!(tx.parts.len(), 9);

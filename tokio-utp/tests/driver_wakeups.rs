@@ -231,6 +231,17 @@ fn data(h: &Header, payload: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// The peer sends `pkt` (a DATA of "request"), which the stream reads.
+async fn request(raw: &UdpSocket, stream: &mut UtpStream, to: SocketAddr, pkt: &[u8]) {
+    raw.send_to(pkt, to).await.unwrap();
+    let mut buf = [0u8; 7];
+    timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+        .await
+        .expect("request delivered")
+        .unwrap();
+    assert_eq!(&buf, b"request");
+}
+
 /// A reader that never answers still gets its data acked within moments
 /// (not at the next keep-alive, half a minute later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,13 +250,7 @@ async fn an_ack_left_for_a_reply_goes_out_alone_when_none_comes() {
     for i in 0..20u16 {
         let seq = y.wrapping_add(i);
         let pkt = data(&hdr(PacketType::Data, r, seq, ours, 1 << 20), b"request");
-        raw.send_to(&pkt, from).await.unwrap();
-        let mut buf = [0u8; 7];
-        timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
-            .await
-            .expect("request delivered")
-            .unwrap();
-        assert_eq!(&buf, b"request");
+        request(&raw, &mut stream, from, &pkt).await;
         // No reply: the ack must still come, and soon.
         let (a, n, _) = recv(&raw, Duration::from_millis(500))
             .await
@@ -271,12 +276,7 @@ async fn a_reply_carries_the_ack_of_its_request() {
             &hdr(PacketType::Data, r, seq, our_seq.wrapping_sub(1), 1 << 20),
             b"request",
         );
-        raw.send_to(&pkt, from).await.unwrap();
-        let mut buf = [0u8; 7];
-        timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
-            .await
-            .expect("request delivered")
-            .unwrap();
+        request(&raw, &mut stream, from, &pkt).await;
         stream.write_all(b"reply!").await.unwrap();
         let (d, n, _) = recv(&raw, Duration::from_secs(5))
             .await
