@@ -14,6 +14,10 @@
 //!   change nothing, and no packet acked or sacked may ever be sent again.
 //! - application writes and reads, and time passing (retransmission
 //!   timeouts, tail loss probes).
+//!
+//! Acks: every DATA is acked at once, except a lone in-order one with no
+//! hole (the delayed ack, `Config::ack_delay`), whose ack must leave on the
+//! next packet we send, on a second DATA, or once 1 ms has passed.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -94,6 +98,8 @@ fuzz_target!(|data: &[u8]| {
     let mut now = t0;
     let mut rd = vec![0u8; 8192];
     let mut ack_beyond = 0u64;
+    // An ack held back by the delayed-ack rule, and since when.
+    let mut owed: Option<Instant> = None;
     for op in data.chunks_exact(6) {
         let mut expect_ack = false;
         let mut bogus_ack = false;
@@ -215,8 +221,22 @@ fuzz_target!(|data: &[u8]| {
         } else if expect_ack {
             // An ack may ride on a data packet instead, but only without
             // a hole (a data packet carries no SACK).
-            assert!(sent > 0, "data not acknowledged");
             assert!(m.held.is_empty(), "hole not reported by a STATE");
+            if sent == 0 {
+                // Held for a reply: only one packet's ack at a time.
+                assert!(owed.is_none(), "a second packet left unacknowledged");
+                owed = Some(now);
+            }
+        }
+        if sent > 0 {
+            // Every packet carries the cumulative ack.
+            owed = None;
+        }
+        if let Some(since) = owed {
+            assert!(
+                now < since + Duration::from_millis(1),
+                "an ack held past the ack delay"
+            );
         }
         let c = ep.conn(h);
         if c.error().is_some() {

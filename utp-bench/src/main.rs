@@ -41,7 +41,7 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): bulk, bulk1400, conc100, conc10k,
-    /// loss, pingpong, connects.
+    /// scaling, loss, pingpong, connects.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Only these stacks (comma-separated): utp, tcp, rqbit, udp1, udpgso.
@@ -741,6 +741,29 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         })
         .await;
         record(rs);
+    }
+    if want_case("scaling") {
+        // The same bytes spread over more and more connections on one
+        // socket each side: how throughput and CPU per GiB change with the
+        // connection count.
+        let (counts, total): (&[usize], u64) = if quick {
+            (&[1, 10, 100, 1_000], 16 << 20)
+        } else {
+            (&[1, 10, 100, 1_000, 10_000], 64 << 20)
+        };
+        let stacks: Vec<Stack> = [Stack::Utp(None), Stack::Tcp]
+            .into_iter()
+            .filter(|&s| want(s))
+            .collect();
+        for &n in counts {
+            let per = (total / n as u64).max(4096);
+            let case = format!("scale {n}");
+            let rs = measure(&case, &stacks, "MB/s", runs.min(3), watchdog, |s| {
+                concurrent(s, pat.clone(), n_for(s, n), per, n.min(64), false)
+            })
+            .await;
+            record(rs);
+        }
     }
     if want_case("loss") {
         // The relay forwards one datagram per system call, which caps the
