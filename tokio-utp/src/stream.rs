@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::ToSocketAddrs;
 use utp_proto::{Config, ConnHandle, ConnectionError, ConnectionStats, WriteError};
@@ -23,7 +24,23 @@ pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// `Shared::send_direct`); larger ones are left to the driver, which batches.
 const DIRECT_WRITE: usize = 4096;
 
+/// Writes larger than this are copied outside the socket's lock (see
+/// `StreamInner::poll_write_unlocked`); smaller copies cost less than
+/// taking the lock twice. Reads larger than this copy outside it too.
+const COPY_UNLOCKED: usize = 16 * 1024;
+
+/// Most pieces of the receive buffers one unlocked read takes (64 KiB
+/// datagrams on loopback: a 256 KiB read takes four or five).
+const READ_PIECES: usize = 16;
+
 /// Maps a protocol error to the `std::io` error users match on.
+fn write_error(e: WriteError) -> io::Error {
+    match e {
+        WriteError::Failed(e) => io_error(e),
+        WriteError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown"),
+    }
+}
+
 pub(crate) fn io_error(e: ConnectionError) -> io::Error {
     let kind = match e {
         ConnectionError::Refused => io::ErrorKind::ConnectionRefused,
@@ -58,17 +75,28 @@ impl Drop for StreamInner {
 
 impl StreamInner {
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let mut inner = self.shared.lock();
-        let h = self.handle;
-        let dst = buf.initialize_unfilled();
-        if dst.is_empty() {
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let r = inner
-            .endpoint
-            .with_conn(h, Instant::now(), |c| c.read(dst).map(|n| (n, c.is_eof())));
+        let mut inner = self.shared.lock();
+        let h = self.handle;
+        // A large read takes pieces of the receive buffers under the lock
+        // and copies them after it (see `poll_write_unlocked`); a small one
+        // copies at once.
+        let mut pieces: [Bytes; READ_PIECES] = Default::default();
+        let unlocked = buf.remaining() > COPY_UNLOCKED;
+        let r = inner.endpoint.with_conn(h, Instant::now(), |c| {
+            let (n, k) = if unlocked {
+                c.read_pieces(buf.remaining(), &mut pieces)?
+            } else {
+                let n = c.read(buf.initialize_unfilled())?;
+                buf.advance(n);
+                (n, 0)
+            };
+            Ok((n, k, c.is_eof()))
+        });
         match r {
-            Ok((0, true)) => {
+            Ok((0, _, true)) => {
                 // The ack of the peer's FIN goes out before the reader learns
                 // of the EOF: a program that exits on EOF may not give the
                 // driver another turn, and the peer would resend its FIN to
@@ -76,7 +104,7 @@ impl StreamInner {
                 self.shared.send_direct(&mut inner);
                 Poll::Ready(Ok(()))
             }
-            Ok((0, false)) => {
+            Ok((0, _, false)) => {
                 if let Some(kind) = inner.driver_gone {
                     return Poll::Ready(Err(driver_gone(kind)));
                 }
@@ -85,9 +113,12 @@ impl StreamInner {
                 inner.wake_driver_if_needed();
                 Poll::Pending
             }
-            Ok((n, _)) => {
-                buf.advance(n);
+            Ok((_, k, _)) => {
                 inner.wake_driver_if_needed();
+                drop(inner);
+                for p in &pieces[..k] {
+                    buf.put_slice(p);
+                }
                 Poll::Ready(Ok(()))
             }
             Err(e) => Poll::Ready(Err(io_error(e))),
@@ -102,6 +133,9 @@ impl StreamInner {
         let h = self.handle;
         if let Some(kind) = inner.driver_gone {
             return Poll::Ready(Err(driver_gone(kind)));
+        }
+        if data.len() > COPY_UNLOCKED {
+            return self.poll_write_unlocked(cx, inner, data);
         }
         match inner
             .endpoint
@@ -119,12 +153,42 @@ impl StreamInner {
                 inner.wake_driver_if_needed();
                 Poll::Ready(Ok(n))
             }
-            Err(WriteError::Failed(e)) => Poll::Ready(Err(io_error(e))),
-            Err(WriteError::Closed) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "write after shutdown",
-            ))),
+            Err(e) => Poll::Ready(Err(write_error(e))),
         }
+    }
+
+    /// A large write: room is reserved under the lock, the bytes are copied
+    /// without it, and the copy is committed under it again. The socket's
+    /// lock is shared by every connection and the driver; a copy of up to a
+    /// megabyte into memory that may fault in afresh held all of them up
+    /// (with 100 busy connections a worker thread often slept on the lock).
+    fn poll_write_unlocked(
+        &self,
+        cx: &mut Context<'_>,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let h = self.handle;
+        let reserved = inner
+            .endpoint
+            .with_conn(h, Instant::now(), |c| c.write_reserve(data.len()));
+        let (mut buf, n) = match reserved {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                register(&mut inner, h, cx, false);
+                return Poll::Pending;
+            }
+            Err(e) => return Poll::Ready(Err(write_error(e))),
+        };
+        drop(inner);
+        // Within the reserved capacity: the region never moves.
+        buf.extend_from_slice(&data[..n]);
+        let mut inner = self.shared.lock();
+        let r = inner
+            .endpoint
+            .with_conn(h, Instant::now(), |c| c.write_commit(buf));
+        inner.wake_driver_if_needed();
+        Poll::Ready(r.map_err(write_error))
     }
 
     /// Sends FIN after the queued data and completes once it is acknowledged.

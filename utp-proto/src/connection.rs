@@ -669,17 +669,53 @@ impl Connection {
     /// Queues bytes for sending; returns how many were accepted (0 when the
     /// send buffer is full). Fails once the connection failed or was closed.
     pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        self.check_writable()?;
+        let queued = self.queued_bytes();
+        let room = self.send_limit().saturating_sub(queued);
+        let n = room.min(data.len());
+        self.pending.push(&data[..n]);
+        Ok(n)
+    }
+
+    /// [`Connection::write`] in two steps, for a caller that copies outside
+    /// a lock (the copy, and the page faults of fresh memory, then do not
+    /// hold up everybody else): returns room for at most `max` bytes and how
+    /// many to copy into it (`None` when the send buffer is full). Copy
+    /// with `extend_from_slice` (never more than that), then
+    /// [`Connection::write_commit`]. One reservation at a time.
+    pub fn write_reserve(&mut self, max: usize) -> Result<Option<(BytesMut, usize)>, WriteError> {
+        self.check_writable()?;
+        let room = self.send_limit().saturating_sub(self.queued_bytes());
+        let n = room.min(max);
+        if n == 0 {
+            return Ok(None);
+        }
+        let buf = self.pending.reserve(n);
+        let n = n.min(buf.capacity() - buf.len());
+        Ok(Some((buf, n)))
+    }
+
+    /// Queues what was copied into a [`Connection::write_reserve`] region;
+    /// returns how many bytes that was. Fails (dropping them) when the
+    /// connection failed or was closed meanwhile.
+    pub fn write_commit(&mut self, data: BytesMut) -> Result<usize, WriteError> {
+        if let Err(e) = self.check_writable() {
+            self.pending.cancel();
+            return Err(e);
+        }
+        let n = data.len();
+        self.pending.commit(data);
+        Ok(n)
+    }
+
+    fn check_writable(&self) -> Result<(), WriteError> {
         if let Some(e) = self.error() {
             return Err(WriteError::Failed(e));
         }
         if self.fin != FinState::None || matches!(self.state, State::TimeWait | State::Done) {
             return Err(WriteError::Closed);
         }
-        let queued = self.queued_bytes();
-        let room = self.send_limit().saturating_sub(queued);
-        let n = room.min(data.len());
-        self.pending.push(&data[..n]);
-        Ok(n)
+        Ok(())
     }
 
     /// Bytes the application wrote that the peer has not acknowledged yet.
@@ -709,21 +745,64 @@ impl Connection {
     /// `buf` means end of stream only when [`Connection::is_eof`]; otherwise
     /// nothing is available yet.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
-        // Download limits: read no more than the buckets allow; with nothing
-        // allowed, a timer says when to try again (and wakes the reader).
+        let Some(limit) = self.read_allowance(buf.len()) else {
+            return Ok(0);
+        };
+        let n = self.read_unlimited(&mut buf[..limit])?;
+        self.limits.on_download(n);
+        Ok(n)
+    }
+
+    /// Like [`Connection::read`], for a caller that copies outside a lock:
+    /// hands out at most `max` bytes as up to `out.len()` pieces of the
+    /// receive buffers (no copy), and returns the bytes and the pieces
+    /// filled. The window opens as if they had been read.
+    pub fn read_pieces(
+        &mut self,
+        max: usize,
+        out: &mut [Bytes],
+    ) -> Result<(usize, usize), ConnectionError> {
+        let Some(limit) = self.read_allowance(max) else {
+            return Ok((0, 0));
+        };
+        let (mut n, mut k) = (0, 0);
+        while n < limit && k < out.len() {
+            let Some(front) = self.ready.front_mut() else {
+                break;
+            };
+            let take = front.len().min(limit - n);
+            out[k] = if take == front.len() {
+                self.ready.pop_front().expect("front exists")
+            } else {
+                front.split_to(take)
+            };
+            n += take;
+            k += 1;
+        }
+        if n < limit && k < out.len() && self.ready.is_empty() && !self.ready_tail.is_empty() {
+            let take = self.ready_tail.len().min(limit - n);
+            out[k] = self.ready_tail.split_to(take).freeze();
+            n += take;
+            k += 1;
+        }
+        let n = self.finish_read(n)?;
+        self.limits.on_download(n);
+        Ok((n, k))
+    }
+
+    /// How much a read of up to `len` bytes may take under the download
+    /// limits; `None` (with a timer armed to try again) when nothing.
+    fn read_allowance(&mut self, len: usize) -> Option<usize> {
         // Reads go in chunks of at least 8 KiB (or what is there): waking
         // for every few bytes the bucket refills would be all overhead.
-        let want = self.readable_bytes().min(buf.len()).min(8 * 1024);
+        let want = self.readable_bytes().min(len).min(8 * 1024);
         let allowed = self.limits.download_allowance(self.clock);
         if want > 0 && allowed < want {
             let wait = self.limits.download_delay(self.clock, want);
             self.read_limited_until = Some(self.clock + wait);
-            return Ok(0);
+            return None;
         }
-        let limit = buf.len().min(allowed);
-        let n = self.read_unlimited(&mut buf[..limit])?;
-        self.limits.on_download(n);
-        Ok(n)
+        Some(len.min(allowed))
     }
 
     fn read_unlimited(&mut self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
@@ -747,6 +826,12 @@ impl Connection {
             bytes::Buf::advance(&mut self.ready_tail, take);
             n += take;
         }
+        self.finish_read(n)
+    }
+
+    /// Accounts for `n` bytes read: buffers, the error to report, and the
+    /// window update a stalled sender needs.
+    fn finish_read(&mut self, n: usize) -> Result<usize, ConnectionError> {
         self.ready_bytes -= n;
         if self.ready_bytes == 0 && self.ready_tail.capacity() > 0 {
             // Drained: an idle connection keeps no receive memory.

@@ -35,6 +35,19 @@ pub(crate) struct SendQueue {
     /// Once they are acknowledged one is reused for the next chunk instead
     /// of allocating (and page-faulting in) a fresh one.
     spares: Vec<(usize, BytesMut)>,
+    /// What `reserve` handed out, until `commit`.
+    checked_out: Checkout,
+}
+
+/// Where the region handed out by [`SendQueue::reserve`] came from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Checkout {
+    #[default]
+    None,
+    /// The spare room of the chunk writes go to (split off its end).
+    Tail,
+    /// A chunk of this allocated size of its own.
+    Chunk(usize),
 }
 
 impl SendQueue {
@@ -122,6 +135,55 @@ impl SendQueue {
             last.extend_from_slice(&data[..n]);
             data = &data[n..];
         }
+    }
+
+    /// Hands out room for at most `n` more bytes (at least one), to fill
+    /// without access to the queue (outside a lock), then [`commit`]: the
+    /// spare room of the chunk writes go to, or a new chunk. One at a time.
+    ///
+    /// [`commit`]: SendQueue::commit
+    pub(crate) fn reserve(&mut self, n: usize) -> BytesMut {
+        debug_assert_eq!(
+            self.checked_out,
+            Checkout::None,
+            "one reservation at a time"
+        );
+        if let Some((_, back)) = self.chunks.back_mut() {
+            if back.capacity() > back.len() {
+                self.checked_out = Checkout::Tail;
+                let at = back.len();
+                return back.split_off(at);
+            }
+        }
+        let cap = n.max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
+        let (size, chunk) = self.new_chunk(cap);
+        self.checked_out = Checkout::Chunk(size);
+        chunk
+    }
+
+    /// Appends what was written into the region from [`SendQueue::reserve`]
+    /// (at most its capacity, so it never moved).
+    pub(crate) fn commit(&mut self, data: BytesMut) {
+        self.len += data.len();
+        match std::mem::take(&mut self.checked_out) {
+            // Back where it was split off: no copy. (Should the chunk have
+            // been drained and retired meanwhile, the region is a chunk of
+            // its own.)
+            Checkout::Tail => match self.chunks.back_mut() {
+                Some((_, back)) => back.unsplit(data),
+                None => self.chunks.push_back((data.capacity(), data)),
+            },
+            Checkout::Chunk(size) => self.chunks.push_back((size, data)),
+            Checkout::None => {
+                debug_assert!(false, "commit without reserve");
+                self.chunks.push_back((data.capacity(), data));
+            }
+        }
+    }
+
+    /// Gives a reservation up (the connection failed meanwhile).
+    pub(crate) fn cancel(&mut self) {
+        self.checked_out = Checkout::None;
     }
 
     /// Removes and returns the oldest `n` bytes (fewer if fewer are queued).
@@ -277,5 +339,53 @@ mod tests {
         q.clear();
         assert!(q.is_empty());
         assert_eq!(q.take(10), Bytes::new());
+    }
+
+    /// Reserves room for `n`, fills it with `fill`, commits; returns how
+    /// many bytes went in.
+    fn reserve_fill(q: &mut SendQueue, n: usize, fill: u8) -> usize {
+        let mut r = q.reserve(n);
+        let k = n.min(r.capacity() - r.len());
+        let before = r.as_ptr();
+        r.extend_from_slice(&vec![fill; k]);
+        assert_eq!(r.as_ptr(), before, "filled in place");
+        q.commit(r);
+        k
+    }
+
+    #[test]
+    fn a_reservation_fills_the_chunk_writes_go_to_then_a_new_one() {
+        let mut q = SendQueue::default();
+        q.push(&[1; 1000]);
+        let cap = q.chunks[0].0;
+        // The rest of the chunk, in place: still one chunk.
+        assert_eq!(reserve_fill(&mut q, 1 << 20, 2), cap - 1000);
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.len(), cap);
+        // Full: a chunk of its own.
+        assert_eq!(reserve_fill(&mut q, 5000, 3), 5000);
+        assert_eq!(q.chunks.len(), 2);
+        let mut out = Vec::new();
+        while !q.is_empty() {
+            out.extend_from_slice(&q.take(1400));
+        }
+        let mut want = vec![1; 1000];
+        want.extend(vec![2; cap - 1000]);
+        want.extend(vec![3; 5000]);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_reservation_survives_its_chunk_being_drained_meanwhile() {
+        let mut q = SendQueue::default();
+        q.push(&[1; 100]);
+        let mut r = q.reserve(50);
+        // The driver sends everything queued while the region is filled.
+        assert_eq!(&q.take(100)[..], &[1; 100][..]);
+        r.extend_from_slice(&[2; 50]);
+        q.commit(r);
+        assert_eq!(q.len(), 50);
+        assert_eq!(&q.take(1000)[..], &[2; 50][..]);
+        assert!(q.is_empty());
     }
 }

@@ -127,8 +127,22 @@ fn transfer(script: Script, delay_ms: u64, c2s: usize, s2c: usize, seed: u64) ->
                 continue;
             }
             while s.written < s.send.len() {
+                let rest = &s.send[s.written..];
+                // Side 1 writes in two steps, as the async layer does for
+                // large writes (room reserved, filled, committed).
                 let n = ep
-                    .with_conn(h, now, |c| c.write(&s.send[s.written..]))
+                    .with_conn(h, now, |c| {
+                        if i == 0 {
+                            return c.write(rest);
+                        }
+                        match c.write_reserve(rest.len())? {
+                            None => Ok(0),
+                            Some((mut buf, n)) => {
+                                buf.extend_from_slice(&rest[..n]);
+                                c.write_commit(buf)
+                            }
+                        }
+                    })
                     .expect("write on a live connection");
                 if n == 0 {
                     break;
