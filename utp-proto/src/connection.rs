@@ -253,6 +253,9 @@ pub struct Connection {
     /// A probe was lost: ask the OS whether ICMP taught it a smaller path
     /// MTU (see `take_path_query`).
     path_query: bool,
+    /// Whether this connection may send path MTU probes now (the endpoint
+    /// lets one connection per peer address search at a time).
+    probing_allowed: bool,
     /// Black-hole check (see `on_large_timer_loss`).
     bh_check: BlackHoleCheck,
     /// After a fall-back, no new check until every packet sent before it
@@ -398,6 +401,7 @@ impl Connection {
             fragmentable: false,
             split: false,
             split_payload: None,
+            probing_allowed: true,
             path_query: false,
             bh_check: BlackHoleCheck::Idle,
             bh_quiet_until: None,
@@ -650,6 +654,31 @@ impl Connection {
 
     /// Keeps the payload size (and the controller's idea of it) in step
     /// with the path MTU search.
+    /// The datagram size in use, as path MTU discovery confirmed it.
+    pub fn datagram_size(&self) -> usize {
+        self.pmtud.current()
+    }
+
+    /// Whether a path MTU probe of this connection is unanswered.
+    pub fn is_probing(&self) -> bool {
+        self.pmtud.probing()
+    }
+
+    /// Another connection to the same peer address confirmed datagrams of
+    /// `size` bytes: this one uses them too, without probing for them.
+    pub fn adopt_datagram_size(&mut self, size: usize, now: Instant) {
+        self.pmtud.adopt(size, now);
+        self.sync_mss();
+    }
+
+    /// Lets this connection send path MTU probes, or holds them back (the
+    /// endpoint lets one connection per peer address search at a time:
+    /// a thousand connections each probing with 64 KiB datagrams at once
+    /// overflowed the peer's socket buffer).
+    pub fn set_probing_allowed(&mut self, allowed: bool) {
+        self.probing_allowed = allowed;
+    }
+
     fn sync_mss(&mut self) {
         let mss = self.pmtud.current().saturating_sub(HEADER_LEN).max(1);
         if mss != self.mss {
@@ -2218,7 +2247,8 @@ impl Connection {
     fn send_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         // A full packet of data must still wait behind the probe, so the
         // FIN (sent once `pending` is empty) never precedes it.
-        if self.state != State::Connected || self.pending.len() < self.mss {
+        if self.state != State::Connected || self.pending.len() < self.mss || !self.probing_allowed
+        {
             return None;
         }
         let probe = self.pmtud.poll_probe(now)?;

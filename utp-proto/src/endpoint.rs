@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,6 +98,8 @@ struct Entry {
     half_open: bool,
     /// Its failure is counted in the stats.
     failure_counted: bool,
+    /// The datagram size last shared for it (0: not yet).
+    path_size: usize,
 }
 
 /// The sans-IO endpoint: owns every connection of one socket.
@@ -117,6 +119,9 @@ pub struct Endpoint {
     touched: Vec<ConnHandle>,
     /// Connections asking for the OS's path MTU (see `poll_path_query`).
     path_queries: VecDeque<ConnHandle>,
+    /// What connections learned about the path to each peer address (see
+    /// `share_path`).
+    paths: HashMap<IpAddr, PathShare>,
     resets: VecDeque<(SocketAddr, Header)>,
     reset_tokens: f64,
     reset_refill: Instant,
@@ -132,6 +137,25 @@ pub struct Endpoint {
 
 /// Most path MTU queries queued at once (see `Endpoint::poll_path_query`).
 const MAX_PATH_QUERIES: usize = 1024;
+
+/// Most peer addresses whose path size is remembered; the map is cleared
+/// when full (it refills as connections learn).
+const MAX_PATHS: usize = 4096;
+
+/// The path to one peer address, as its connections found it. The path MTU
+/// belongs to the path, not to a connection: a connection that confirms a
+/// size tells the others, and one connection at a time searches, so that
+/// many connections to one peer do not each probe with 64 KiB datagrams at
+/// once (a thousand such probes overflowed the peer's socket buffer, and
+/// the losses cost retransmission timeouts).
+#[derive(Debug, Clone, Copy)]
+struct PathShare {
+    /// Largest datagram size confirmed, and when.
+    size: usize,
+    at: Instant,
+    /// The connection whose probe is out, if any.
+    searcher: Option<usize>,
+}
 
 /// Most RESET replies queued at once; more are dropped (and counted).
 const MAX_QUEUED_RESETS: usize = 64;
@@ -172,6 +196,7 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             touched: Vec::new(),
             path_queries: VecDeque::new(),
+            paths: HashMap::new(),
             resets: VecDeque::new(),
             reset_refill: now,
             rng,
@@ -272,6 +297,7 @@ impl Endpoint {
             scheduled: None,
             half_open,
             failure_counted: false,
+            path_size: 0,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
@@ -417,6 +443,8 @@ impl Endpoint {
             return;
         }
         e.conn.refresh(now);
+        self.share_path(idx, now);
+        let e = &mut self.conns[idx];
         // Bounded: a caller that never asks must not grow memory.
         if e.conn.take_path_query() && self.path_queries.len() < MAX_PATH_QUERIES {
             self.path_queries.push_back(ConnHandle(idx));
@@ -427,6 +455,61 @@ impl Endpoint {
             self.dirty.push_back(idx);
         }
         self.schedule(idx);
+    }
+
+    /// Keeps `paths` up to date with connection `idx`: a larger size it
+    /// confirmed goes to every connection to the same peer address, and a
+    /// new connection starts with the size found recently; a smaller one
+    /// (a black hole, a route change) is what later connections start with.
+    fn share_path(&mut self, idx: usize, now: Instant) {
+        let e = &mut self.conns[idx];
+        let (ip, size) = (e.addr.ip(), e.conn.datagram_size());
+        if size == e.path_size {
+            return;
+        }
+        let new = e.path_size == 0;
+        e.path_size = size;
+        if !self.paths.contains_key(&ip) && self.paths.len() >= MAX_PATHS {
+            self.paths.clear();
+        }
+        let share = self.paths.entry(ip).or_insert(PathShare {
+            size,
+            at: now,
+            searcher: None,
+        });
+        if size > share.size {
+            share.size = size;
+            share.at = now;
+            for (j, o) in self.conns.iter_mut() {
+                if j != idx && o.addr.ip() == ip && o.conn.datagram_size() < size {
+                    o.conn.adopt_datagram_size(size, now);
+                }
+            }
+        } else if size < share.size {
+            if new && now.saturating_duration_since(share.at) < self.cfg.pmtud_interval {
+                // A new connection starts with what the others found.
+                let size = share.size;
+                let e = &mut self.conns[idx];
+                e.conn.adopt_datagram_size(size, now);
+                e.path_size = e.conn.datagram_size();
+            } else {
+                share.size = size;
+                share.at = now;
+            }
+        }
+    }
+
+    /// Whether connection `idx` may probe the path now: no other connection
+    /// to its peer address has a probe out.
+    fn may_probe(&self, idx: usize) -> bool {
+        let ip = self.conns[idx].addr.ip();
+        match self.paths.get(&ip).and_then(|p| p.searcher) {
+            Some(s) if s != idx => !self
+                .conns
+                .get(s)
+                .is_some_and(|o| o.addr.ip() == ip && o.conn.is_probing()),
+            _ => true,
+        }
     }
 
     fn schedule(&mut self, idx: usize) {
@@ -683,6 +766,9 @@ impl Endpoint {
                 continue;
             };
             e.dirty = false;
+            let may_probe = self.may_probe(idx);
+            let e = &mut self.conns[idx];
+            e.conn.set_probing_allowed(may_probe);
             let sent = if split {
                 e.conn.poll_transmit_split(now, buf)
             } else {
@@ -695,6 +781,11 @@ impl Endpoint {
             };
             let destination = e.addr;
             let fragmentable = e.conn.transmit_fragmentable();
+            if e.conn.is_probing() {
+                if let Some(p) = self.paths.get_mut(&destination.ip()) {
+                    p.searcher = Some(idx);
+                }
+            }
             self.stats.datagrams_sent += 1;
             self.after_change(idx, now);
             let t = Transmit {

@@ -230,6 +230,30 @@ impl Pmtud {
         }
     }
 
+    /// Whether a probe is in flight.
+    pub fn probing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Another connection on the same path (same peer address) confirmed
+    /// `size`: taken as if a probe of it had been acknowledged here (the
+    /// search goes on above it, and black-hole detection still guards it).
+    pub fn adopt(&mut self, size: usize, now: Instant) {
+        if self.phase == Phase::Disabled || size <= self.current || size > self.ceiling {
+            return;
+        }
+        self.current = size;
+        if self.trying.is_some_and(|t| t <= size) && self.in_flight.is_none() {
+            self.trying = None;
+        }
+        self.losses_at_size = 0;
+        self.large_losses = 0;
+        if self.phase == Phase::Searching && self.in_flight.is_none() && self.next_size().is_none()
+        {
+            self.finish_search(now);
+        }
+    }
+
     /// The probe of `size` bytes was lost (not congestion).
     pub fn on_probe_lost(&mut self, size: usize, now: Instant) {
         if self.in_flight != Some(size) {

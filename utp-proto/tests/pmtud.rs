@@ -467,3 +467,79 @@ fn random_loss_reordering_and_queue_drops_are_not_taken_for_a_black_hole() {
     assert_eq!(run.stats.pmtud_black_holes, 0);
     assert!(run.stats.payload_size > 1212, "{}", run.stats.payload_size);
 }
+
+/// The path MTU belongs to the path: a connection opened after another
+/// found the size to the same peer starts with it, without probing.
+#[test]
+fn a_new_connection_to_the_same_peer_starts_with_the_size_found() {
+    let ceiling = 9000 - IP_UDP_OVERHEAD;
+    let run = transfer(
+        Config::default(),
+        link(9000),
+        ceiling,
+        pattern(MIB, 3),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    assert_eq!(run.stats.payload_size, fits(9000));
+    let mut net = run.net;
+    let now = net.now;
+    let h = net.eps[0].connect(now, net.addrs[1]).unwrap();
+    net.eps[0].set_max_datagram(h, now, ceiling);
+    let c = net.eps[0].conn(h);
+    assert_eq!(c.datagram_size(), ceiling, "the size found, at once");
+    assert_eq!(c.stats().payload_size, fits(9000));
+}
+
+/// Many connections to one peer search one at a time: never two probes out
+/// at once (each probe is a datagram of the size tried; a thousand 64 KiB
+/// probes at once overflowed the peer's socket buffer), and the size one
+/// confirms reaches the others.
+#[test]
+fn connections_to_one_peer_probe_one_at_a_time_and_share_the_size() {
+    let ceiling = 9000 - IP_UDP_OVERHEAD;
+    let mut net = SimNet::new(Config::default(), link(9000), 7);
+    let now = net.now;
+    let hs: Vec<ConnHandle> = (0..8)
+        .map(|_| {
+            let h = net.eps[0].connect(now, net.addrs[1]).unwrap();
+            net.eps[0].set_max_datagram(h, now, ceiling);
+            h
+        })
+        .collect();
+    let data = pattern(256 * 1024, 4);
+    let mut written = vec![0; hs.len()];
+    let mut accepted = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut most_probing = 0;
+    net.run(Duration::from_secs(30), 1_000_000, |net| {
+        let now = net.now;
+        while let Some(h) = net.eps[1].accept() {
+            accepted.push(h);
+        }
+        for &h in &accepted {
+            while net.eps[1].with_conn(h, now, |c| c.read(&mut buf)).unwrap() > 0 {}
+        }
+        for (i, &h) in hs.iter().enumerate() {
+            if written[i] < data.len() {
+                written[i] += net.eps[0]
+                    .with_conn(h, now, |c| c.write(&data[written[i]..]))
+                    .unwrap();
+            }
+        }
+        let probing = hs
+            .iter()
+            .filter(|&&h| net.eps[0].conn(h).is_probing())
+            .count();
+        most_probing = most_probing.max(probing);
+        hs.iter()
+            .all(|&h| net.eps[0].conn(h).datagram_size() == ceiling)
+            && written.iter().all(|&w| w == data.len())
+    });
+    assert_eq!(most_probing, 1, "one search at a time");
+    let probes: u64 = hs
+        .iter()
+        .map(|&h| net.eps[0].conn(h).stats().pmtud_probes)
+        .sum();
+    assert!(probes <= 3, "{probes} probes for one path");
+}
