@@ -155,6 +155,10 @@ struct PathShare {
     at: Instant,
     /// The connection whose probe is out, if any.
     searcher: Option<usize>,
+    /// Connections to this address (counted from their first sharing; a
+    /// size is passed on only when there are others, so connections to
+    /// many different peers cost no scan).
+    conns: usize,
 }
 
 /// Most RESET replies queued at once; more are dropped (and counted).
@@ -439,6 +443,11 @@ impl Endpoint {
                 }
             }
             self.retired_drops += e.conn.drop_stats();
+            if e.path_size != 0 {
+                if let Some(p) = self.paths.get_mut(&e.addr.ip()) {
+                    p.conns = p.conns.saturating_sub(1);
+                }
+            }
             self.conns.remove(idx);
             return;
         }
@@ -476,10 +485,15 @@ impl Endpoint {
             size,
             at: now,
             searcher: None,
+            conns: 0,
         });
+        share.conns += usize::from(new);
         if size > share.size {
             share.size = size;
             share.at = now;
+            if share.conns < 2 {
+                return;
+            }
             for (j, o) in self.conns.iter_mut() {
                 if j != idx && o.addr.ip() == ip && o.conn.datagram_size() < size {
                     o.conn.adopt_datagram_size(size, now);
