@@ -33,7 +33,7 @@ const COPY_UNLOCKED: usize = 16 * 1024;
 /// datagrams on loopback: a 256 KiB read takes four or five).
 const READ_PIECES: usize = 16;
 
-/// Maps a protocol error to the `std::io` error users match on.
+/// Maps a write's error to the `std::io` error users match on.
 fn write_error(e: WriteError) -> io::Error {
     match e {
         WriteError::Failed(e) => io_error(e),
@@ -41,6 +41,7 @@ fn write_error(e: WriteError) -> io::Error {
     }
 }
 
+/// Maps a protocol error to the `std::io` error users match on.
 pub(crate) fn io_error(e: ConnectionError) -> io::Error {
     let kind = match e {
         ConnectionError::Refused => io::ErrorKind::ConnectionRefused,
