@@ -635,6 +635,8 @@ pub struct Driver {
     /// Wakers collected under the lock, called after it is released (a woken
     /// task on another thread would only contend for it).
     wake: Vec<Waker>,
+    /// `wake` holds a reader whose peer has finished (see `step`).
+    fin_woken: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -666,6 +668,7 @@ impl Driver {
             timer_at: None,
             touched: Vec::new(),
             wake: Vec::new(),
+            fin_woken: false,
         })
     }
 
@@ -758,7 +761,11 @@ impl Driver {
         self.touched.extend(inner.endpoint.drain_touched());
         for h in self.touched.drain(..) {
             if let Some(w) = inner.wakers.get_mut(&h) {
-                w.take_ready_into(inner.endpoint.get(h), &mut self.wake);
+                let c = inner.endpoint.get(h);
+                if w.read.is_some() && c.is_some_and(|c| c.is_peer_finished()) {
+                    self.fin_woken = true;
+                }
+                w.take_ready_into(c, &mut self.wake);
             }
         }
         if inner.endpoint.accept_queue_len() > 0 {
@@ -866,15 +873,30 @@ impl Driver {
         // message: a thread wakeup and lock contention per round trip.)
         let full = self.collect(&mut inner);
         drop(inner);
-        for w in self.wake.drain(..) {
-            w.wake();
-        }
-        let sent_all = self.flush(cx)?;
+        // The woken tasks run while the batch goes out, except when one
+        // learns of its peer's FIN: that reader may exit the program at once,
+        // and the ack of the FIN must be out by then (while the driver holds
+        // collected datagrams, tasks leave sending to it, to keep the order).
+        let flushed = if std::mem::take(&mut self.fin_woken) {
+            let flushed = self.flush(cx);
+            self.wake_all();
+            flushed
+        } else {
+            self.wake_all();
+            self.flush(cx)
+        };
+        let sent_all = flushed?;
         Ok(if received || (full && sent_all) {
             Step::More
         } else {
             Step::Idle
         })
+    }
+
+    fn wake_all(&mut self) {
+        for w in self.wake.drain(..) {
+            w.wake();
+        }
     }
 
     fn fail_all(&mut self, inner: &mut Inner, kind: io::ErrorKind) {
