@@ -97,8 +97,10 @@ pub struct Config {
     /// How long the ack of a lone small data packet (under 1 KiB, in order,
     /// with no other packet unacknowledged) may wait for data of ours to
     /// carry it: request/response traffic then sends one datagram per
-    /// message instead of two (TCP's delayed ack). Anything else is acked
-    /// at once. `None` acks every packet at once. Default 1 ms.
+    /// message instead of two (TCP's delayed ack). The initiator's ack of
+    /// the SYN-ACK waits the same way for its first data or FIN; anything
+    /// else is acked at once. `None` acks every packet at once. Default
+    /// 1 ms.
     pub ack_delay: Option<Duration>,
     /// Congestion controller factory. Default [`LedbatFactory`] (LEDBAT with
     /// a 100 ms target); [`crate::AimdFactory`] competes like TCP instead.
