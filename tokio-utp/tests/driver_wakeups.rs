@@ -89,32 +89,45 @@ async fn driver_finishes_after_close_when_peer_stays_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_is_acked_before_eof_reaches_the_reader() {
     let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = close_to_a_peer_that_exits_at_eof(&listener, rt, b"bye".to_vec()).await;
+    assert!(
+        matches!(closed, Ok(Ok(()))),
+        "our FIN was not acked by a peer that read EOF and exited: {closed:?}"
+    );
+}
+
+/// Sends `data` to a peer that runs on `rt` (its own program, on its own
+/// thread), reads to EOF and exits at once, never dropping its stream (so
+/// no FIN of its own); returns how our `shutdown` ended.
+async fn close_to_a_peer_that_exits_at_eof(
+    listener: &UtpListener,
+    rt: tokio::runtime::Runtime,
+    data: Vec<u8>,
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
     let addr = listener.local_addr().unwrap();
+    let expect = data.clone();
     let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let stream = rt.block_on(async {
             let (mut stream, driver) = UtpStream::connect(addr).await.unwrap();
             tokio::spawn(driver);
             let mut got = Vec::new();
             stream.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, b"bye");
+            assert_eq!(got, expect);
             stream
         });
-        drop(rt);
-        // "Exit": the stream is never dropped, so no FIN of ours either.
+        // "Exit" at once: the runtime (and the driver) go with it.
+        rt.shutdown_background();
         std::mem::forget(stream);
     });
     let (mut s, _) = listener.accept().await.unwrap();
-    s.write_all(b"bye").await.unwrap();
+    s.write_all(&data).await.unwrap();
     let closed = timeout(Duration::from_secs(5), s.shutdown()).await;
     client.join().unwrap();
-    assert!(
-        matches!(closed, Ok(Ok(()))),
-        "our FIN was not acked by a peer that read EOF and exited: {closed:?}"
-    );
+    closed
 }
 
 /// The SYN-ACK always reaches the wire before the responder's first DATA,
@@ -306,30 +319,13 @@ async fn a_reply_carries_the_ack_of_its_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fin_is_acked_before_eof_reaches_a_reader_on_another_thread() {
     let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     for round in 0..20 {
-        let client = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            let stream = rt.block_on(async {
-                let (mut stream, driver) = UtpStream::connect(addr).await.unwrap();
-                tokio::spawn(driver);
-                let mut got = Vec::new();
-                stream.read_to_end(&mut got).await.unwrap();
-                assert_eq!(got.len(), 200_000);
-                stream
-            });
-            // "Exit" at once: the runtime (and the driver) go with it.
-            rt.shutdown_background();
-            std::mem::forget(stream);
-        });
-        let (mut s, _) = listener.accept().await.unwrap();
-        s.write_all(&vec![7u8; 200_000]).await.unwrap();
-        let closed = timeout(Duration::from_secs(5), s.shutdown()).await;
-        client.join().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let closed = close_to_a_peer_that_exits_at_eof(&listener, rt, vec![7u8; 200_000]).await;
         assert!(
             matches!(closed, Ok(Ok(()))),
             "round {round}: our FIN was not acked by a peer that read EOF and exited: {closed:?}"
