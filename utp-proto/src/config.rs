@@ -36,11 +36,26 @@ pub struct Config {
     /// grown path MTU. Default 10 minutes (RFC 8899's PMTU_RAISE_TIMER).
     pub pmtud_interval: Duration,
     /// Bytes the application may queue for sending before `write` blocks
-    /// (unsent plus unacknowledged). Default 1 MiB.
+    /// (unsent plus unacknowledged). Default 1 MiB. A connection queues at
+    /// most about twice its congestion window (at least 64 KiB) of this,
+    /// and with many connections to one peer, twice its share of
+    /// `max_peer_flight`: queued bytes far ahead of sending only hold
+    /// memory, which many connections fault in afresh.
     pub send_buffer: usize,
     /// Receive buffer: bounds the advertised window and the bytes held for a
     /// slow reader (in-order plus out-of-order). Default 1 MiB.
     pub recv_buffer: usize,
+    /// Most bytes in flight (sent, not yet acknowledged) on all connections
+    /// to one peer address together. The peer receives them all on one
+    /// socket, whose buffer is finite: many connections each within their
+    /// own windows can together overflow it, and every datagram dropped
+    /// there costs a retransmission (a hundred connections to one peer on
+    /// loopback lost one datagram in seven before this limit). It also
+    /// bounds each one's send buffer to a few times its share (see
+    /// `send_buffer`). Default 2 MiB: twice a connection's default window,
+    /// and half a typical Linux socket buffer's maximum (4 MiB). Raise it
+    /// with `recv_buffer` for single connections on long fat paths.
+    pub max_peer_flight: usize,
     /// How long `connect` may take before failing with a timeout. Default 10 s.
     pub connect_timeout: Duration,
     /// RTO before the first RTT sample. Default 1 s.
@@ -116,6 +131,7 @@ impl Default for Config {
             pmtud_interval: Duration::from_secs(600),
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
+            max_peer_flight: 2 << 20,
             connect_timeout: Duration::from_secs(10),
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(500),
@@ -165,6 +181,8 @@ setters! {
     send_buffer: usize;
     /// Sets [`Config::recv_buffer`].
     recv_buffer: usize;
+    /// Sets [`Config::max_peer_flight`].
+    max_peer_flight: usize;
     /// Sets [`Config::connect_timeout`].
     connect_timeout: Duration;
     /// Sets [`Config::initial_rto`].

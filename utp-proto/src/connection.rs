@@ -305,6 +305,10 @@ pub struct Connection {
     outstanding_bytes: usize,
     resend: VecDeque<u16>,
     in_flight: usize,
+    /// What the endpoint lets this connection add to its peer's data in
+    /// flight (see [`Connection::set_peer_room`]).
+    peer_room: usize,
+    peer_share: usize,
     peer_wnd: u32,
     peer_wnd_known: bool,
     /// ack_nr and timestamp of the packet whose window we use: a reordered
@@ -432,6 +436,8 @@ impl Connection {
             outstanding_bytes: 0,
             resend: VecDeque::new(),
             in_flight: 0,
+            peer_room: usize::MAX,
+            peer_share: usize::MAX,
             peer_wnd: 0,
             peer_wnd_known: false,
             wnd_ack: 0,
@@ -764,9 +770,10 @@ impl Connection {
     /// of the window only occupy memory (as TCP sizes its send buffer from
     /// the window); with many connections that is memory the application's
     /// writes fault in afresh, where a short queue cycles through warm
-    /// chunks.
+    /// chunks. Many connections to one peer share its flight limit, so the
+    /// window here is at most this connection's fair share of it.
     fn send_limit(&self) -> usize {
-        let by_window = self.cc.window().saturating_mul(2);
+        let by_window = self.cc.window().min(self.peer_share).saturating_mul(2);
         self.cfg.send_buffer.min(by_window.max(MIN_SEND_LIMIT))
     }
 
@@ -1996,6 +2003,46 @@ impl Connection {
 
     /// Bytes of new data that may be sent now.
     fn send_allowance(&self) -> usize {
+        let own = self.own_allowance();
+        if own > self.peer_room {
+            0
+        } else {
+            own
+        }
+    }
+
+    /// How much of its data in flight the endpoint lets this connection add
+    /// now (see [`Config::max_peer_flight`]); unlimited by default.
+    /// `share` is its fair share of that limit, which bounds its send
+    /// buffer (see `send_limit`).
+    pub(crate) fn set_peer_room(&mut self, room: usize, share: usize) {
+        self.peer_room = room;
+        self.peer_share = share;
+    }
+
+    /// Bytes sent and neither acknowledged nor declared lost.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether new data waits only for room among the connections to the
+    /// same peer (the endpoint wakes it when some is freed).
+    pub(crate) fn waits_for_peer_room(&self) -> bool {
+        matches!(self.state, State::Connected | State::SynRecv)
+            && !self.pending.is_empty()
+            && self.hold_until.is_none()
+            && self.paced_until.is_none()
+            && self.own_allowance() > self.peer_room
+    }
+
+    /// The room its next packet of new data takes (see
+    /// [`Connection::set_peer_room`]).
+    pub(crate) fn peer_room_wanted(&self) -> usize {
+        self.own_allowance().max(1)
+    }
+
+    /// [`Connection::send_allowance`] by this connection's own windows.
+    fn own_allowance(&self) -> usize {
         // Sequence comparisons work over half the 16-bit space; stay well
         // inside it whatever the buffers and payload size.
         if self.outstanding.len() >= MAX_OUTSTANDING_PACKETS {
@@ -2191,10 +2238,12 @@ impl Connection {
                 if let Some(n) = self.send_mtu_probe(now, buf) {
                     return Some(n);
                 }
+                self.probe_allowed = false;
+                // May be shorter than `n` (at the end of a chunk).
+                let payload = self.pending.take(n);
+                let n = payload.len();
                 self.pacer.on_sent(n);
                 self.limits.on_upload(n);
-                self.probe_allowed = false;
-                let payload = self.pending.take(n);
                 self.stats.bytes_sent += n as u64;
                 self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf, 0));

@@ -100,6 +100,12 @@ struct Entry {
     failure_counted: bool,
     /// The datagram size last shared for it (0: not yet).
     path_size: usize,
+    /// Its peer address's entry in `Endpoint::flights`.
+    flight_id: usize,
+    /// Its bytes in flight as counted there.
+    flight: usize,
+    /// In that entry's `waiting`.
+    waiting: bool,
 }
 
 /// The sans-IO endpoint: owns every connection of one socket.
@@ -133,6 +139,23 @@ pub struct Endpoint {
     half_open: usize,
     /// Drop counters of connections already freed.
     retired_drops: DropStats,
+    /// Data in flight per peer address (see [`Config::max_peer_flight`]),
+    /// for the addresses that have connections; connections keep their
+    /// entry's index, so only `insert` looks it up by address.
+    flights: Slab<Flight>,
+    flight_ids: HashMap<SocketAddr, usize>,
+}
+
+/// The data in flight to one peer address, and the connections waiting
+/// for some of it to be acknowledged before they send more.
+#[derive(Debug)]
+struct Flight {
+    addr: SocketAddr,
+    bytes: usize,
+    /// In the order they began to wait.
+    waiting: VecDeque<usize>,
+    /// Connections to the address.
+    conns: usize,
 }
 
 /// Most path MTU queries queued at once (see `Endpoint::poll_path_query`).
@@ -208,6 +231,8 @@ impl Endpoint {
             ids: HashMap::new(),
             half_open: 0,
             retired_drops: DropStats::default(),
+            flights: Slab::new(),
+            flight_ids: HashMap::new(),
         }
     }
 
@@ -293,6 +318,20 @@ impl Endpoint {
         let half_open = conn.state() == State::SynRecv;
         self.half_open += usize::from(half_open);
         *self.ids.entry(conn.recv_id()).or_default() += 1;
+        let flight_id = match self.flight_ids.get(&addr) {
+            Some(&id) => id,
+            None => {
+                let id = self.flights.insert(Flight {
+                    addr,
+                    bytes: 0,
+                    waiting: VecDeque::new(),
+                    conns: 0,
+                });
+                self.flight_ids.insert(addr, id);
+                id
+            }
+        };
+        self.flights[flight_id].conns += 1;
         let idx = self.conns.insert(Entry {
             conn,
             addr,
@@ -302,6 +341,9 @@ impl Endpoint {
             half_open,
             failure_counted: false,
             path_size: 0,
+            flight_id,
+            flight: 0,
+            waiting: false,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
@@ -416,6 +458,7 @@ impl Endpoint {
     }
 
     fn after_change(&mut self, idx: usize, now: Instant) {
+        self.count_flight(idx);
         let e = &mut self.conns[idx];
         if e.half_open && (e.conn.state() != State::SynRecv || e.conn.is_done()) {
             e.half_open = false;
@@ -443,6 +486,15 @@ impl Endpoint {
                 }
             }
             self.retired_drops += e.conn.drop_stats();
+            let f = &mut self.flights[e.flight_id];
+            if e.waiting {
+                f.waiting.retain(|&w| w != idx);
+            }
+            f.conns -= 1;
+            if f.conns == 0 {
+                self.flight_ids.remove(&f.addr);
+                self.flights.remove(e.flight_id);
+            }
             if e.path_size != 0 {
                 if let Some(p) = self.paths.get_mut(&e.addr.ip()) {
                     p.conns = p.conns.saturating_sub(1);
@@ -452,6 +504,8 @@ impl Endpoint {
             return;
         }
         e.conn.refresh(now);
+        self.count_flight(idx);
+        self.update_peer_room(idx);
         self.share_path(idx, now);
         let e = &mut self.conns[idx];
         // Bounded: a caller that never asks must not grow memory.
@@ -464,6 +518,68 @@ impl Endpoint {
             self.dirty.push_back(idx);
         }
         self.schedule(idx);
+    }
+
+    /// Tells connection `idx` what it may add to the data in flight to its
+    /// peer address (see [`Config::max_peer_flight`]); if that holds its
+    /// data back, it waits for the next acknowledgement to that peer (some
+    /// data is in flight then, or there would be room).
+    fn update_peer_room(&mut self, idx: usize) {
+        let e = &mut self.conns[idx];
+        let f = &mut self.flights[e.flight_id];
+        let limit = self.cfg.max_peer_flight;
+        // With nothing in flight there is always room (whatever the limit,
+        // so even one below a packet's size cannot stall a connection).
+        let room = if f.bytes == 0 {
+            usize::MAX
+        } else {
+            limit.saturating_sub(f.bytes)
+        };
+        e.conn.set_peer_room(room, limit / f.conns.max(1));
+        if !e.waiting && e.conn.waits_for_peer_room() {
+            e.waiting = true;
+            f.waiting.push_back(idx);
+        }
+    }
+
+    /// Brings `flights` up to date with connection `idx`'s bytes in flight
+    /// (none once it is done). When that frees room, waiting connections
+    /// are woken in turn, as many as the room takes (not all of them on
+    /// every acknowledgement: with thousands waiting, that would poll each
+    /// for every packet).
+    fn count_flight(&mut self, idx: usize) {
+        let e = &mut self.conns[idx];
+        let now_in_flight = if e.conn.is_done() {
+            0
+        } else {
+            e.conn.in_flight()
+        };
+        if now_in_flight == e.flight {
+            return;
+        }
+        let before = std::mem::replace(&mut e.flight, now_in_flight);
+        let f = &mut self.flights[e.flight_id];
+        f.bytes = (f.bytes + now_in_flight).saturating_sub(before);
+        if now_in_flight >= before {
+            return;
+        }
+        let mut room = if f.bytes == 0 {
+            usize::MAX
+        } else {
+            self.cfg.max_peer_flight.saturating_sub(f.bytes)
+        };
+        while room > 0 {
+            let Some(w) = f.waiting.pop_front() else {
+                break;
+            };
+            let e = &mut self.conns[w];
+            e.waiting = false;
+            room = room.saturating_sub(e.conn.peer_room_wanted());
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push_back(w);
+            }
+        }
     }
 
     /// Keeps `paths` up to date with connection `idx`: a larger size it
@@ -781,6 +897,7 @@ impl Endpoint {
             };
             e.dirty = false;
             let may_probe = self.may_probe(idx);
+            self.update_peer_room(idx);
             let e = &mut self.conns[idx];
             e.conn.set_probing_allowed(may_probe);
             let sent = if split {

@@ -4,8 +4,10 @@
 //! keep sharing its allocation until they are acknowledged: every `reserve`
 //! for a new write then reallocates and copies all the bytes still queued
 //! (up to the whole send buffer, for every write). Here writes fill chunks of
-//! bounded size instead, and a packet is split off a chunk without copying;
-//! only a packet that spans two chunks is assembled by a copy.
+//! bounded size instead, and a packet is split off a chunk without copying.
+//! A large packet that would span two chunks ends at the first one's end
+//! instead (one shorter packet per chunk); only a small one is assembled
+//! by a copy.
 
 use std::collections::VecDeque;
 
@@ -23,6 +25,9 @@ const MAX_SPARES: usize = 4;
 const MAX_SPARE_BYTES: usize = 2 * MAX_CHUNK;
 /// Smallest chunk: small writes (request/response traffic) share one.
 const MIN_CHUNK: usize = 4 * 1024;
+/// Largest packet assembled from two chunks by a copy; a larger one ends at
+/// the chunk boundary (see [`SendQueue::take`]).
+const ASSEMBLE_MAX: usize = 4 * 1024;
 
 /// A FIFO of bytes in chunks.
 #[derive(Debug, Default)]
@@ -186,7 +191,8 @@ impl SendQueue {
         self.checked_out = Checkout::None;
     }
 
-    /// Removes and returns the oldest `n` bytes (fewer if fewer are queued).
+    /// Removes and returns the oldest `n` bytes, or fewer: fewer are queued,
+    /// or `n` is over [`ASSEMBLE_MAX`] and the oldest chunk holds fewer.
     ///
     /// The chunk writes go to stays even when the queue runs empty: a
     /// sender that keeps up with its application empties it between writes,
@@ -203,6 +209,17 @@ impl SendQueue {
             let out = front.split_to(n).freeze();
             if front.is_empty() && (several || front.capacity() == 0) {
                 // Drained and no longer the chunk writes go to.
+                let chunk = self.chunks.pop_front().expect("front exists");
+                self.retire(chunk);
+            }
+            return out;
+        }
+        if n > ASSEMBLE_MAX && !front.is_empty() {
+            // A copy into a fresh allocation costs more than the shorter
+            // packet (with many connections, a page fault per 4 KiB).
+            let out = front.split_to(front.len()).freeze();
+            self.len += n - out.len();
+            if several || front.capacity() == 0 {
                 let chunk = self.chunks.pop_front().expect("front exists");
                 self.retire(chunk);
             }
@@ -302,14 +319,46 @@ mod tests {
         }
         assert_eq!(q.len(), expect.len());
         let mut got = Vec::new();
-        for n in [1usize, 1400, 7, 9000, 1400, 65_000, 1400] {
+        for n in [1usize, 1400, 7, 9000, 1400, 65_000, 1400]
+            .into_iter()
+            .cycle()
+        {
+            if q.is_empty() {
+                break;
+            }
             let b = q.take(n);
-            assert_eq!(b.len(), n.min(expect.len() - got.len()));
+            let want = n.min(expect.len() - got.len());
+            assert!(!b.is_empty() && b.len() <= want);
+            if n <= ASSEMBLE_MAX {
+                assert_eq!(b.len(), want, "small packets are assembled");
+            }
             got.extend_from_slice(&b);
         }
-        assert!(q.is_empty());
         assert_eq!(got, expect);
         assert_eq!(q.take(10).len(), 0);
+    }
+
+    #[test]
+    fn a_large_packet_ends_at_a_chunk_boundary_without_a_copy() {
+        let mut q = SendQueue::default();
+        q.push(&[1; 8192]);
+        q.push(&[2; 8192]);
+        assert!(q.chunks.len() >= 2, "{} chunks", q.chunks.len());
+        let front = q.chunks[0].1.len();
+        let first = q.take(1000);
+        let rest = q.take(60_000);
+        assert_eq!(rest.len(), front - 1000, "the rest of the first chunk");
+        assert_eq!(rest.as_ptr(), first[1000..].as_ptr(), "no copy");
+        assert_eq!(q.len(), 16_384 - front);
+        // A small one is assembled across the boundary.
+        let mut q = SendQueue::default();
+        q.push(&[1; 8192]);
+        q.push(&[2; 8192]);
+        let _ = q.take(front - 100);
+        let small = q.take(1400);
+        assert_eq!(small.len(), 1400);
+        assert_eq!(&small[..100], &[1; 100][..]);
+        assert_eq!(&small[100..], &[2; 1300][..]);
     }
 
     #[test]

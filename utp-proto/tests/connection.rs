@@ -1845,8 +1845,10 @@ fn a_split_transmit_is_the_same_datagram_with_the_payload_beside_it() {
     }
     assert_eq!(
         sizes,
-        vec![(120, 0), (20, 16_000), (20, 16_000), (20, 8_000)],
-        "100 bytes inline, then 40,000 in three gathered packets"
+        vec![(120, 0), (4016, 0), (20, 16_000), (20, 16_000), (4024, 0)],
+        "100 bytes inline; the rest of their 4 KiB chunk ends the next \
+         packet early; 32,000 in two gathered packets, the last 4,004 \
+         inline"
     );
 }
 

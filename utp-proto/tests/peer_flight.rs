@@ -1,0 +1,90 @@
+//! Many connections to one peer share `Config::max_peer_flight`: together
+//! they never have more in flight than it (the peer receives them all on one
+//! socket, whose buffer is finite), and all of them still finish.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{append_checked, pattern, LinkParams, SimNet, IP_UDP_OVERHEAD};
+use utp_proto::packet::HEADER_LEN;
+use utp_proto::{Config, ConnHandle};
+
+const KIB: usize = 1024;
+
+/// `n` connections from endpoint 0 each send `per_conn` bytes to endpoint 1;
+/// returns the most bytes in flight on all of them together at any step.
+fn many_to_one(cfg: Config, n: usize, per_conn: usize) -> usize {
+    let mut net = SimNet::new(cfg, LinkParams::clean(), 11);
+    let now = net.now;
+    let senders: Vec<ConnHandle> = (0..n)
+        .map(|_| net.eps[0].connect(now, net.addrs[1]).unwrap())
+        .collect();
+    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(per_conn, i as u64)).collect();
+    let mut written = vec![0; n];
+    let mut closed = vec![false; n];
+    // Accepted connections, matched to their sender by the data (each
+    // sender's pattern differs from its first byte on).
+    let mut receivers: Vec<(ConnHandle, Vec<u8>, Option<usize>)> = Vec::new();
+    let mut buf = vec![0u8; 64 * KIB];
+    let mut most_in_flight = 0;
+    net.run(Duration::from_secs(120), 5_000_000, |net| {
+        let now = net.now;
+        while let Some(h) = net.eps[1].accept() {
+            receivers.push((h, Vec::new(), None));
+        }
+        for (h, got, who) in &mut receivers {
+            loop {
+                let k = net.eps[1].with_conn(*h, now, |c| c.read(&mut buf)).unwrap();
+                if k == 0 {
+                    break;
+                }
+                let i = *who.get_or_insert_with(|| {
+                    (0..n)
+                        .find(|&i| data[i][got.len()..].starts_with(&buf[..k.min(16)]))
+                        .expect("data of some sender")
+                });
+                append_checked(got, &data[i], &buf[..k], 1);
+            }
+        }
+        for (i, &h) in senders.iter().enumerate() {
+            if written[i] < per_conn {
+                written[i] += net.eps[0]
+                    .with_conn(h, now, |c| c.write(&data[i][written[i]..]))
+                    .unwrap();
+            } else if !closed[i] {
+                net.eps[0].with_conn(h, now, |c| c.close());
+                closed[i] = true;
+            }
+        }
+        let in_flight: usize = senders
+            .iter()
+            .map(|&h| net.eps[0].conn(h).stats().bytes_in_flight)
+            .sum();
+        most_in_flight = most_in_flight.max(in_flight);
+        receivers.len() == n && receivers.iter().all(|(_, got, _)| got.len() == per_conn)
+    });
+    most_in_flight
+}
+
+#[test]
+fn connections_to_one_peer_share_its_flight_limit_and_all_finish() {
+    let limit = 256 * KIB;
+    let cfg = || Config::default().max_peer_flight(limit).ack_delay(None);
+    let most = many_to_one(cfg(), 16, 512 * KIB);
+    assert!(most <= limit, "{most} bytes in flight, limit {limit}");
+    assert!(most > limit / 2, "the limit is used ({most} bytes)");
+    // Without it the same transfers put far more in flight at once.
+    let unlimited = many_to_one(cfg().max_peer_flight(usize::MAX), 16, 512 * KIB);
+    assert!(unlimited > 2 * limit, "{unlimited} bytes unlimited");
+}
+
+#[test]
+fn a_limit_below_one_packet_still_lets_data_through() {
+    // Nothing in flight always leaves room for one packet.
+    let cfg = Config::default().max_peer_flight(100).ack_delay(None);
+    let most = many_to_one(cfg, 3, 64 * KIB);
+    // One packet at a time: no more than the largest the 1500-byte link
+    // carries.
+    assert!(most <= 1500 - IP_UDP_OVERHEAD - HEADER_LEN, "{most}");
+}
