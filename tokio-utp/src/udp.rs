@@ -19,15 +19,14 @@
 //! only module with `unsafe` (raw socket options libc has and socket2 lacks).
 #![allow(unsafe_code)]
 
-use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn_udp::{RecvMeta, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -412,7 +411,8 @@ impl BatchIo {
         udp: &UdpIo,
         rx: &mut RxBuffers,
     ) -> Poll<io::Result<()>> {
-        rx.count = 0;
+        // Refills lent slots should a batch not have been marked processed.
+        rx.processed();
         let RxBuffers { slots, meta, .. } = rx;
         let n = std::task::ready!(udp.poll_recv_io(cx, |sock| {
             self.state.recv(sock.into(), &mut slices(slots), meta)
@@ -506,35 +506,54 @@ pub(crate) fn is_peer_error(e: &io::Error) -> bool {
 ///
 /// A buffer holding large datagrams is lent out as [`Bytes`] while they are
 /// processed, so their payloads reach readers without a copy (the protocol
-/// core slices them, see `Endpoint::handle_datagram_shared`). A buffer that
-/// comes back unshared is reused; one a reader still holds is replaced and
-/// reclaimed once the reader lets go, so steady-state receiving writes into
-/// warm memory and allocates nothing.
+/// core slices them, see `Endpoint::handle_datagram_shared`). The last
+/// holder to let go returns it to a pool (see [`Lent`]), from which emptied
+/// slots are refilled, most recently returned first: steady-state receiving
+/// writes into warm memory and allocates nothing, with no bookkeeping of
+/// who still holds what.
 pub(crate) struct RxBuffers {
     /// `MAX_DATAGRAM` long each (zeroed once: pages cost nothing until the
-    /// kernel writes them).
-    slots: [BytesMut; RX_BUFFERS],
-    /// Slots frozen for the current batch (`Some` while lent).
+    /// kernel writes them). Empty while lent, until `processed`.
+    slots: [Vec<u8>; RX_BUFFERS],
+    /// Slots lent for the current batch (`Some` while lent).
     frozen: [Option<Bytes>; RX_BUFFERS],
     meta: [RecvMeta; RX_BUFFERS],
     count: usize,
-    /// Buffers readers still hold slices of, checked for return each batch.
-    lent: VecDeque<Bytes>,
-    /// Returned buffers, ready to refill a slot.
-    spare: Vec<BytesMut>,
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// Smallest datagram lent out rather than read in place: smaller payloads
 /// are copied by the protocol core anyway.
 const LEND_MIN: usize = 32 * 1024;
-/// Most lent buffers tracked for return (16 MiB: what readers pin is bounded
-/// by their receive windows, not by this); beyond that the oldest is simply
-/// left to its readers, which free it when done.
-const MAX_LENT: usize = 256;
-/// Most returned buffers kept for reuse (2 MiB). Many connections with
-/// readers a little behind cycle through this many; a fresh buffer costs a
-/// page fault per 4 KiB the kernel writes.
-const MAX_SPARE: usize = 32;
+/// Most returned buffers pooled for reuse (4 MiB); others are freed. Many
+/// connections with readers a little behind cycle through this many, and a
+/// fresh buffer costs a page fault per 4 KiB the kernel writes.
+const MAX_POOLED: usize = 64;
+
+/// A lent receive buffer: the owner behind the [`Bytes`] readers hold,
+/// which goes back to its pool when the last of them lets go.
+struct Lent {
+    buf: Vec<u8>,
+    pool: Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_POOLED {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
 
 /// One received datagram: in a slot, or a slice of a lent buffer.
 pub(crate) enum Datagram<'a> {
@@ -545,47 +564,25 @@ pub(crate) enum Datagram<'a> {
 impl RxBuffers {
     pub(crate) fn new() -> Self {
         Self {
-            slots: std::array::from_fn(|_| BytesMut::zeroed(MAX_DATAGRAM)),
+            slots: std::array::from_fn(|_| vec![0; MAX_DATAGRAM]),
             frozen: std::array::from_fn(|_| None),
             meta: [RecvMeta::default(); RX_BUFFERS],
             count: 0,
-            lent: VecDeque::new(),
-            spare: Vec::new(),
+            pool: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
-    /// Marks the last receive's datagrams as handled and takes back the
-    /// buffers nobody holds any more.
+    /// Marks the last receive's datagrams as handled and refills the slots
+    /// that were lent: with their own buffer when no reader kept a slice
+    /// (it just went back to the pool), else with one returned earlier.
     pub(crate) fn processed(&mut self) {
         self.count = 0;
         for (slot, frozen) in self.slots.iter_mut().zip(&mut self.frozen) {
-            let Some(b) = frozen.take() else { continue };
-            *slot = match b.try_into_mut() {
-                Ok(m) => m,
-                Err(b) => {
-                    if self.lent.len() == MAX_LENT {
-                        self.lent.pop_front();
-                    }
-                    self.lent.push_back(b);
-                    self.spare
-                        .pop()
-                        .unwrap_or_else(|| BytesMut::zeroed(MAX_DATAGRAM))
-                }
-            };
-        }
-        // Readers of different connections let go in any order.
-        let mut i = 0;
-        while i < self.lent.len() {
-            if !self.lent[i].is_unique() {
-                i += 1;
+            if frozen.take().is_none() {
                 continue;
             }
-            let b = self.lent.remove(i).expect("index in range");
-            if self.spare.len() < MAX_SPARE {
-                if let Ok(m) = b.try_into_mut() {
-                    self.spare.push(m);
-                }
-            }
+            let returned = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            *slot = returned.unwrap_or_else(|| vec![0; MAX_DATAGRAM]);
         }
     }
 
@@ -601,8 +598,11 @@ impl RxBuffers {
                 m.stride.min(len)
             };
             if segment >= LEND_MIN {
-                let slot = std::mem::take(&mut self.slots[i]);
-                self.frozen[i] = Some(slot.freeze());
+                let lent = Lent {
+                    buf: std::mem::take(&mut self.slots[i]),
+                    pool: Arc::downgrade(&self.pool),
+                };
+                self.frozen[i] = Some(Bytes::from_owner(lent));
             }
         }
         let (slots, frozen) = (&self.slots, &self.frozen);
@@ -623,9 +623,16 @@ impl RxBuffers {
                 })
             })
     }
+
+    /// Buffers waiting in the pool.
+    #[cfg(test)]
+    fn pooled(&self) -> Vec<*const u8> {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.iter().map(|b| b.as_ptr()).collect()
+    }
 }
 
-fn slices(bufs: &mut [BytesMut; RX_BUFFERS]) -> [IoSliceMut<'_>; RX_BUFFERS] {
+fn slices(bufs: &mut [Vec<u8>; RX_BUFFERS]) -> [IoSliceMut<'_>; RX_BUFFERS] {
     let mut it = bufs.iter_mut();
     std::array::from_fn(|_| IoSliceMut::new(&mut it.next().expect("RX_BUFFERS slots")[..]))
 }
@@ -976,6 +983,20 @@ mod tests {
         rx.count = sizes.len();
     }
 
+    /// Takes the lent buffers of the last receive, then marks it processed.
+    fn lend(rx: &mut RxBuffers, sizes: &[(usize, usize)]) -> Vec<Bytes> {
+        deliver(rx, sizes);
+        let b = rx
+            .datagrams()
+            .filter_map(|(_, d)| match d {
+                Datagram::Shared(b) => Some(b),
+                Datagram::Borrowed(_) => None,
+            })
+            .collect();
+        rx.processed();
+        b
+    }
+
     #[test]
     fn large_datagrams_are_lent_and_their_buffer_comes_back_once_released() {
         let mut rx = RxBuffers::new();
@@ -1003,65 +1024,48 @@ mod tests {
         rx.processed();
         assert_ne!(rx.slots[0].as_ptr(), slot0);
         assert_eq!(rx.slots[0].len(), MAX_DATAGRAM);
-        assert_eq!(rx.lent.len(), 1);
-        // Released: taken back as a spare and used for the next lent slot.
+        assert!(rx.pooled().is_empty());
+        // Released: back in the pool, and the next slot lent gets it.
         drop(kept);
-        deliver(&mut rx, &[(40_000, 0)]);
+        assert_eq!(rx.pooled(), vec![slot0]);
         let slot0_now = rx.slots[0].as_ptr();
-        for (_, d) in rx.datagrams() {
-            assert!(matches!(d, Datagram::Shared(_)));
-        }
+        let none_kept = lend(&mut rx, &[(40_000, 0)]);
+        assert_eq!(none_kept.len(), 1);
+        drop(none_kept);
         rx.processed();
-        assert!(rx.lent.is_empty());
-        assert_eq!(rx.spare.len(), 1);
-        assert_eq!(rx.slots[0].as_ptr(), slot0_now, "unshared: reused in place");
-        assert_eq!(rx.spare[0].as_ptr(), slot0, "the released buffer is kept");
-        assert_eq!(rx.spare[0].len(), MAX_DATAGRAM);
+        assert_eq!(rx.slots[0].as_ptr(), slot0, "the last returned first");
+        assert_eq!(rx.slots[0].len(), MAX_DATAGRAM);
+        assert_eq!(rx.pooled(), vec![slot0_now]);
     }
 
     #[test]
     fn a_buffer_comes_back_while_an_older_one_is_still_held() {
         let mut rx = RxBuffers::new();
-        let lend = |rx: &mut RxBuffers| {
-            deliver(rx, &[(50_000, 0)]);
-            let b: Vec<Bytes> = rx
-                .datagrams()
-                .filter_map(|(_, d)| match d {
-                    Datagram::Shared(b) => Some(b),
-                    Datagram::Borrowed(_) => None,
-                })
-                .collect();
-            rx.processed();
-            b
-        };
-        let old = lend(&mut rx);
-        let newer = lend(&mut rx);
-        let newer_ptr = newer[0].as_ptr();
-        assert_eq!(rx.lent.len(), 2);
+        let old = lend(&mut rx, &[(50_000, 0)]);
+        let newer = lend(&mut rx, &[(50_000, 0)]);
+        let (old_ptr, newer_ptr) = (old[0].as_ptr(), newer[0].as_ptr());
         // Another connection's reader finishes first.
         drop(newer);
-        rx.processed();
-        assert_eq!(rx.lent.len(), 1, "the released buffer is taken back");
-        assert!(rx.spare.iter().any(|b| b.as_ptr() == newer_ptr));
+        assert_eq!(rx.pooled(), vec![newer_ptr]);
         drop(old);
-        rx.processed();
-        assert!(rx.lent.is_empty());
+        assert_eq!(rx.pooled(), vec![newer_ptr, old_ptr]);
     }
 
     #[test]
-    fn readers_holding_every_buffer_cannot_grow_the_tracked_set() {
+    fn the_pool_is_bounded_and_outlived_buffers_are_freed() {
         let mut rx = RxBuffers::new();
         let mut held = Vec::new();
-        for _ in 0..3 * MAX_LENT {
-            deliver(&mut rx, &[(65_000, 0)]);
-            held.extend(rx.datagrams().filter_map(|(_, d)| match d {
-                Datagram::Shared(b) => Some(b),
-                Datagram::Borrowed(_) => None,
-            }));
-            rx.processed();
-            assert!(rx.lent.len() <= MAX_LENT);
+        for _ in 0..3 * MAX_POOLED {
+            held.extend(lend(&mut rx, &[(65_000, 0)]));
         }
-        assert_eq!(held.len(), 3 * MAX_LENT);
+        assert_eq!(held.len(), 3 * MAX_POOLED);
+        let last = held.pop().expect("held");
+        drop(held);
+        assert_eq!(rx.pooled().len(), MAX_POOLED);
+        // A reader outliving the socket frees its buffer itself.
+        drop(rx);
+        assert_eq!(last.len(), 65_000);
+        drop(last);
     }
 
     #[test]
