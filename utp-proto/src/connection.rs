@@ -774,7 +774,14 @@ impl Connection {
     /// window here is at most this connection's fair share of it.
     fn send_limit(&self) -> usize {
         let by_window = self.cc.window().min(self.peer_share).saturating_mul(2);
-        self.cfg.send_buffer.min(by_window.max(MIN_SEND_LIMIT))
+        let limit = self.cfg.send_buffer.min(by_window.max(MIN_SEND_LIMIT));
+        // Whole packets: 64 KiB of 65,487-byte packets would leave 49 bytes
+        // to a packet of their own each time.
+        if limit >= self.mss {
+            limit - limit % self.mss
+        } else {
+            limit
+        }
     }
 
     /// Copies received in-order bytes into `buf`. `Ok(0)` with a non-empty

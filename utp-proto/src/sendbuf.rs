@@ -25,6 +25,9 @@ const MAX_SPARES: usize = 4;
 const MAX_SPARE_BYTES: usize = 2 * MAX_CHUNK;
 /// Smallest chunk: small writes (request/response traffic) share one.
 const MIN_CHUNK: usize = 4 * 1024;
+/// Smallest spare room at a chunk's end a large write fills (see
+/// [`SendQueue::reserve`]).
+const MIN_TAIL: usize = 4 * 1024;
 /// Largest packet assembled from two chunks by a copy; a larger one ends at
 /// the chunk boundary (see [`SendQueue::take`]).
 const ASSEMBLE_MAX: usize = 4 * 1024;
@@ -154,10 +157,17 @@ impl SendQueue {
             "one reservation at a time"
         );
         if let Some((_, back)) = self.chunks.back_mut() {
-            if back.capacity() > back.len() {
+            let room = back.capacity() - back.len();
+            // A few bytes left after full packets would make a packet of
+            // their own (see `take`): a large write skips them.
+            if room > 0 && (room >= n || room >= MIN_TAIL) {
                 self.checked_out = Checkout::Tail;
                 let at = back.len();
                 return back.split_off(at);
+            }
+            if back.is_empty() && self.chunks.len() > 1 {
+                let drained = self.chunks.pop_back().expect("back exists");
+                self.retire(drained);
             }
         }
         let cap = n.max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
@@ -200,6 +210,11 @@ impl SendQueue {
     /// chunk. `release_spare` lets it go once idle.
     pub(crate) fn take(&mut self, n: usize) -> Bytes {
         let n = n.min(self.len);
+        // Drained chunks left in front (a write skipped their last bytes).
+        while self.chunks.len() > 1 && self.chunks.front().is_some_and(|(_, c)| c.is_empty()) {
+            let drained = self.chunks.pop_front().expect("front exists");
+            self.retire(drained);
+        }
         self.len -= n;
         let several = self.chunks.len() > 1;
         let Some((_, front)) = self.chunks.front_mut() else {
@@ -405,10 +420,11 @@ mod tests {
     #[test]
     fn a_reservation_fills_the_chunk_writes_go_to_then_a_new_one() {
         let mut q = SendQueue::default();
-        q.push(&[1; 1000]);
+        q.push(&[1; 9000]);
         let cap = q.chunks[0].0;
+        assert!(cap - 9000 >= MIN_TAIL);
         // The rest of the chunk, in place: still one chunk.
-        assert_eq!(reserve_fill(&mut q, 1 << 20, 2), cap - 1000);
+        assert_eq!(reserve_fill(&mut q, 1 << 20, 2), cap - 9000);
         assert_eq!(q.chunks.len(), 1);
         assert_eq!(q.len(), cap);
         // Full: a chunk of its own.
@@ -418,10 +434,29 @@ mod tests {
         while !q.is_empty() {
             out.extend_from_slice(&q.take(1400));
         }
-        let mut want = vec![1; 1000];
-        want.extend(vec![2; cap - 1000]);
+        let mut want = vec![1; 9000];
+        want.extend(vec![2; cap - 9000]);
         want.extend(vec![3; 5000]);
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_large_write_skips_a_few_bytes_left_at_a_chunk_end() {
+        let mut q = SendQueue::default();
+        q.push(&[1; 1000]);
+        let room = q.chunks[0].0 - 1000;
+        assert!(room < MIN_TAIL);
+        // A write that fits still fills them.
+        assert_eq!(reserve_fill(&mut q, 100, 2), 100);
+        assert_eq!(q.chunks.len(), 1);
+        // A larger one starts a chunk: no packet of the last few bytes.
+        assert_eq!(reserve_fill(&mut q, 60_000, 3), 60_000);
+        assert_eq!(q.chunks.len(), 2);
+        assert_eq!(q.take(1100).len(), 1100);
+        let big = q.take(65_000);
+        assert_eq!(big.len(), 60_000);
+        assert!(big.iter().all(|&b| b == 3));
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -1967,3 +1967,17 @@ fn the_ack_of_the_synack_rides_on_our_first_data_when_it_comes_at_once() {
     );
     assert_eq!(data.payload, b"hello");
 }
+
+/// The send buffer holds whole packets: 64 KiB of 65,487-byte packets
+/// (loopback's largest) would leave 49 bytes to be sent as a packet of
+/// their own after every full one.
+#[test]
+fn the_send_buffer_holds_whole_packets() {
+    for payload in [1400usize, 9000, 65_487] {
+        let mut hs = established_responder(cfg0().base_payload(payload));
+        assert_eq!(hs.conn().stats().payload_size, payload);
+        let n = hs.write(&vec![5u8; 4 << 20]);
+        assert!(n >= 64 * 1024 - payload, "payload {payload}: {n} queued");
+        assert_eq!(n % payload, 0, "payload {payload}: {n} queued");
+    }
+}
