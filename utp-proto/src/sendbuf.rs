@@ -156,22 +156,41 @@ impl SendQueue {
             Checkout::None,
             "one reservation at a time"
         );
+        let mut carry = 0;
         if let Some((_, back)) = self.chunks.back_mut() {
             let room = back.capacity() - back.len();
-            // A few bytes left after full packets would make a packet of
-            // their own (see `take`): a large write skips them.
+            // A few bytes of room would split the write, and the packet
+            // across the boundary ends there (see `take`): a large write
+            // skips them.
             if room > 0 && (room >= n || room >= MIN_TAIL) {
                 self.checked_out = Checkout::Tail;
                 let at = back.len();
                 return back.split_off(at);
             }
-            if back.is_empty() && self.chunks.len() > 1 {
-                let drained = self.chunks.pop_back().expect("back exists");
-                self.retire(drained);
+            // A few unsent bytes at its end move to the new chunk's front
+            // (a small copy), so they leave with the new bytes rather than
+            // as a packet of their own.
+            if back.len() <= MIN_TAIL {
+                carry = back.len();
             }
         }
-        let cap = n.max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
-        let (size, chunk) = self.new_chunk(cap);
+        let cap = (n + carry).max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
+        let (size, mut chunk) = self.new_chunk(cap);
+        if let Some((_, back)) = self.chunks.back_mut().filter(|_| carry > 0) {
+            chunk.extend_from_slice(back);
+            back.clear();
+        }
+        if self.chunks.back().is_some_and(|(_, c)| c.is_empty()) {
+            // Drained, and writes go to the new chunk from now on.
+            let drained = self.chunks.pop_back().expect("back exists");
+            self.retire(drained);
+        }
+        if carry > 0 {
+            self.chunks.push_back((size, chunk));
+            self.checked_out = Checkout::Tail;
+            let (_, back) = self.chunks.back_mut().expect("just pushed");
+            return back.split_off(carry);
+        }
         self.checked_out = Checkout::Chunk(size);
         chunk
     }
@@ -449,14 +468,25 @@ mod tests {
         // A write that fits still fills them.
         assert_eq!(reserve_fill(&mut q, 100, 2), 100);
         assert_eq!(q.chunks.len(), 1);
-        // A larger one starts a chunk: no packet of the last few bytes.
+        // A larger one starts a chunk, and the few bytes not yet sent move
+        // to its front: one packet, not one of 1,100 bytes and another.
+        assert_eq!(reserve_fill(&mut q, 60_000, 3), 60_000);
+        assert_eq!(q.chunks.len(), 1);
+        let p = q.take(65_000);
+        assert_eq!(p.len(), 61_100);
+        assert_eq!(&p[..1000], &[1; 1000][..]);
+        assert_eq!(&p[1000..1100], &[2; 100][..]);
+        assert!(p[1100..].iter().all(|&b| b == 3));
+        assert!(q.is_empty());
+        // Had they been many, they would have stayed (and the packet would
+        // end at the chunk's end).
+        let mut q = SendQueue::default();
+        q.push(&[1; 8000]);
+        assert_eq!(q.chunks[0].0 - 8000, 192);
         assert_eq!(reserve_fill(&mut q, 60_000, 3), 60_000);
         assert_eq!(q.chunks.len(), 2);
-        assert_eq!(q.take(1100).len(), 1100);
-        let big = q.take(65_000);
-        assert_eq!(big.len(), 60_000);
-        assert!(big.iter().all(|&b| b == 3));
-        assert!(q.is_empty());
+        assert_eq!(q.take(65_000).len(), 8000);
+        assert_eq!(q.take(65_000).len(), 60_000);
     }
 
     #[test]

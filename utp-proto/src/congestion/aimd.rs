@@ -14,6 +14,8 @@ pub struct Aimd {
     max: usize,
     /// Bytes acked since the last additive increase step.
     acked_accum: usize,
+    /// Nothing acked or lost yet: the window is still the initial one.
+    fresh: bool,
 }
 
 impl Aimd {
@@ -30,6 +32,7 @@ impl Aimd {
             mss,
             max,
             acked_accum: 0,
+            fresh: true,
         }
     }
 
@@ -40,6 +43,7 @@ impl Aimd {
 
 impl Controller for Aimd {
     fn on_ack(&mut self, _now: Instant, ack: &AckInfo) {
+        self.fresh = false;
         // Don't grow a window the sender isn't using (RFC 7661 spirit).
         if ack.bytes_in_flight + 2 * self.mss < self.cwnd {
             return;
@@ -57,12 +61,14 @@ impl Controller for Aimd {
     }
 
     fn on_loss(&mut self, _now: Instant) {
+        self.fresh = false;
         self.cwnd = (self.cwnd / 2).max(self.min_window());
         self.ssthresh = self.cwnd;
         self.acked_accum = 0;
     }
 
     fn on_timeout(&mut self, _now: Instant) {
+        self.fresh = false;
         self.ssthresh = (self.cwnd / 2).max(self.min_window());
         self.cwnd = self.mss;
         self.acked_accum = 0;
@@ -74,6 +80,10 @@ impl Controller for Aimd {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss.max(1);
+        if self.fresh {
+            // The initial window is in packets of the size in use.
+            self.cwnd = (self.mss * Self::INITIAL_PACKETS).min(self.max);
+        }
     }
 }
 

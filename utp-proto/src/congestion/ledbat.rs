@@ -182,6 +182,8 @@ pub struct Ledbat {
     /// Latest forward samples (the current-delay filter).
     recent: VecDeque<u32>,
     srtt: Option<Duration>,
+    /// Nothing acked or lost yet: the window is still the initial one.
+    fresh: bool,
 }
 
 impl Ledbat {
@@ -201,6 +203,7 @@ impl Ledbat {
             reverse: DelayHistory::new(cfg.bucket, cfg.history_buckets),
             recent: VecDeque::with_capacity(cfg.current_filter.max(1)),
             srtt: None,
+            fresh: true,
             mss,
             cfg,
         }
@@ -284,6 +287,7 @@ impl Ledbat {
 
 impl Controller for Ledbat {
     fn on_ack(&mut self, now: Instant, ack: &AckInfo) {
+        self.fresh = false;
         if ack.srtt.is_some() {
             self.srtt = ack.srtt;
         }
@@ -349,6 +353,7 @@ impl Controller for Ledbat {
     }
 
     fn on_loss(&mut self, now: Instant) {
+        self.fresh = false;
         if matches!(self.phase, Phase::Frozen { .. }) {
             return;
         }
@@ -361,6 +366,7 @@ impl Controller for Ledbat {
     }
 
     fn on_timeout(&mut self, _now: Instant) {
+        self.fresh = false;
         self.ssthresh = (self.cwnd / 2.0).max(self.min_window());
         self.cwnd = self.mss as f64;
         let since = match self.phase {
@@ -377,6 +383,13 @@ impl Controller for Ledbat {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss.max(1);
+        if self.fresh {
+            // The initial window is in packets of the size in use: a size
+            // known before any data (a loopback peer's, or one another
+            // connection to the peer found) starts at four of those, not
+            // four base-size ones.
+            self.cwnd = (self.mss * self.cfg.initial_window_packets.max(1)) as f64;
+        }
     }
 
     fn delay_state(&self) -> Option<DelayState> {
@@ -459,6 +472,21 @@ mod tests {
         c.on_ack(now, &ack(MSS, c.window(), 1_080_000, 5_000));
         assert_eq!(c.phase, Phase::Avoidance);
         assert_eq!(c.queuing_delay(), Some(Duration::from_millis(80)));
+    }
+
+    #[test]
+    fn the_initial_window_follows_a_size_known_before_any_ack() {
+        let now = Instant::now();
+        let mut c = Ledbat::new(MSS, no_slowdowns());
+        assert_eq!(c.window(), 4 * MSS);
+        // A loopback peer's size, set before any data.
+        c.set_mss(40 * MSS);
+        assert_eq!(c.window(), 4 * 40 * MSS);
+        // Once acks came, a new size leaves the window to them.
+        c.on_ack(now, &ack(MSS, c.window(), 7, 5_000));
+        let w = c.window();
+        c.set_mss(MSS);
+        assert_eq!(c.window(), w);
     }
 
     #[test]
