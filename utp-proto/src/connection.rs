@@ -670,12 +670,6 @@ impl Connection {
         self.pmtud.probing()
     }
 
-    /// The largest datagram its path MTU search may try (see
-    /// [`Connection::set_max_datagram`]).
-    pub fn max_datagram(&self) -> usize {
-        self.pmtud.ceiling()
-    }
-
     /// Another connection to the same peer address confirmed datagrams of
     /// `size` bytes: this one uses them too, without probing for them.
     pub fn adopt_datagram_size(&mut self, size: usize, now: Instant) {

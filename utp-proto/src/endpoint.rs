@@ -932,23 +932,10 @@ impl Endpoint {
     /// Tells the connection behind `h` the largest datagram the OS can send
     /// on its route (route MTU minus IP and UDP headers): the ceiling of
     /// its path MTU search.
-    ///
-    /// To a loopback address that ceiling is the path MTU itself (the
-    /// packets never leave the loopback interface), so the connection
-    /// takes it at once instead of searching: a search takes several round
-    /// trips, and many connections opened at once sent their first
-    /// megabytes in base-size packets meanwhile.
     pub fn set_max_datagram(&mut self, h: ConnHandle, now: Instant, size: usize) {
-        let Some(e) = self.conns.get(h.0) else {
-            return;
-        };
-        let loopback = e.addr.ip().is_loopback();
-        self.with_conn(h, now, |c| {
-            c.set_max_datagram(now, size);
-            if loopback {
-                c.adopt_datagram_size(c.max_datagram(), now);
-            }
-        });
+        if self.conns.contains(h.0) {
+            self.with_conn(h, now, |c| c.set_max_datagram(now, size));
+        }
     }
 
     /// The OS refused a datagram to `to` as too big (EMSGSIZE), or reported

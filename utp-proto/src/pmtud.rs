@@ -352,12 +352,6 @@ impl Pmtud {
         }
     }
 
-    /// The largest size a search may try (the OS's route MTU, capped by
-    /// the configuration).
-    pub fn ceiling(&self) -> usize {
-        self.ceiling
-    }
-
     /// The route's MTU as the OS reports it, as the largest datagram:
     /// becomes the ceiling (never above the configured maximum). A higher
     /// value than before (a new route) allows a search up to it.

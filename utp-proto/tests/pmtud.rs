@@ -543,37 +543,3 @@ fn connections_to_one_peer_probe_one_at_a_time_and_share_the_size() {
         .sum();
     assert!(probes <= 3, "{probes} probes for one path");
 }
-
-/// A loopback peer's path is the loopback interface: the route's size is the
-/// path MTU, taken at once (a search costs round trips, and connections
-/// opened meanwhile sent base-size packets). Other peers still search.
-#[test]
-fn a_loopback_peer_gets_the_route_size_without_a_search() {
-    let now = Instant::now();
-    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 5);
-    let lo: std::net::SocketAddr = "127.0.0.1:6881".parse().unwrap();
-    let h = ep.connect(now, lo).unwrap();
-    ep.set_max_datagram(h, now, 65_507);
-    assert_eq!(ep.conn(h).datagram_size(), 65_507);
-    assert_eq!(ep.conn(h).stats().payload_size, 65_507 - HEADER_LEN);
-    assert!(!ep.conn(h).is_probing());
-    let lo6: std::net::SocketAddr = "[::1]:6881".parse().unwrap();
-    let h6 = ep.connect(now, lo6).unwrap();
-    ep.set_max_datagram(h6, now, 65_000);
-    assert_eq!(ep.conn(h6).datagram_size(), 65_000);
-    // Any other address starts at the base size and searches.
-    let h2 = ep.connect(now, peer()).unwrap();
-    ep.set_max_datagram(h2, now, 65_507);
-    assert_eq!(
-        ep.conn(h2).stats().payload_size,
-        Config::default().base_payload
-    );
-    // Without discovery, loopback keeps the base size too.
-    let mut ep = Endpoint::with_seed(Arc::new(Config::default().pmtud(false)), now, 5);
-    let h = ep.connect(now, lo).unwrap();
-    ep.set_max_datagram(h, now, 65_507);
-    assert_eq!(
-        ep.conn(h).stats().payload_size,
-        Config::default().base_payload
-    );
-}
