@@ -2032,6 +2032,11 @@ impl Connection {
         self.in_flight
     }
 
+    /// Whether it has data queued or unacknowledged.
+    pub(crate) fn is_sending(&self) -> bool {
+        self.queued_bytes() > 0
+    }
+
     /// Whether new data waits only for room among the connections to the
     /// same peer (the endpoint wakes it when some is freed).
     pub(crate) fn waits_for_peer_room(&self) -> bool {

@@ -106,6 +106,8 @@ struct Entry {
     flight: usize,
     /// In that entry's `waiting`.
     waiting: bool,
+    /// Counted in that entry's `sending`.
+    sending: bool,
 }
 
 /// The sans-IO endpoint: owns every connection of one socket.
@@ -156,6 +158,9 @@ struct Flight {
     waiting: VecDeque<usize>,
     /// Connections to the address.
     conns: usize,
+    /// Those of them with data queued or in flight: the limit's share of
+    /// each (idle connections take none).
+    sending: usize,
 }
 
 /// Most path MTU queries queued at once (see `Endpoint::poll_path_query`).
@@ -326,6 +331,7 @@ impl Endpoint {
                     bytes: 0,
                     waiting: VecDeque::new(),
                     conns: 0,
+                    sending: 0,
                 });
                 self.flight_ids.insert(addr, id);
                 id
@@ -344,6 +350,7 @@ impl Endpoint {
             flight_id,
             flight: 0,
             waiting: false,
+            sending: false,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
@@ -491,6 +498,7 @@ impl Endpoint {
                 f.waiting.retain(|&w| w != idx);
             }
             f.conns -= 1;
+            f.sending -= usize::from(e.sending);
             if f.conns == 0 {
                 self.flight_ids.remove(&f.addr);
                 self.flights.remove(e.flight_id);
@@ -527,6 +535,15 @@ impl Endpoint {
     fn update_peer_room(&mut self, idx: usize) {
         let e = &mut self.conns[idx];
         let f = &mut self.flights[e.flight_id];
+        let sending = e.conn.is_sending();
+        if sending != e.sending {
+            e.sending = sending;
+            if sending {
+                f.sending += 1;
+            } else {
+                f.sending -= 1;
+            }
+        }
         let limit = self.cfg.max_peer_flight;
         // With nothing in flight there is always room (whatever the limit,
         // so even one below a packet's size cannot stall a connection).
@@ -535,7 +552,7 @@ impl Endpoint {
         } else {
             limit.saturating_sub(f.bytes)
         };
-        e.conn.set_peer_room(room, limit / f.conns.max(1));
+        e.conn.set_peer_room(room, limit / f.sending.max(1));
         if !e.waiting && e.conn.waits_for_peer_room() {
             e.waiting = true;
             f.waiting.push_back(idx);

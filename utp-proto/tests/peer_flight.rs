@@ -88,3 +88,49 @@ fn a_limit_below_one_packet_still_lets_data_through() {
     // carries.
     assert!(most <= 1500 - IP_UDP_OVERHEAD - HEADER_LEN, "{most}");
 }
+
+/// Idle connections to the peer take no share: one busy connection among
+/// fifty idle ones still queues and sends by its own window (its send
+/// buffer is bounded by twice its share of the limit, counted over the
+/// connections that are sending).
+#[test]
+fn idle_connections_to_the_peer_do_not_shrink_a_busy_ones_share() {
+    let mut net = SimNet::new(Config::default().ack_delay(None), LinkParams::clean(), 3);
+    let now = net.now;
+    let conns: Vec<ConnHandle> = (0..50)
+        .map(|_| net.eps[0].connect(now, net.addrs[1]).unwrap())
+        .collect();
+    let data = pattern(4 << 20, 9);
+    let (mut written, mut got) = (0, Vec::new());
+    let mut accepted = Vec::new();
+    let mut buf = vec![0u8; 64 * KIB];
+    let mut most_in_flight = 0;
+    net.run(Duration::from_secs(60), 5_000_000, |net| {
+        let now = net.now;
+        while let Some(h) = net.eps[1].accept() {
+            accepted.push(h);
+        }
+        for &h in &accepted {
+            loop {
+                let k = net.eps[1].with_conn(h, now, |c| c.read(&mut buf)).unwrap();
+                if k == 0 {
+                    break;
+                }
+                append_checked(&mut got, &data, &buf[..k], 1);
+            }
+        }
+        if written < data.len() {
+            written += net.eps[0]
+                .with_conn(conns[0], now, |c| c.write(&data[written..]))
+                .unwrap();
+        }
+        let st = net.eps[0].conn(conns[0]).stats();
+        most_in_flight = most_in_flight.max(st.bytes_in_flight);
+        got.len() == data.len()
+    });
+    let share = Config::default().max_peer_flight / conns.len();
+    assert!(
+        most_in_flight > 4 * share,
+        "{most_in_flight} bytes in flight at most (a fiftieth share is {share})"
+    );
+}
