@@ -38,9 +38,9 @@ pub struct Config {
     /// Bytes the application may queue for sending before `write` blocks
     /// (unsent plus unacknowledged). Default 1 MiB. A connection queues at
     /// most about twice its congestion window (at least 64 KiB) of this,
-    /// and with many connections to one peer, twice its share of
-    /// `max_peer_flight`: queued bytes far ahead of sending only hold
-    /// memory, which many connections fault in afresh.
+    /// and when several connections to one peer are sending, twice its
+    /// share of `max_peer_flight`: bytes queued far ahead of sending only
+    /// hold memory, which many connections fault in afresh.
     pub send_buffer: usize,
     /// Receive buffer: bounds the advertised window and the bytes held for a
     /// slow reader (in-order plus out-of-order). Default 1 MiB.
@@ -51,10 +51,11 @@ pub struct Config {
     /// own windows can together overflow it, and every datagram dropped
     /// there costs a retransmission (a hundred connections to one peer on
     /// loopback lost one datagram in seven before this limit). It also
-    /// bounds each one's send buffer to a few times its share (see
-    /// `send_buffer`). Default 2 MiB: twice a connection's default window,
-    /// and half a typical Linux socket buffer's maximum (4 MiB). Raise it
-    /// with `recv_buffer` for single connections on long fat paths.
+    /// bounds each sending connection's send buffer to twice its share
+    /// (see `send_buffer`). Default 2 MiB: twice the window a peer with
+    /// our default `recv_buffer` advertises, and half a typical Linux
+    /// socket buffer's maximum (4 MiB). A peer that advertises larger
+    /// windows (a long fat path) needs a larger limit to use them.
     pub max_peer_flight: usize,
     /// How long `connect` may take before failing with a timeout. Default 10 s.
     pub connect_timeout: Duration,
