@@ -431,6 +431,28 @@ impl BatchIo {
         tx: &mut TxBatch,
     ) -> Poll<io::Result<()>> {
         while let Some(g) = tx.groups.get(tx.next) {
+            // A run of plain sends (to many peers, or datagrams too large
+            // to share a GSO send) goes out in one system call. Should one
+            // fail, it is sent again alone below, which reports its error.
+            #[cfg(target_os = "linux")]
+            {
+                let run = tx.groups[tx.next..]
+                    .iter()
+                    .take(MAX_MMSG)
+                    .take_while(|g| !g.fragmentable)
+                    .count();
+                if run >= 2 {
+                    let groups = &tx.groups[tx.next..tx.next + run];
+                    let r = std::task::ready!(udp
+                        .poll_send_io(cx, |sock| { send_many(sock, &tx.buf, &tx.parts, groups) }));
+                    if let Ok(sent) = r.map(|n| n.min(run)) {
+                        if sent > 0 {
+                            tx.next += sent;
+                            continue;
+                        }
+                    }
+                }
+            }
             let parts = &tx.parts[g.first..g.first + g.parts];
             let segment = (g.count > 1).then_some(g.segment);
             let r = std::task::ready!(udp.poll_send_io(cx, |sock| {
@@ -878,6 +900,85 @@ fn send_gather(
     }
 }
 
+/// Most sends in one `sendmmsg`.
+#[cfg(target_os = "linux")]
+const MAX_MMSG: usize = 32;
+
+/// Sends `groups` (none fragmentable) with one `sendmmsg`, as
+/// [`send_gather`] would one by one; returns how many went (the first
+/// failure ends the call, and its error is lost unless it was the first).
+#[cfg(target_os = "linux")]
+fn send_many(
+    sock: &std::net::UdpSocket,
+    buf: &[u8],
+    parts: &[Part],
+    groups: &[Group],
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    const MAX_IOV: usize = 4 * MAX_MMSG;
+    let groups = &groups[..groups.len().min(MAX_MMSG)];
+    let addrs: [socket2::SockAddr; MAX_MMSG] = std::array::from_fn(|i| {
+        socket2::SockAddr::from(groups.get(i).unwrap_or(&groups[0]).destination)
+    });
+    let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+    // Where each message's pieces start in `iov`, and how many.
+    let mut spans = [(0usize, 0usize); MAX_MMSG];
+    let (mut n, mut used) = (0, 0);
+    for g in groups {
+        let ps = &parts[g.first..g.first + g.parts];
+        if used + ps.len() > MAX_IOV {
+            break;
+        }
+        for (slot, part) in iov[used..].iter_mut().zip(ps) {
+            *slot = io::IoSlice::new(part.bytes(buf));
+        }
+        spans[n] = (used, ps.len());
+        used += ps.len();
+        n += 1;
+    }
+    let mut control = [[0u64; 4]; MAX_MMSG];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+    let mut msgs: [libc::mmsghdr; MAX_MMSG] = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix (std guarantees it).
+    let iov_base = iov.as_mut_ptr().cast::<libc::iovec>();
+    for (i, (g, ((start, len), (msg, ctrl)))) in groups
+        .iter()
+        .zip(spans.iter().zip(msgs.iter_mut().zip(control.iter_mut())))
+        .take(n)
+        .enumerate()
+    {
+        let m = &mut msg.msg_hdr;
+        m.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
+        m.msg_namelen = addrs[i].len();
+        // SAFETY: `start + len <= used <= MAX_IOV`: inside `iov`.
+        m.msg_iov = unsafe { iov_base.add(*start) };
+        m.msg_iovlen = *len as _;
+        if g.count > 1 {
+            let size = std::mem::size_of::<u16>() as u32;
+            // SAFETY: `ctrl` outlives the call and is large enough for
+            // CMSG_SPACE(2) (24 bytes); CMSG_FIRSTHDR points into it.
+            unsafe {
+                m.msg_control = ctrl.as_mut_ptr().cast::<libc::c_void>();
+                m.msg_controllen = libc::CMSG_SPACE(size) as _;
+                let c = libc::CMSG_FIRSTHDR(m);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), g.segment as u16);
+            }
+        }
+    }
+    // SAFETY: every pointer in `msgs[..n]` refers to live buffers (`buf`,
+    // the shared parts, `iov`, `addrs`, `control`) of the stated lengths
+    // for the duration of the call.
+    let sent = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as _, 0) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
 /// Without gather sends the driver asks for whole datagrams; should a
 /// shared part still come, it is copied together here.
 #[cfg(not(target_os = "linux"))]
@@ -1188,6 +1289,58 @@ mod tests {
                 payload.as_deref().unwrap_or_default(),
                 "datagram {i}"
             );
+        }
+    }
+
+    /// Sends to many peers go out together (`sendmmsg`); one refused in
+    /// the middle is dropped alone and the rest still go.
+    #[tokio::test]
+    async fn a_batch_to_many_peers_survives_one_refused_destination() {
+        let rxs: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for rx in &rxs {
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+        }
+        let sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let udp = UdpIo::new(sock).unwrap();
+        let io = BatchIo::new(&udp).unwrap();
+        let mut tx = TxBatch::new(&io);
+        // Port 0 cannot be sent to (EINVAL): a refused destination.
+        let bad: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let to: Vec<SocketAddr> = [0, 1, 3, 2, 0, 1, 2]
+            .iter()
+            .map(|&k| rxs.get(k).map_or(bad, |r| r.local_addr().unwrap()))
+            .collect();
+        let mut i = 0;
+        tx.fill(|buf| {
+            let &dest = to.get(i)?;
+            let (hdr, payload) = gathered(i, 6000);
+            buf[..hdr.len()].copy_from_slice(&hdr);
+            i += 1;
+            Some(Outgoing {
+                destination: dest,
+                len: hdr.len(),
+                fragmentable: false,
+                payload,
+            })
+        });
+        assert_eq!(tx.groups.len(), to.len(), "a group per datagram");
+        std::future::poll_fn(|cx| io.poll_flush(cx, &udp, &mut tx))
+            .await
+            .unwrap();
+        assert!(tx.is_empty());
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for (i, &dest) in to.iter().enumerate() {
+            let Some(rx) = rxs.iter().find(|r| r.local_addr().unwrap() == dest) else {
+                continue;
+            };
+            let n = rx.recv(&mut buf).unwrap();
+            let (hdr, payload) = gathered(i, 6000);
+            assert_eq!(n, 20 + 6000, "datagram {i}");
+            assert_eq!(&buf[..20], &hdr[..], "datagram {i}: in order per peer");
+            assert_eq!(&buf[20..n], &payload.unwrap()[..], "datagram {i}");
         }
     }
 
