@@ -867,29 +867,18 @@ fn send_gather(
         *slot = io::IoSlice::new(part.bytes(buf));
     }
     let addr = socket2::SockAddr::from(to);
-    // Room for one control message carrying a u16, suitably aligned.
-    let mut control = [0u64; 4];
+    let mut control: Control = [0; 4];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
-    msg.msg_namelen = addr.len();
     // IoSlice is ABI-compatible with iovec on Unix (std guarantees it).
-    msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
-    msg.msg_iovlen = parts.len() as _;
-    if let Some(segment) = segment {
-        let size = std::mem::size_of::<u16>() as u32;
-        // SAFETY: `control` outlives the call and is large enough for
-        // CMSG_SPACE(2) (24 bytes); CMSG_FIRSTHDR points into it.
-        unsafe {
-            msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
-            msg.msg_controllen = libc::CMSG_SPACE(size) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_UDP;
-            (*c).cmsg_type = libc::UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(size) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
-        }
-    }
+    let iov = iov.as_mut_ptr().cast::<libc::iovec>();
+    fill_msghdr(
+        &mut msg,
+        &addr,
+        iov,
+        parts.len(),
+        segment.map(|s| (&mut control, s)),
+    );
     // SAFETY: every pointer in `msg` refers to live buffers of the stated
     // lengths for the duration of the call.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
@@ -897,6 +886,42 @@ fn send_gather(
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// Room for one control message carrying a u16, suitably aligned.
+#[cfg(target_os = "linux")]
+type Control = [u64; 4];
+
+/// Points `msg` at `addr` and at `iovlen` pieces from `iov`; with `gso`,
+/// writes a UDP_SEGMENT control message (the kernel splits the send into
+/// datagrams of that many bytes) into its buffer. `msg` keeps raw pointers
+/// to all of them: the caller keeps them alive until the send.
+#[cfg(target_os = "linux")]
+fn fill_msghdr(
+    msg: &mut libc::msghdr,
+    addr: &socket2::SockAddr,
+    iov: *mut libc::iovec,
+    iovlen: usize,
+    gso: Option<(&mut Control, usize)>,
+) {
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len();
+    msg.msg_iov = iov;
+    msg.msg_iovlen = iovlen as _;
+    if let Some((control, segment)) = gso {
+        let size = std::mem::size_of::<u16>() as u32;
+        // SAFETY: `control` is large enough for CMSG_SPACE(2) (24 bytes)
+        // and aligned for a cmsghdr; CMSG_FIRSTHDR points into it.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
+            msg.msg_controllen = libc::CMSG_SPACE(size) as _;
+            let c = libc::CMSG_FIRSTHDR(msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment as u16);
+        }
     }
 }
 
@@ -936,7 +961,7 @@ fn send_many(
         used += ps.len();
         n += 1;
     }
-    let mut control = [[0u64; 4]; MAX_MMSG];
+    let mut control: [Control; MAX_MMSG] = [[0; 4]; MAX_MMSG];
     // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
     let mut msgs: [libc::mmsghdr; MAX_MMSG] = unsafe { std::mem::zeroed() };
     // IoSlice is ABI-compatible with iovec on Unix (std guarantees it).
@@ -947,26 +972,10 @@ fn send_many(
         .take(n)
         .enumerate()
     {
-        let m = &mut msg.msg_hdr;
-        m.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
-        m.msg_namelen = addrs[i].len();
         // SAFETY: `start + len <= used <= MAX_IOV`: inside `iov`.
-        m.msg_iov = unsafe { iov_base.add(*start) };
-        m.msg_iovlen = *len as _;
-        if g.count > 1 {
-            let size = std::mem::size_of::<u16>() as u32;
-            // SAFETY: `ctrl` outlives the call and is large enough for
-            // CMSG_SPACE(2) (24 bytes); CMSG_FIRSTHDR points into it.
-            unsafe {
-                m.msg_control = ctrl.as_mut_ptr().cast::<libc::c_void>();
-                m.msg_controllen = libc::CMSG_SPACE(size) as _;
-                let c = libc::CMSG_FIRSTHDR(m);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = libc::UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(size) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), g.segment as u16);
-            }
-        }
+        let iov = unsafe { iov_base.add(*start) };
+        let gso = (g.count > 1).then_some((ctrl, g.segment));
+        fill_msghdr(&mut msg.msg_hdr, &addrs[i], iov, *len, gso);
     }
     // SAFETY: every pointer in `msgs[..n]` refers to live buffers (`buf`,
     // the shared parts, `iov`, `addrs`, `control`) of the stated lengths
@@ -1263,15 +1272,27 @@ mod tests {
         assert_eq!(tx.parts.len(), 9);
     }
 
-    #[tokio::test]
-    async fn a_gathered_batch_arrives_as_whole_datagrams() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
+    /// A batching sender on loopback and an empty batch for it.
+    fn batch_sender() -> (UdpIo, BatchIo, TxBatch) {
         let sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let udp = UdpIo::new(sock).unwrap();
         let io = BatchIo::new(&udp).unwrap();
-        let mut tx = TxBatch::new(&io);
+        let tx = TxBatch::new(&io);
+        (udp, io, tx)
+    }
+
+    /// A plain receiving socket that gives up after 5 s.
+    fn receiver() -> std::net::UdpSocket {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_gathered_batch_arrives_as_whole_datagrams() {
+        let rx = receiver();
+        let (udp, io, mut tx) = batch_sender();
         let plens = [8000, 8000, 8000, 8000, 100, 0, 30_000, 5000, 5000];
         fill_gathered(&mut tx, rx.local_addr().unwrap(), &plens);
         std::future::poll_fn(|cx| io.poll_flush(cx, &udp, &mut tx))
@@ -1296,17 +1317,8 @@ mod tests {
     /// the middle is dropped alone and the rest still go.
     #[tokio::test]
     async fn a_batch_to_many_peers_survives_one_refused_destination() {
-        let rxs: Vec<std::net::UdpSocket> = (0..3)
-            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        for rx in &rxs {
-            rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .unwrap();
-        }
-        let sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let udp = UdpIo::new(sock).unwrap();
-        let io = BatchIo::new(&udp).unwrap();
-        let mut tx = TxBatch::new(&io);
+        let rxs: Vec<std::net::UdpSocket> = (0..3).map(|_| receiver()).collect();
+        let (udp, io, mut tx) = batch_sender();
         // Port 0 cannot be sent to (EINVAL): a refused destination.
         let bad: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let to: Vec<SocketAddr> = [0, 1, 3, 2, 0, 1, 2]
