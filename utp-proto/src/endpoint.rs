@@ -163,6 +163,19 @@ struct Flight {
     sending: usize,
 }
 
+impl Flight {
+    /// What may be added to the data in flight under `limit`. With nothing
+    /// in flight there is always room (whatever the limit, so even one below
+    /// a packet's size cannot stall a connection).
+    fn room(&self, limit: usize) -> usize {
+        if self.bytes == 0 {
+            usize::MAX
+        } else {
+            limit.saturating_sub(self.bytes)
+        }
+    }
+}
+
 /// Most path MTU queries queued at once (see `Endpoint::poll_path_query`).
 const MAX_PATH_QUERIES: usize = 1024;
 
@@ -512,7 +525,6 @@ impl Endpoint {
             return;
         }
         e.conn.refresh(now);
-        self.count_flight(idx);
         self.update_peer_room(idx);
         self.share_path(idx, now);
         let e = &mut self.conns[idx];
@@ -545,14 +557,8 @@ impl Endpoint {
             }
         }
         let limit = self.cfg.max_peer_flight;
-        // With nothing in flight there is always room (whatever the limit,
-        // so even one below a packet's size cannot stall a connection).
-        let room = if f.bytes == 0 {
-            usize::MAX
-        } else {
-            limit.saturating_sub(f.bytes)
-        };
-        e.conn.set_peer_room(room, limit / f.sending.max(1));
+        e.conn
+            .set_peer_room(f.room(limit), limit / f.sending.max(1));
         if !e.waiting && e.conn.waits_for_peer_room() {
             e.waiting = true;
             f.waiting.push_back(idx);
@@ -580,11 +586,7 @@ impl Endpoint {
         if now_in_flight >= before {
             return;
         }
-        let mut room = if f.bytes == 0 {
-            usize::MAX
-        } else {
-            self.cfg.max_peer_flight.saturating_sub(f.bytes)
-        };
+        let mut room = f.room(self.cfg.max_peer_flight);
         while room > 0 {
             let Some(w) = f.waiting.pop_front() else {
                 break;
