@@ -12,10 +12,34 @@ use utp_proto::{Config, ConnHandle};
 
 const KIB: usize = 1024;
 
+/// How the senders' application writes.
+#[derive(Clone, Copy, PartialEq)]
+enum Writer {
+    /// Tries every step.
+    Eager,
+    /// Like an async task: after a refused write it waits until the
+    /// endpoint reports the connection touched and writable (what wakes a
+    /// task in the async layer), so a missed wake stalls it.
+    Woken,
+}
+
 /// `n` connections from endpoint 0 each send `per_conn` bytes to endpoint 1;
 /// returns the most bytes in flight on all of them together at any step.
 fn many_to_one(cfg: Config, n: usize, per_conn: usize) -> usize {
-    let mut net = SimNet::new(cfg, LinkParams::clean(), 11);
+    many_to_one_with(cfg, LinkParams::clean(), n, per_conn, Writer::Eager).0
+}
+
+/// [`many_to_one`] on `link`, written by `writer`; also returns how long
+/// (virtual time) all transfers took.
+
+fn many_to_one_with(
+    cfg: Config,
+    link: LinkParams,
+    n: usize,
+    per_conn: usize,
+    writer: Writer,
+) -> (usize, Duration) {
+    let mut net = SimNet::new(cfg, link, 11);
     let now = net.now;
     let senders: Vec<ConnHandle> = (0..n)
         .map(|_| net.eps[0].connect(now, net.addrs[1]).unwrap())
@@ -23,6 +47,7 @@ fn many_to_one(cfg: Config, n: usize, per_conn: usize) -> usize {
     let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(per_conn, i as u64)).collect();
     let mut written = vec![0; n];
     let mut closed = vec![false; n];
+    let mut blocked = vec![false; n];
     // Accepted connections, matched to their sender by the data (each
     // sender's pattern differs from its first byte on).
     let mut receivers: Vec<(ConnHandle, Vec<u8>, Option<usize>)> = Vec::new();
@@ -47,11 +72,21 @@ fn many_to_one(cfg: Config, n: usize, per_conn: usize) -> usize {
                 append_checked(got, &data[i], &buf[..k], 1);
             }
         }
+        for h in net.eps[0].drain_touched().collect::<Vec<_>>() {
+            if let Some(i) = senders.iter().position(|&s| s == h) {
+                blocked[i] &= !net.eps[0].conn(h).is_writable();
+            }
+        }
         for (i, &h) in senders.iter().enumerate() {
             if written[i] < per_conn {
-                written[i] += net.eps[0]
+                if blocked[i] {
+                    continue;
+                }
+                let k = net.eps[0]
                     .with_conn(h, now, |c| c.write(&data[i][written[i]..]))
                     .unwrap();
+                written[i] += k;
+                blocked[i] = k == 0 && writer == Writer::Woken;
             } else if !closed[i] {
                 net.eps[0].with_conn(h, now, |c| c.close());
                 closed[i] = true;
@@ -64,7 +99,7 @@ fn many_to_one(cfg: Config, n: usize, per_conn: usize) -> usize {
         most_in_flight = most_in_flight.max(in_flight);
         receivers.len() == n && receivers.iter().all(|(_, got, _)| got.len() == per_conn)
     });
-    most_in_flight
+    (most_in_flight, net.elapsed())
 }
 
 #[test]
@@ -77,6 +112,37 @@ fn connections_to_one_peer_share_its_flight_limit_and_all_finish() {
     // Without it the same transfers put far more in flight at once.
     let unlimited = many_to_one(cfg().max_peer_flight(usize::MAX), 16, 512 * KIB);
     assert!(unlimited > 2 * limit, "{unlimited} bytes unlimited");
+}
+
+/// Writers that only try again when woken (as async tasks do) are woken
+/// when room for their data comes: they finish about as soon as writers
+/// that try at every step. (Without the wake they wait for a timer: four
+/// to six times as long.)
+#[test]
+fn writers_held_back_by_the_limit_are_woken_when_room_comes() {
+    // 1500-byte packets, and 64 KiB ones (no MTU on the path) where one
+    // packet is a large part of the limit.
+    for mtu in [Some(1500), None] {
+        for (limit, n) in [(256 * KIB, 16), (64 * KIB, 40), (2048 * KIB, 100)] {
+            let cfg = Config::default().max_peer_flight(limit).ack_delay(None);
+            let link = LinkParams {
+                mtu,
+                ..LinkParams::clean()
+            };
+            let run = |w| many_to_one_with(cfg.clone(), link.clone(), n, 256 * KIB, w);
+            let (most, woken) = run(Writer::Woken);
+            let (_, eager) = run(Writer::Eager);
+            let case = format!("MTU {mtu:?}, limit {limit}, {n} connections");
+            assert!(
+                most <= limit.max(64 * KIB),
+                "{case}: {most} bytes in flight"
+            );
+            assert!(
+                woken <= eager * 3 / 2 + Duration::from_millis(100),
+                "{case}: woken writers took {woken:?}, eager ones {eager:?}"
+            );
+        }
+    }
 }
 
 #[test]
