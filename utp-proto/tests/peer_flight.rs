@@ -31,7 +31,6 @@ fn many_to_one(cfg: Config, n: usize, per_conn: usize) -> usize {
 
 /// [`many_to_one`] on `link`, written by `writer`; also returns how long
 /// (virtual time) all transfers took.
-
 fn many_to_one_with(
     cfg: Config,
     link: LinkParams,
