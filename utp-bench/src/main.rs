@@ -74,6 +74,9 @@ enum Stack {
     Udp1,
     /// Raw UDP, 1400-byte segments in GSO sends and GRO receives.
     UdpGso,
+    /// Raw UDP, one 64 KiB datagram per system call: what the kernel's
+    /// part of tokio-utp's loopback transfers costs on its own.
+    Udp64k,
 }
 
 impl Stack {
@@ -85,6 +88,7 @@ impl Stack {
             Stack::Rqbit => "librqbit-utp 0.7".into(),
             Stack::Udp1 => "raw UDP 1400 B/syscall".into(),
             Stack::UdpGso => "raw UDP 1400 B GSO/GRO".into(),
+            Stack::Udp64k => "raw UDP 64 KiB/syscall".into(),
         }
     }
 
@@ -95,6 +99,7 @@ impl Stack {
             Stack::Rqbit => "rqbit",
             Stack::Udp1 => "udp1",
             Stack::UdpGso => "udpgso",
+            Stack::Udp64k => "udp64k",
         }
     }
 }
@@ -185,7 +190,7 @@ async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, Socket
             let c = rqbit_socket(conns).await?;
             (Server::Rqbit(s), Client::Rqbit(c), addr)
         }
-        Stack::Udp1 | Stack::UdpGso => bail!("raw UDP has no connections"),
+        Stack::Udp1 | Stack::UdpGso | Stack::Udp64k => bail!("raw UDP has no connections"),
     })
 }
 
@@ -459,8 +464,8 @@ fn summarize(
 
 /// One stream, `size` bytes client to server.
 async fn bulk(stack: Stack, pat: Pattern, size: u64) -> Result<Sample> {
-    if matches!(stack, Stack::Udp1 | Stack::UdpGso) {
-        return udp::bulk(stack == Stack::UdpGso, pat, size).await;
+    if let Some(s) = raw_udp(stack, pat.clone(), size) {
+        return s.await;
     }
     let (server, client, addr) = endpoints(stack, 1).await?;
     let p = pat.clone();
@@ -479,6 +484,17 @@ async fn bulk(stack: Stack, pat: Pattern, size: u64) -> Result<Sample> {
         bytes: size,
         detail: format!("{:.2} s", dt.as_secs_f64()),
     })
+}
+
+/// A raw UDP stack's transfer of `size` bytes; `None` for the others.
+fn raw_udp(stack: Stack, pat: Pattern, size: u64) -> Option<impl Future<Output = Result<Sample>>> {
+    let (gso, payload) = match stack {
+        Stack::Udp1 => (false, udp::SMALL),
+        Stack::UdpGso => (true, udp::SMALL),
+        Stack::Udp64k => (false, udp::LARGE),
+        _ => return None,
+    };
+    Some(udp::bulk(gso, payload, pat, size))
 }
 
 /// One stream through a relay that drops `loss` of the datagrams each way.
@@ -714,6 +730,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             Stack::Rqbit,
             Stack::Udp1,
             Stack::UdpGso,
+            Stack::Udp64k,
         ];
         let stacks: Vec<Stack> = stacks.into_iter().filter(|&s| want(s)).collect();
         let rs = measure("bulk", &stacks, "MB/s", runs, watchdog, |s| {
@@ -741,14 +758,27 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         // a third (more involuntary context switches, same CPU per byte;
         // TCP, in the kernel, was not affected): it gets rounds of its own
         // after the others.
-        let (others, rqbit): (Vec<Stack>, Vec<Stack>) =
+        let (mut others, rqbit): (Vec<Stack>, Vec<Stack>) =
             connected.iter().partition(|&&s| s != Stack::Rqbit);
+        // The same bytes in 64 KiB datagrams, in the same rounds: on this
+        // machine the kernel's cost for such sends triples for minutes at a
+        // time (TCP is not affected), and this row shows whether a run was
+        // in such a phase.
+        if want(Stack::Udp64k) && !others.is_empty() {
+            others.push(Stack::Udp64k);
+        }
         for group in [others, rqbit] {
             if group.is_empty() {
                 continue;
             }
             let rs = measure("conc100", &group, "MB/s", runs, watchdog, |s| {
-                concurrent(s, pat.clone(), 100, per, 100, false)
+                let pat = pat.clone();
+                async move {
+                    match raw_udp(s, pat.clone(), 100 * per) {
+                        Some(one_stream) => one_stream.await,
+                        None => concurrent(s, pat, 100, per, 100, false).await,
+                    }
+                }
             })
             .await;
             record(rs);

@@ -1,9 +1,11 @@
 //! The raw UDP references: how fast the kernel moves 1400-byte datagrams on
-//! loopback, one per system call or in GSO/GRO batches (quinn-udp).
+//! loopback, one per system call or in GSO/GRO batches (quinn-udp), and
+//! 64 KiB datagrams one per system call (the size tokio-utp uses on
+//! loopback: how this machine's kernel treats such sends right now).
 //!
 //! Not a transport: just enough flow control that the receiver's socket
 //! buffer does not overflow (the receiver reports how many datagrams it has,
-//! the sender keeps at most `WINDOW` beyond that). Datagrams carry their
+//! the sender keeps at most `WINDOW_BYTES` beyond that). Datagrams carry their
 //! number and the pattern's bytes at that offset; the receiver checks every
 //! byte. Losses are counted and reported, never hidden.
 
@@ -19,13 +21,14 @@ use tokio::net::UdpSocket;
 
 use crate::{cpu_time, loopback, Pattern, Sample};
 
-const PAYLOAD: usize = 1400;
+/// Payload of the small datagrams.
+pub(crate) const SMALL: usize = 1400;
+/// Payload of the large ones: the largest IPv4 UDP datagram, as a tokio-utp
+/// packet on loopback (65,487 bytes of payload and a 20-byte header).
+pub(crate) const LARGE: usize = 65_507 - HEADER;
 const HEADER: usize = 8;
-const DATAGRAM: usize = HEADER + PAYLOAD;
-/// Datagrams in flight beyond the receiver's last report.
-const WINDOW: u64 = 1536;
-/// The receiver reports after this many datagrams.
-const REPORT_EVERY: u64 = 64;
+/// Bytes in flight beyond the receiver's last report.
+const WINDOW_BYTES: u64 = 1536 * SMALL as u64;
 /// Most segments per GSO send (64 KiB at most in one send).
 const GSO_SEGMENTS: usize = 44;
 const RX_BUFS: usize = 8;
@@ -44,9 +47,9 @@ pub(crate) fn socket() -> Result<UdpSocket> {
     Ok(UdpSocket::from_std(s.into())?)
 }
 
-fn datagram_len(seq: u64, size: u64) -> usize {
-    let start = seq * PAYLOAD as u64;
-    (size - start).min(PAYLOAD as u64) as usize
+fn datagram_len(seq: u64, size: u64, payload: usize) -> usize {
+    let start = seq * payload as u64;
+    (size - start).min(payload as u64) as usize
 }
 
 async fn send_gso(sock: &UdpSocket, state: &UdpSocketState, t: &Transmit<'_>) -> io::Result<()> {
@@ -79,28 +82,36 @@ async fn recv_gro(
     }
 }
 
-/// Checks one datagram; returns its payload length.
-fn check(pat: &Pattern, d: &[u8], size: u64) -> Result<usize> {
+/// Checks one datagram of `payload` bytes at most; returns its payload
+/// length.
+fn check(pat: &Pattern, d: &[u8], size: u64, payload: usize) -> Result<usize> {
     ensure!(d.len() >= HEADER, "short datagram");
     let seq = u64::from_le_bytes(d[..HEADER].try_into().expect("8 bytes"));
     ensure!(
-        seq * (PAYLOAD as u64) < size,
+        seq.checked_mul(payload as u64).is_some_and(|at| at < size),
         "datagram number out of range"
     );
-    let payload = &d[HEADER..];
+    let data = &d[HEADER..];
     ensure!(
-        payload.len() == datagram_len(seq, size),
+        data.len() == datagram_len(seq, size, payload),
         "wrong datagram length"
     );
     ensure!(
-        pat.matches(seq * PAYLOAD as u64, payload),
+        pat.matches(seq * payload as u64, data),
         "corrupt datagram {seq}"
     );
-    Ok(payload.len())
+    Ok(data.len())
 }
 
-pub(crate) async fn bulk(gso: bool, pat: Pattern, size: u64) -> Result<Sample> {
-    let total = size.div_ceil(PAYLOAD as u64);
+/// `size` bytes in datagrams of `payload` bytes (GSO batches of them with
+/// `gso`), verified.
+pub(crate) async fn bulk(gso: bool, payload: usize, pat: Pattern, size: u64) -> Result<Sample> {
+    let datagram = HEADER + payload;
+    let total = size.div_ceil(payload as u64);
+    let window = (WINDOW_BYTES / payload as u64).max(2);
+    // Reports often enough that the sender never waits on one (64 for
+    // 1400-byte datagrams, every one for 64 KiB ones).
+    let report_every = (window / 24).max(1);
     let rx = socket()?;
     let tx = socket()?;
     let rx_addr = rx.local_addr()?;
@@ -141,11 +152,11 @@ pub(crate) async fn bulk(gso: bool, pat: Pattern, size: u64) -> Result<Sample> {
             for (m, b) in meta[..n].iter().zip(buf.chunks_exact(RX_BUF)) {
                 let data = &b[..m.len];
                 for d in data.chunks(m.stride.max(1)) {
-                    bytes += check(&p, d, size)? as u64;
+                    bytes += check(&p, d, size, payload)? as u64;
                     count += 1;
                 }
             }
-            if count - reported >= REPORT_EVERY || count == total {
+            if count - reported >= report_every || count == total {
                 reported = count;
                 rx.send_to(&count.to_le_bytes(), tx_addr).await?;
             }
@@ -154,7 +165,7 @@ pub(crate) async fn bulk(gso: bool, pat: Pattern, size: u64) -> Result<Sample> {
     });
 
     let (t0, cpu0) = (Instant::now(), cpu_time());
-    let mut buf = vec![0u8; GSO_SEGMENTS * DATAGRAM];
+    let mut buf = vec![0u8; segments * datagram];
     let mut credit_buf = [0u8; 1024];
     let (mut next, mut credited) = (0u64, 0u64);
     let mut stalls = 0u32;
@@ -164,14 +175,14 @@ pub(crate) async fn bulk(gso: bool, pat: Pattern, size: u64) -> Result<Sample> {
                 credited = credited.max(u64::from_le_bytes(c.try_into().expect("8 bytes")));
             }
         }
-        let room = (credited + WINDOW).saturating_sub(next);
+        let room = (credited + window).saturating_sub(next);
         if room == 0 {
             match tokio::time::timeout(Duration::from_millis(20), tx.readable()).await {
                 Ok(r) => r?,
                 Err(_) => {
                     // A report was lost (or datagrams were): go on.
                     stalls += 1;
-                    credited = next - WINDOW / 2;
+                    credited = next.saturating_sub(window / 2);
                 }
             }
             continue;
@@ -180,11 +191,11 @@ pub(crate) async fn bulk(gso: bool, pat: Pattern, size: u64) -> Result<Sample> {
         let mut len = 0;
         for i in 0..count {
             let seq = next + i as u64;
-            let n = datagram_len(seq, size);
+            let n = datagram_len(seq, size, payload);
             buf[len..len + HEADER].copy_from_slice(&seq.to_le_bytes());
             let mut off = 0;
             while off < n {
-                let part = pat.at(seq * PAYLOAD as u64 + off as u64, n - off);
+                let part = pat.at(seq * payload as u64 + off as u64, n - off);
                 buf[len + HEADER + off..len + HEADER + off + part.len()].copy_from_slice(part);
                 off += part.len();
             }
@@ -195,7 +206,7 @@ pub(crate) async fn bulk(gso: bool, pat: Pattern, size: u64) -> Result<Sample> {
                 destination: rx_addr,
                 ecn: None,
                 contents: &buf[..len],
-                segment_size: (count > 1).then_some(DATAGRAM),
+                segment_size: (count > 1).then_some(datagram),
                 src_ip: None,
             };
             send_gso(&tx, &tx_state, &t).await?;
