@@ -121,4 +121,4 @@ pub use listener::{Incoming, UtpListener};
 pub use socket::{Driver, UtpSocket};
 pub use stream::{OwnedReadHalf, OwnedWriteHalf, UtpStream, CLOSE_GRACE};
 pub use transport::{MemoryNetwork, MemorySocket, Transport};
-pub use utp_proto::{Config, ConnectionStats, EndpointStats};
+pub use utp_proto::{pooled_send_memory, Config, ConnectionStats, EndpointStats};

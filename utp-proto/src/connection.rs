@@ -1622,7 +1622,17 @@ impl Connection {
     /// every input): a closed peer window with data waiting and nothing in
     /// flight starts the persist timer, whose expiry allows one probe.
     pub fn refresh(&mut self, now: Instant) {
-        if self.outstanding.is_empty() && self.pending.is_empty() && self.pending.has_spare() {
+        if self.fin != FinState::None
+            && self.outstanding_bytes == 0
+            && self.pending.is_empty()
+            && self.pending.has_spare()
+        {
+            // No data unacknowledged and no writes after FIN: the send
+            // chunks go now (to the process's pool, for new connections).
+            self.pending.release_spare();
+            self.spare_release_at = None;
+        } else if self.outstanding.is_empty() && self.pending.is_empty() && self.pending.has_spare()
+        {
             // All acknowledged: an idle connection keeps no send memory
             // (once it has stayed idle a moment).
             self.spare_release_at.get_or_insert(now + SPARE_LINGER);

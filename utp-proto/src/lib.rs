@@ -32,3 +32,4 @@ pub use connection::{
 pub use drops::DropStats;
 pub use endpoint::{ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};
+pub use sendbuf::pooled_send_memory;

@@ -10,6 +10,7 @@
 //! by a copy.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 
@@ -31,6 +32,88 @@ const MIN_TAIL: usize = 4 * 1024;
 /// Largest packet assembled from two chunks by a copy; a larger one ends at
 /// the chunk boundary (see [`SendQueue::take`]).
 const ASSEMBLE_MAX: usize = 4 * 1024;
+
+/// Most bytes of drained chunks the process keeps for new connections (see
+/// [`ChunkPool`]).
+const POOL_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Smallest chunk kept there: small ones fault in little, and without them
+/// the pool holds a thousand chunks at most (a search is a short scan).
+const POOL_MIN_CHUNK: usize = 16 * 1024;
+
+/// Drained send chunks of connections that finished or went idle, for any
+/// connection in the process to reuse (most recently returned first). Freed
+/// instead, their memory went back to the OS (the allocator trims it) and
+/// the next connections' writes faulted it in afresh, a page fault per
+/// 4 KiB: with 100 new connections at a time a tenth of all CPU time.
+/// Bounded by [`POOL_MAX_BYTES`], which the process keeps once it had that
+/// many connections sending.
+/// (Empty in this crate's unit tests, which check chunk sizes exactly and
+/// run in parallel: `ChunkPool` is tested on its own.)
+static POOL: Mutex<ChunkPool> =
+    Mutex::new(ChunkPool::new(if cfg!(test) { 0 } else { POOL_MAX_BYTES }));
+
+/// See [`POOL`].
+#[derive(Debug)]
+struct ChunkPool {
+    /// Chunks with the size they were allocated with; empty and unshared.
+    chunks: Vec<(usize, BytesMut)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl ChunkPool {
+    const fn new(max_bytes: usize) -> Self {
+        Self {
+            chunks: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Keeps the chunks no packet shares any more, while there is room.
+    fn give(&mut self, chunks: impl IntoIterator<Item = (usize, BytesMut)>) {
+        for (size, mut chunk) in chunks {
+            chunk.clear();
+            if size < POOL_MIN_CHUNK
+                || self.bytes + size > self.max_bytes
+                || !chunk.try_reclaim(size)
+            {
+                continue;
+            }
+            self.bytes += size;
+            self.chunks.push((size, chunk));
+        }
+    }
+
+    /// A chunk for a queue that wants `cap` bytes: between a quarter of
+    /// that (more chunk boundaries, but no fresh memory) and twice (a little
+    /// more memory held); the most recently given first (warm).
+    fn take(&mut self, cap: usize) -> Option<(usize, BytesMut)> {
+        let (lo, hi) = ((cap / 4).max(MIN_CHUNK), cap.saturating_mul(2));
+        let i = self
+            .chunks
+            .iter()
+            .rposition(|&(size, _)| (lo..=hi).contains(&size))?;
+        // Usually at or near the end: keeps the rest in the order given.
+        let (size, chunk) = self.chunks.remove(i);
+        self.bytes -= size;
+        Some((size, chunk))
+    }
+}
+
+/// Bytes of drained send chunks the process keeps for new connections: at
+/// most 16 MiB, held once that many were in use and let go (connections
+/// finished or idle), so that later connections write into memory already
+/// mapped instead of faulting in fresh pages.
+pub fn pooled_send_memory() -> usize {
+    pool().bytes
+}
+
+/// Locks [`POOL`] (a panic elsewhere while holding it leaves only spare
+/// memory behind, so a poisoned lock is used as is).
+fn pool() -> std::sync::MutexGuard<'static, ChunkPool> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A FIFO of bytes in chunks.
 #[derive(Debug, Default)]
@@ -79,11 +162,14 @@ impl SendQueue {
     /// queued; for when nothing is queued or in flight, so an idle
     /// connection holds no send memory.
     pub(crate) fn release_spare(&mut self) {
-        if self.len == 0 && !self.chunks.is_empty() {
-            self.chunks = VecDeque::new();
-        }
-        if !self.spares.is_empty() {
-            self.spares = Vec::new();
+        let idle = self.len == 0 && !self.chunks.is_empty();
+        if idle || !self.spares.is_empty() {
+            let chunks = if idle {
+                std::mem::take(&mut self.chunks)
+            } else {
+                VecDeque::new()
+            };
+            pool().give(chunks.into_iter().chain(std::mem::take(&mut self.spares)));
         }
     }
 
@@ -109,7 +195,9 @@ impl SendQueue {
             });
         match reusable {
             Some(i) => self.spares.swap_remove(i),
-            None => (cap, BytesMut::with_capacity(cap)),
+            None => pool()
+                .take(cap)
+                .unwrap_or_else(|| (cap, BytesMut::with_capacity(cap))),
         }
     }
 
@@ -278,9 +366,57 @@ impl SendQueue {
     }
 }
 
+impl Drop for SendQueue {
+    /// Gives the chunks to the process's pool (see [`POOL`]).
+    fn drop(&mut self) {
+        if !self.chunks.is_empty() || !self.spares.is_empty() {
+            let chunks = std::mem::take(&mut self.chunks);
+            pool().give(chunks.into_iter().chain(std::mem::take(&mut self.spares)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_keeps_unshared_chunks_within_its_bound_and_hands_out_fitting_ones() {
+        let mut pool = ChunkPool::new(256 * 1024);
+        let chunk = |size: usize| {
+            let mut c = BytesMut::with_capacity(size);
+            c.extend_from_slice(&[7; 100]);
+            (size, c)
+        };
+        // Still shared with a packet in flight: not kept (its memory is
+        // freed with the packet).
+        let (size, mut shared) = chunk(64 * 1024);
+        let packet = shared.split_to(50).freeze();
+        pool.give([(size, shared)]);
+        assert_eq!(pool.bytes, 0);
+        drop(packet);
+        // Unshared ones are kept (emptied) up to the bound.
+        let a = chunk(64 * 1024);
+        let a_ptr = a.1.as_ptr();
+        pool.give([a, chunk(128 * 1024), chunk(64 * 1024), chunk(64 * 1024)]);
+        assert_eq!(pool.bytes, 256 * 1024, "the fourth is over the bound");
+        assert_eq!(pool.chunks.len(), 3);
+        // Too small or too large for the request: none.
+        assert!(pool.take(1024 * 1024).is_none());
+        assert!(pool.take(16 * 1024).is_none());
+        // Small chunks are not kept at all.
+        pool.give([chunk(8 * 1024)]);
+        assert_eq!(pool.chunks.len(), 3);
+        // The latest fitting one first, empty and with its whole capacity.
+        let (size, c) = pool.take(64 * 1024).expect("a 64 KiB chunk fits");
+        assert_eq!((size, c.len(), c.capacity()), (64 * 1024, 0, 64 * 1024));
+        let (size, c) = pool.take(64 * 1024).expect("the 128 KiB one fits");
+        assert_eq!(size, 128 * 1024);
+        drop(c);
+        let (_, c) = pool.take(64 * 1024).expect("the first one is left");
+        assert_eq!(c.as_ptr(), a_ptr, "the same allocation, not a copy");
+        assert_eq!(pool.bytes, 0);
+    }
 
     #[test]
     fn bytes_come_out_in_order_whatever_the_write_and_packet_sizes() {
