@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pattern, LinkParams, SimNet};
+use common::{pattern, read_now, write_now, LinkParams, SimNet};
 use utp_proto::{pooled_send_memory, Config, State};
 
 const MIB: usize = 1 << 20;
@@ -25,29 +25,16 @@ fn transfer(net: &mut SimNet, data: &[u8]) -> usize {
         if let Some(h) = net.eps[1].accept() {
             server = Some(h);
         }
-        while written < data.len() {
-            let n = net.eps[0]
-                .with_conn(c, now, |cc| cc.write(&data[written..]))
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            written += n;
+        if write_now(&mut net.eps[0], c, now, data, &mut written) > 0 {
             after_first_write.get_or_insert_with(pooled_send_memory);
             if written == data.len() {
                 net.eps[0].with_conn(c, now, |cc| cc.close());
             }
         }
         let Some(h) = server else { return false };
-        loop {
-            let n = net.eps[1]
-                .with_conn(h, now, |cc| cc.read(&mut buf))
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_now(&mut net.eps[1], h, now, &mut buf, |d| {
+            got.extend_from_slice(d)
+        });
         if got.len() == data.len() && net.eps[1].conn(h).is_eof() {
             net.eps[1].with_conn(h, now, |cc| cc.close());
         }

@@ -264,7 +264,7 @@ fn sender_heap_stays_near_the_send_buffer() {
 /// (~1 MiB each in `utp soak`).
 #[test]
 fn idle_and_time_wait_connections_release_their_buffers() {
-    use common::{LinkParams, SimNet};
+    use common::{read_now, write_now, LinkParams, SimNet};
     let data = vec![7u8; 2 << 20];
     let mut net = SimNet::new(Config::default(), LinkParams::clean(), 3);
     let base = live();
@@ -279,25 +279,9 @@ fn idle_and_time_wait_connections_release_their_buffers() {
             server = Some(h);
         }
         let now = net.now;
-        while written < data.len() {
-            let n = net.eps[0]
-                .with_conn(c, now, |cc| cc.write(&data[written..]))
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            written += n;
-        }
+        write_now(&mut net.eps[0], c, now, &data, &mut written);
         if let Some(h) = server {
-            loop {
-                let n = net.eps[1]
-                    .with_conn(h, now, |cc| cc.read(&mut buf))
-                    .unwrap();
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
+            read_now(&mut net.eps[1], h, now, &mut buf, |d| got += d.len());
             let all_acked = net.eps[0].conn(c).stats().bytes_unacked == 0;
             if got == data.len() && all_acked && idle_since.is_none() {
                 // A sender keeps spare send chunks for a quarter second

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use utp_proto::packet::{self, Header, Packet, PacketType};
-use utp_proto::{Config, Endpoint};
+use utp_proto::{Config, ConnHandle, Endpoint};
 
 /// Address of the endpoint under test.
 pub fn me() -> SocketAddr {
@@ -136,6 +136,45 @@ pub fn append_checked(got: &mut Vec<u8>, expect: &[u8], data: &[u8], side: usize
         "side {side}: corrupted stream at byte {at}"
     );
     got.extend_from_slice(data);
+}
+
+/// Writes as much of `data[*written..]` as connection `h` takes now;
+/// returns how many bytes that was.
+pub fn write_now(
+    ep: &mut Endpoint,
+    h: ConnHandle,
+    now: Instant,
+    data: &[u8],
+    written: &mut usize,
+) -> usize {
+    let start = *written;
+    while *written < data.len() {
+        let n = ep
+            .with_conn(h, now, |c| c.write(&data[*written..]))
+            .expect("writable");
+        if n == 0 {
+            break;
+        }
+        *written += n;
+    }
+    *written - start
+}
+
+/// Reads what connection `h` has now, handing each piece to `f`.
+pub fn read_now(
+    ep: &mut Endpoint,
+    h: ConnHandle,
+    now: Instant,
+    buf: &mut [u8],
+    mut f: impl FnMut(&[u8]),
+) {
+    loop {
+        let n = ep.with_conn(h, now, |c| c.read(buf)).expect("readable");
+        if n == 0 {
+            break;
+        }
+        f(&buf[..n]);
+    }
 }
 
 /// Deterministic byte pattern that differs per stream and per position.
