@@ -761,9 +761,10 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         let (mut others, rqbit): (Vec<Stack>, Vec<Stack>) =
             connected.iter().partition(|&&s| s != Stack::Rqbit);
         // The same bytes in 64 KiB datagrams, in the same rounds: on this
-        // machine the kernel's cost for such sends triples for minutes at a
-        // time (TCP is not affected), and this row shows whether a run was
-        // in such a phase.
+        // machine the cost of moving data between its two CPUs triples for
+        // minutes at a time (TCP's 100 connections hardly feel it, one
+        // stream does), and this row shows whether a run was in such a
+        // phase.
         if want(Stack::Udp64k) && !others.is_empty() {
             others.push(Stack::Udp64k);
         }
