@@ -1232,14 +1232,22 @@ mod tests {
 
     /// Fills a batch with `gathered` datagrams of these payload lengths.
     fn fill_gathered(tx: &mut TxBatch, to: SocketAddr, plens: &[usize]) {
-        let mut i = 0;
+        fill_gathered_to(tx, plens.iter().map(|&plen| (to, plen)));
+    }
+
+    /// Fills a batch with `gathered` datagrams: the i-th to its destination,
+    /// with its payload length.
+    fn fill_gathered_to(
+        tx: &mut TxBatch,
+        datagrams: impl IntoIterator<Item = (SocketAddr, usize)>,
+    ) {
+        let mut datagrams = datagrams.into_iter().enumerate();
         tx.fill(|buf| {
-            let &plen = plens.get(i)?;
+            let (i, (destination, plen)) = datagrams.next()?;
             let (hdr, payload) = gathered(i, plen);
             buf[..hdr.len()].copy_from_slice(&hdr);
-            i += 1;
             Some(Outgoing {
-                destination: to,
+                destination,
                 len: hdr.len(),
                 fragmentable: false,
                 payload,
@@ -1325,19 +1333,7 @@ mod tests {
             .iter()
             .map(|&k| rxs.get(k).map_or(bad, |r| r.local_addr().unwrap()))
             .collect();
-        let mut i = 0;
-        tx.fill(|buf| {
-            let &dest = to.get(i)?;
-            let (hdr, payload) = gathered(i, 6000);
-            buf[..hdr.len()].copy_from_slice(&hdr);
-            i += 1;
-            Some(Outgoing {
-                destination: dest,
-                len: hdr.len(),
-                fragmentable: false,
-                payload,
-            })
-        });
+        fill_gathered_to(&mut tx, to.iter().map(|&dest| (dest, 6000)));
         assert_eq!(tx.groups.len(), to.len(), "a group per datagram");
         std::future::poll_fn(|cx| io.poll_flush(cx, &udp, &mut tx))
             .await

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{append_checked, pattern, LinkParams, SimNet, IP_UDP_OVERHEAD};
+use common::{append_checked, pattern, read_now, LinkParams, SimNet, IP_UDP_OVERHEAD};
 use utp_proto::packet::HEADER_LEN;
 use utp_proto::{Config, ConnHandle};
 
@@ -58,18 +58,14 @@ fn many_to_one_with(
             receivers.push((h, Vec::new(), None));
         }
         for (h, got, who) in &mut receivers {
-            loop {
-                let k = net.eps[1].with_conn(*h, now, |c| c.read(&mut buf)).unwrap();
-                if k == 0 {
-                    break;
-                }
+            read_now(&mut net.eps[1], *h, now, &mut buf, |d| {
                 let i = *who.get_or_insert_with(|| {
                     (0..n)
-                        .find(|&i| data[i][got.len()..].starts_with(&buf[..k.min(16)]))
+                        .find(|&i| data[i][got.len()..].starts_with(&d[..d.len().min(16)]))
                         .expect("data of some sender")
                 });
-                append_checked(got, &data[i], &buf[..k], 1);
-            }
+                append_checked(got, &data[i], d, 1);
+            });
         }
         for h in net.eps[0].drain_touched().collect::<Vec<_>>() {
             if let Some(i) = senders.iter().position(|&s| s == h) {
@@ -176,13 +172,9 @@ fn idle_connections_to_the_peer_do_not_shrink_a_busy_ones_share() {
             accepted.push(h);
         }
         for &h in &accepted {
-            loop {
-                let k = net.eps[1].with_conn(h, now, |c| c.read(&mut buf)).unwrap();
-                if k == 0 {
-                    break;
-                }
-                append_checked(&mut got, &data, &buf[..k], 1);
-            }
+            read_now(&mut net.eps[1], h, now, &mut buf, |d| {
+                append_checked(&mut got, &data, d, 1);
+            });
         }
         if written < data.len() {
             written += net.eps[0]
