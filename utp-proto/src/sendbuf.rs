@@ -162,13 +162,18 @@ impl SendQueue {
     /// queued; for when nothing is queued or in flight, so an idle
     /// connection holds no send memory.
     pub(crate) fn release_spare(&mut self) {
-        let idle = self.len == 0 && !self.chunks.is_empty();
-        if idle || !self.spares.is_empty() {
-            let chunks = if idle {
-                std::mem::take(&mut self.chunks)
-            } else {
-                VecDeque::new()
-            };
+        self.give_to_pool(self.len == 0);
+    }
+
+    /// Gives the spare chunks, and with `all` the queue's own, to the
+    /// process's pool (see [`POOL`]).
+    fn give_to_pool(&mut self, all: bool) {
+        let chunks = if all {
+            std::mem::take(&mut self.chunks)
+        } else {
+            VecDeque::new()
+        };
+        if !chunks.is_empty() || !self.spares.is_empty() {
             pool().give(chunks.into_iter().chain(std::mem::take(&mut self.spares)));
         }
     }
@@ -369,10 +374,7 @@ impl SendQueue {
 impl Drop for SendQueue {
     /// Gives the chunks to the process's pool (see [`POOL`]).
     fn drop(&mut self) {
-        if !self.chunks.is_empty() || !self.spares.is_empty() {
-            let chunks = std::mem::take(&mut self.chunks);
-            pool().give(chunks.into_iter().chain(std::mem::take(&mut self.spares)));
-        }
+        self.give_to_pool(true);
     }
 }
 
