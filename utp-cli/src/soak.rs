@@ -220,6 +220,37 @@ const CHUNK: usize = 64 * 1024;
 /// `length` bytes of the seeded pattern, each echoed back, then EOF.
 async fn serve(stream: UtpStream, c: Arc<Counters>) -> Result<()> {
     let (mut rd, mut wr) = stream.into_split();
+    let r = serve_halves(&mut rd, &mut wr, &c).await;
+    r.with_context(|| describe(&rd.stats()))
+}
+
+/// The connection's state at a failure, for the report: enough to tell a
+/// stall (nothing in flight, a closed window) from a path that died.
+fn describe(s: &tokio_utp::ConnectionStats) -> String {
+    format!(
+        "[sent {} B in {} packets ({} resent, {} timeouts, {} window probes), \
+         received {} B in {} packets; in flight {} B, unacked {} B, \
+         peer window {} B, cwnd {} B, rtt {:?}]",
+        s.bytes_sent,
+        s.packets_sent,
+        s.packets_retransmitted,
+        s.timeouts,
+        s.zero_window_probes,
+        s.bytes_received,
+        s.packets_received,
+        s.bytes_in_flight,
+        s.bytes_unacked,
+        s.peer_window,
+        s.cwnd,
+        s.rtt,
+    )
+}
+
+async fn serve_halves(
+    rd: &mut tokio_utp::OwnedReadHalf,
+    wr: &mut tokio_utp::OwnedWriteHalf,
+    c: &Counters,
+) -> Result<()> {
     let mut hdr = [0u8; 16];
     let mut have = 0;
     while have < hdr.len() {
@@ -312,10 +343,15 @@ async fn client(
         }
         std::io::Result::Ok(got)
     };
-    let (w, got) = tokio::try_join!(writer, reader).context("client transfer")?;
+    let (w, got) = tokio::try_join!(writer, reader)
+        .context("client transfer")
+        .with_context(|| describe(&rd.stats()))?;
     drop(w);
     if got != len {
-        bail!("client: echo ended after {got} of {len} bytes");
+        bail!(
+            "client: echo ended after {got} of {len} bytes {}",
+            describe(&rd.stats())
+        );
     }
     Ok(true)
 }

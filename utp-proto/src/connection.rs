@@ -727,6 +727,8 @@ impl Connection {
         }
         let buf = self.pending.reserve(n);
         let n = n.min(buf.capacity() - buf.len());
+        // The caller's write returns n: 0 would read as "write zero".
+        debug_assert!(n > 0, "a reservation of no room");
         Ok(Some((buf, n)))
     }
 
