@@ -24,7 +24,8 @@ use crate::sendbuf::SendQueue;
 use crate::seq;
 
 /// Retransmission timeouts of our FIN, when it is all that is left after
-/// the peer's FIN, before the close counts as complete.
+/// the peer's FIN, before the close counts as complete for the application
+/// (the FIN is still resent after that, see `fin_presumed`).
 const FIN_ONLY_TIMEOUTS: u32 = 2;
 
 /// How long an accepted connection holds its first DATA (and FIN) back,
@@ -169,7 +170,8 @@ pub struct ConnectionStats {
     pub peer_close_reason: Option<u16>,
     /// The close completed without an ack of our FIN: the peer had sent its
     /// own FIN, all our data was acked, and it stopped answering (libtorrent
-    /// forgets a connection once its FIN is acked).
+    /// forgets a connection once its FIN is acked). The FIN is still resent
+    /// for a few seconds after that; an ack then clears this again.
     pub fin_unacknowledged: bool,
 }
 
@@ -361,6 +363,13 @@ pub struct Connection {
 
     // Teardown.
     released: bool,
+    /// Our FIN, all that is left after the peer's FIN, went unanswered
+    /// `FIN_ONLY_TIMEOUTS` times: the close is complete for the application
+    /// (libtorrent forgets a connection once its own FIN is acked, and
+    /// never answers ours), but the FIN is still resent until acked, reset
+    /// or `max_timeouts`, since a peer that is still there and lost every
+    /// copy so far would otherwise wait for its EOF forever.
+    fin_presumed: bool,
     time_wait_until: Option<Instant>,
     linger_until: Option<Instant>,
 
@@ -474,6 +483,7 @@ impl Connection {
             last_recv: now,
             last_sent: now,
             released: false,
+            fin_presumed: false,
             time_wait_until: None,
             linger_until: None,
             stats: ConnectionStats {
@@ -928,7 +938,7 @@ impl Connection {
 
     /// Whether our FIN has been acknowledged (all our data was delivered).
     pub fn is_fin_acked(&self) -> bool {
-        self.fin == FinState::Acked
+        self.fin == FinState::Acked || self.fin_presumed
     }
 
     /// Whether the peer's FIN and all data before it have arrived (unread
@@ -995,15 +1005,7 @@ impl Connection {
                 // before our resend). Nothing is lost: a clean close, as when
                 // the FIN goes unanswered (see on_rto).
                 tracing::debug!(recv_id = self.recv_id, "RESET after both FINs; closing");
-                self.stats.fin_unacknowledged = true;
-                self.outstanding.clear();
-                self.outstanding_bytes = 0;
-                self.in_flight = 0;
-                self.resend.clear();
-                self.rto_deadline = None;
-                self.tlp_deadline = None;
-                self.fin = FinState::Acked;
-                self.update_teardown(now);
+                self.close_without_fin_ack(now);
                 return;
             }
             self.fail(if self.state == State::SynSent {
@@ -1303,6 +1305,8 @@ impl Connection {
         self.note_acked_tx(p);
         if p.ty == PacketType::Fin {
             self.fin = FinState::Acked;
+            // Acked after all (late, after the close was presumed).
+            self.stats.fin_unacknowledged = false;
         }
         // Queued resends of acked packets are skipped lazily in poll_transmit.
     }
@@ -1620,6 +1624,20 @@ impl Connection {
         }
     }
 
+    /// Ends a close whose last step, the ack of our FIN, never came (see
+    /// `fin_presumed`): everything else was delivered both ways.
+    fn close_without_fin_ack(&mut self, now: Instant) {
+        self.stats.fin_unacknowledged = true;
+        self.outstanding.clear();
+        self.outstanding_bytes = 0;
+        self.in_flight = 0;
+        self.resend.clear();
+        self.rto_deadline = None;
+        self.tlp_deadline = None;
+        self.fin = FinState::Acked;
+        self.update_teardown(now);
+    }
+
     /// Re-arms derived timers after any change (the endpoint calls it after
     /// every input): a closed peer window with data waiting and nothing in
     /// flight starts the persist timer, whose expiry allows one probe.
@@ -1724,7 +1742,35 @@ impl Connection {
             self.read_limited_until = None;
         }
         if self.idle_deadline().is_some_and(|t| now >= t) {
-            tracing::debug!(recv_id = self.recv_id, "peer silent past the idle timeout");
+            if self.fin_presumed {
+                // Closed already for the application: not a failure.
+                self.close_without_fin_ack(now);
+                return;
+            }
+            tracing::debug!(
+                recv_id = self.recv_id,
+                fin = ?self.fin,
+                eof = self.eof,
+                outstanding = self.outstanding.len(),
+                pending = self.pending.len(),
+                resend = self.resend.len(),
+                rto_in = ?self.rto_deadline.map(|t| t.saturating_duration_since(now)),
+                hold = self.hold_until.is_some(),
+                paced = self.paced_until.is_some(),
+                peer_wnd = self.peer_wnd,
+                seq_nr = self.seq_nr,
+                ack_nr = self.ack_nr,
+                peer_fin = ?self.peer_fin,
+                reorder = self.reorder.len(),
+                // (seq, type, bytes, sacked, lost, transmissions) of each
+                // packet unacked: what a stall is waiting for.
+                sent = ?self
+                    .outstanding
+                    .iter()
+                    .map(|p| (p.seq, p.ty, p.payload.len(), p.sacked, p.lost, p.transmissions))
+                    .collect::<Vec<_>>(),
+                "peer silent past the idle timeout"
+            );
             self.fail(ConnectionError::TimedOut);
             return;
         }
@@ -1956,18 +2002,26 @@ impl Connection {
             // libtorrent forgets a connection once its own FIN is acked and
             // never answers our later FIN: nothing is lost, so this is a
             // clean close, not a timeout.
-            tracing::debug!(
-                recv_id = self.recv_id,
-                "FIN unanswered after peer's FIN; closing"
-            );
-            self.stats.fin_unacknowledged = true;
-            self.outstanding.clear();
-            self.outstanding_bytes = 0;
-            self.in_flight = 0;
-            self.resend.clear();
-            self.tlp_deadline = None;
-            self.fin = FinState::Acked;
-            self.update_teardown(now);
+            if self.consecutive_timeouts >= self.cfg.max_timeouts.max(FIN_ONLY_TIMEOUTS) {
+                tracing::debug!(recv_id = self.recv_id, "FIN never answered; closing");
+                self.close_without_fin_ack(now);
+                return;
+            }
+            if !self.fin_presumed {
+                tracing::debug!(
+                    recv_id = self.recv_id,
+                    "FIN unanswered after peer's FIN; closed, still resending it"
+                );
+                self.fin_presumed = true;
+                self.stats.fin_unacknowledged = true;
+            }
+            // A 20-byte packet now and then: no further backoff, so the
+            // copies go out within seconds, not half a minute.
+            let p = &mut self.outstanding[0];
+            if !p.lost {
+                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            }
+            self.rto_deadline = Some(now + self.rtt.rto());
             return;
         }
         if self.consecutive_timeouts >= self.cfg.max_timeouts {

@@ -1708,11 +1708,8 @@ fn packets_sent_well_before_a_delivered_one_are_lost_even_beyond_the_sack() {
     assert_eq!(st.packets_retransmitted, 3);
 }
 
-#[test]
-fn unanswered_fin_after_peers_fin_completes_the_close_without_error() {
-    // libtorrent forgets a connection once its FIN is acked, so a FIN we send
-    // afterwards is never acked; with everything else delivered that is a
-    // clean close, not a timeout.
+/// The peer's FIN arrived; we close and our FIN goes out.
+fn closed_after_peers_fin() -> Harness {
     let mut hs = initiator();
     let ack = hs.sy(0).wrapping_sub(1);
     let a = only(hs.feed(PacketType::Fin, hs.py(0), ack, MIB, &[]));
@@ -1721,23 +1718,85 @@ fn unanswered_fin_after_peers_fin_completes_the_close_without_error() {
     hs.close();
     let fin = only(hs.out());
     assert_eq!(fin.h.ty, PacketType::Fin);
-    // First RTO: the FIN is resent.
-    let again = hs.fire();
-    assert!(
-        again.iter().any(|o| o.h.ty == PacketType::Fin),
-        "{again:#?}"
-    );
-    assert_eq!(hs.conn().error(), None);
-    // Second RTO: give up on the ack, successfully.
+    hs
+}
+
+/// Fires timers until the connection leaves `Connected`; returns when each
+/// FIN went out.
+fn fins_until_closed(hs: &mut Harness) -> Vec<Instant> {
+    let mut fins = Vec::new();
     while hs.conn().state() == State::Connected {
-        hs.fire();
+        let out = hs.fire();
+        if out.iter().any(|o| o.h.ty == PacketType::Fin) {
+            fins.push(hs.now);
+        }
+        assert!(fins.len() < 20, "the FIN is resent without end");
     }
-    assert_eq!(hs.conn().state(), State::TimeWait);
-    assert!(hs.conn().is_fin_acked());
+    fins
+}
+
+#[test]
+fn unanswered_fin_after_peers_fin_completes_the_close_without_error() {
+    // libtorrent forgets a connection once its FIN is acked, so a FIN we send
+    // afterwards is never acked; with everything else delivered that is a
+    // clean close, not a timeout.
+    let mut hs = closed_after_peers_fin();
+    // Resent on timeouts; after the second one the close is complete for
+    // the application, successfully.
+    let mut fins = Vec::new();
+    while !hs.conn().is_fin_acked() {
+        let out = hs.fire();
+        if out.iter().any(|o| o.h.ty == PacketType::Fin) {
+            fins.push(hs.now);
+        }
+        assert!(fins.len() < 10);
+    }
+    assert_eq!(hs.conn().stats().timeouts, 2);
+    assert_eq!(hs.conn().state(), State::Connected);
     assert_eq!(hs.conn().error(), None);
+    assert!(hs.conn().stats().fin_unacknowledged);
+    // But the FIN is still resent (a peer that is still there may have
+    // lost every copy, and would wait for its EOF forever), at a steady
+    // interval, until max_timeouts; then the connection goes quietly.
+    assert_eq!(fins.last(), Some(&hs.now), "resent at that timeout too");
+    let presumed = fins.len();
+    fins.extend(fins_until_closed(&mut hs));
+    assert_eq!(hs.conn().state(), State::TimeWait);
+    assert_eq!(hs.conn().error(), None);
+    let max = Config::default().max_timeouts;
+    assert_eq!(
+        (fins.len() - presumed) as u32,
+        max - 3,
+        "one more FIN for each timeout before the last: {fins:?}"
+    );
+    let gaps: Vec<Duration> = fins[presumed - 1..]
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[0] == g[1]),
+        "no more backoff: {gaps:?}"
+    );
+    assert!(fins[fins.len() - 1] - hs.t0 < secs(10), "{fins:?}");
     let st = hs.conn().stats();
     assert!(st.fin_unacknowledged);
-    assert_eq!(st.timeouts, 2);
+    assert_eq!(st.timeouts, u64::from(max));
+}
+
+#[test]
+fn a_fin_acked_after_the_close_was_presumed_ends_it_normally() {
+    let mut hs = closed_after_peers_fin();
+    while !hs.conn().is_fin_acked() {
+        hs.fire();
+    }
+    assert!(hs.conn().stats().fin_unacknowledged);
+    // The third copy arrives and the peer acks it.
+    let fin = hs.sy(0);
+    hs.feed(PacketType::State, hs.py(1), fin, MIB, &[]);
+    assert_eq!(hs.conn().state(), State::TimeWait);
+    assert!(hs.conn().is_fin_acked());
+    assert!(!hs.conn().stats().fin_unacknowledged);
+    assert_eq!(hs.conn().error(), None);
 }
 
 #[test]
