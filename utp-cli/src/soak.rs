@@ -87,6 +87,8 @@ struct Counters {
     streams_failed: AtomicU64,
     panics: AtomicU64,
     relay_lost: AtomicU64,
+    /// Local ports of the relay's sockets (for their overflow counts).
+    relay_ports: std::sync::Mutex<Vec<u16>>,
     relay_duplicated: AtomicU64,
     relay_delayed: AtomicU64,
     garbage_sent: AtomicU64,
@@ -148,6 +150,55 @@ fn impaired_send(
     }
 }
 
+/// Receive and send buffer of the relay's sockets. The default (208 KiB)
+/// holds three 64 KiB datagrams: with dozens of connections the relay's
+/// queue overflowed all the time and dropped large datagrams far more often
+/// than the loss asked for (a lone 64 KiB retransmission could be dropped
+/// a dozen times running while small ones passed, for longer than the
+/// idle timeout). 4 MiB is Linux's default `rmem_max`.
+const RELAY_BUFFER: usize = 4 << 20;
+
+/// A socket of the relay, on loopback, with [`RELAY_BUFFER`] (or what the
+/// OS allows) and its port noted for the final report.
+fn relay_socket(c: &Counters) -> Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    // Best effort: a smaller buffer only means more drops, which are
+    // counted and reported.
+    let _ = s.set_recv_buffer_size(RELAY_BUFFER);
+    let _ = s.set_send_buffer_size(RELAY_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let s = UdpSocket::from_std(s.into())?;
+    c.relay_ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(s.local_addr()?.port());
+    Ok(s)
+}
+
+/// Datagrams the kernel dropped on the relay's sockets because their
+/// receive queue was full (from `/proc/net/udp`; `None` where unreadable).
+fn relay_overflows(c: &Counters) -> Option<u64> {
+    let ports = c
+        .relay_ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let mut drops = 0;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = f
+            .get(1)
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if port.is_some_and(|p| ports.contains(&p)) {
+            drops += f.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Some(drops)
+}
+
 /// The relay: clients talk to `front`; each client address gets its own
 /// upstream socket towards `server`, so the server sees one address per
 /// client, as with a real path.
@@ -166,7 +217,7 @@ async fn relay(
         let up = match upstream.get(&client) {
             Some(u) => u.clone(),
             None => {
-                let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+                let u = Arc::new(relay_socket(&c)?);
                 upstream.insert(client, u.clone());
                 let (u2, front2, c2) = (u.clone(), front.clone(), c.clone());
                 let seed2 = rng.gen();
@@ -396,9 +447,9 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
     let client_sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg)
         .await
         .context("binding the client")?;
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let relay_addr = front.local_addr()?;
     let c = Arc::new(Counters::default());
+    let front = Arc::new(relay_socket(&c)?);
+    let relay_addr = front.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     println!(
         "utp soak: {} connections, {:?}, sizes up to {} bytes, seed {seed:#x}",
@@ -530,6 +581,7 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
     }
     let (cs, so) = (client_sock.stats(), server_open());
     line(start.elapsed(), rss_kib());
+    let overflows = relay_overflows(&c);
     relay_task.abort();
     server_task.abort();
 
@@ -552,6 +604,9 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
         c.garbage_sent.load(Relaxed),
         c.garbage_conns.load(Relaxed)
     );
+    if let Some(n) = overflows {
+        println!("  relay overflows    {n} datagrams dropped by full relay socket queues");
+    }
     println!("  client endpoint    {cs:?}");
     println!("  server endpoint    {:?}", server_sock.stats());
     println!(
