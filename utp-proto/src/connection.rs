@@ -1049,8 +1049,9 @@ impl Connection {
                     }
                 }
                 self.ack_nr = first.wrapping_sub(1);
-                if let (Some(at), 1) = (self.syn_sent_at, self.syn_transmissions) {
-                    self.rtt.on_sample(now.saturating_duration_since(at));
+                match (self.syn_sent_at, self.syn_transmissions) {
+                    (Some(at), 1) => self.rtt.on_sample(now.saturating_duration_since(at)),
+                    _ => self.rtt.after_syn_retransmission(),
                 }
                 self.reply_micro = self.micros(now).wrapping_sub(h.timestamp);
                 self.last_recv = now;

@@ -47,6 +47,18 @@ impl RttEstimator {
         self.backoff = 0;
     }
 
+    /// The handshake completed only after a retransmitted SYN, so without
+    /// a sample (Karn): the SYN's backoff is cleared and, until the first
+    /// sample, the timeout is at least 3 s (RFC 6298 (5.7), as Linux does).
+    /// Kept, the backoff made the first data timeout 4-8 s, and the next
+    /// ones longer than a peer's idle timeout.
+    pub fn after_syn_retransmission(&mut self) {
+        if self.srtt.is_none() {
+            self.backoff = 0;
+            self.initial_rto = self.initial_rto.max(Duration::from_secs(3));
+        }
+    }
+
     /// Smoothed RTT, if any sample was taken.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
@@ -98,6 +110,25 @@ mod tests {
         assert_eq!(e.rto(), Duration::from_secs(2));
         e.back_off();
         assert_eq!(e.rto(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_lost_syn_leaves_a_3s_timeout_without_its_backoff() {
+        let mut e = RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        );
+        e.back_off();
+        e.back_off();
+        assert_eq!(e.rto(), Duration::from_secs(4));
+        e.after_syn_retransmission();
+        assert_eq!(e.rto(), Duration::from_secs(3));
+        e.back_off();
+        assert_eq!(e.rto(), Duration::from_secs(6));
+        // A sample rules from then on.
+        e.on_sample(Duration::from_millis(100));
+        assert_eq!(e.rto(), Duration::from_millis(500));
     }
 
     #[test]

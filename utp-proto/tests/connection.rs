@@ -2040,3 +2040,48 @@ fn the_send_buffer_holds_whole_packets() {
         assert_eq!(n % payload, 0, "payload {payload}: {n} queued");
     }
 }
+
+/// RFC 6298 (5.7): a handshake that needed a retransmitted SYN gives no RTT
+/// sample, and its backoff must not carry into the data phase (found with
+/// `utp soak --loss 0.3`: a first data timeout of 8 s, the next ones past
+/// the peer's idle timeout); the timeout starts again at 3 s.
+#[test]
+fn data_after_a_retransmitted_syn_times_out_after_3s_not_the_syns_backoff() {
+    let (mut ep, t0) = endpoint(cfg0(), 1);
+    let h = ep.connect(t0, peer()).unwrap();
+    let syn = only(drain(&mut ep, t0));
+    let mut hs = Harness {
+        ep,
+        h,
+        t0,
+        now: t0,
+        to_us: syn.h.conn_id,
+        to_peer: syn.h.conn_id.wrapping_add(1),
+        first_seq: syn.h.seq_nr.wrapping_add(1),
+        peer_first: 30_000,
+        peer_ts: 5_000_000,
+    };
+    // Two SYNs lost: resent after 1 s and 2 s more.
+    for _ in 0..2 {
+        let again = only(hs.fire());
+        assert_eq!(again.h.ty, PacketType::Syn);
+    }
+    assert_eq!(hs.now - t0, secs(3));
+    hs.advance(ms(10));
+    let synack = hdr(PacketType::State, syn.h.conn_id, 30_000, syn.h.seq_nr);
+    hs.feed_full(synack, &[], &[]);
+    assert_eq!(hs.conn().state(), State::Connected);
+    hs.write(b"request");
+    let sent_at = hs.now;
+    assert_eq!(only(hs.out()).h.ty, PacketType::Data);
+    // No ack: the data is resent 3 s later (with the SYN's backoff, 4 s).
+    loop {
+        let out = hs.fire();
+        if out.iter().any(|o| o.h.ty == PacketType::Data) {
+            break;
+        }
+        assert!(hs.now - sent_at < secs(10), "never resent");
+    }
+    assert_eq!(hs.now - sent_at, secs(3));
+    assert_eq!(hs.conn().stats().timeouts, 1);
+}
