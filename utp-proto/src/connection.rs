@@ -2018,10 +2018,13 @@ impl Connection {
             }
             // A 20-byte packet now and then: no further backoff, so the
             // copies go out within seconds, not half a minute.
-            let p = &mut self.outstanding[0];
-            if !p.lost {
-                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-            }
+            // (Queued again even if marked lost already: a duplicate entry
+            // is skipped once the FIN went.)
+            Self::mark_lost(
+                &mut self.outstanding[0],
+                &mut self.in_flight,
+                &mut self.resend,
+            );
             self.rto_deadline = Some(now + self.rtt.rto());
             return;
         }
