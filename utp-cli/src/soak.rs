@@ -394,16 +394,15 @@ async fn client(
         }
         std::io::Result::Ok(got)
     };
-    let (w, got) = tokio::try_join!(writer, reader)
-        .context("client transfer")
-        .with_context(|| describe(&rd.stats()))?;
-    drop(w);
-    if got != len {
-        bail!(
-            "client: echo ended after {got} of {len} bytes {}",
-            describe(&rd.stats())
-        );
-    }
+    let transfer = async {
+        let (w, got) = tokio::try_join!(writer, reader).context("client transfer")?;
+        drop(w);
+        if got != len {
+            bail!("client: echo ended after {got} of {len} bytes");
+        }
+        Ok(())
+    };
+    transfer.await.with_context(|| describe(&rd.stats()))?;
     Ok(true)
 }
 

@@ -114,11 +114,7 @@ mod tests {
 
     #[test]
     fn a_lost_syn_leaves_a_3s_timeout_without_its_backoff() {
-        let mut e = RttEstimator::new(
-            Duration::from_secs(1),
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-        );
+        let mut e = est();
         e.back_off();
         e.back_off();
         assert_eq!(e.rto(), Duration::from_secs(4));
