@@ -339,7 +339,8 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         let addr = resolve(addr).await?;
-        Self::from_udp(udp::bind(addr)?, config)
+        let buffer = config.socket_buffer;
+        Self::from_udp(udp::bind(addr, buffer)?, config)
     }
 
     /// Wraps an already bound UDP socket (e.g. one your DHT also uses) and
@@ -378,16 +379,25 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         let local_addr = transport.local_addr()?;
-        Self::from_net(Net::Custom(Box::new(transport)), local_addr, config)
+        Self::from_net(Net::Custom(Box::new(transport)), local_addr, config, None)
     }
 
     fn from_udp(udp: std::net::UdpSocket, config: Config) -> io::Result<(Self, Driver)> {
         let local_addr = udp.local_addr()?;
-        Self::from_net(Net::Udp(udp::UdpIo::new(udp)?), local_addr, config)
+        let rcvbuf = udp::receive_buffer(&udp);
+        Self::from_net(Net::Udp(udp::UdpIo::new(udp)?), local_addr, config, rcvbuf)
     }
 
-    fn from_net(net: Net, local_addr: SocketAddr, config: Config) -> io::Result<(Self, Driver)> {
-        let endpoint = Endpoint::new(Arc::new(config), Instant::now());
+    fn from_net(
+        net: Net,
+        local_addr: SocketAddr,
+        config: Config,
+        rcvbuf: Option<usize>,
+    ) -> io::Result<(Self, Driver)> {
+        let mut endpoint = Endpoint::new(Arc::new(config), Instant::now());
+        if let Some(bytes) = rcvbuf {
+            endpoint.set_socket_receive_buffer(bytes);
+        }
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 endpoint,

@@ -32,10 +32,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// Socket buffer size we ask the kernel for: bursts of a full window must not
-/// overflow the default ~200 KiB buffers (the kernel caps it at rmem_max).
-const SOCKET_BUFFER: usize = 4 << 20;
-
 /// The largest datagram we send or receive (a UDP payload is at most 65,507
 /// bytes over IPv4; 65,536 keeps buffers a power of two).
 pub(crate) const MAX_DATAGRAM: usize = 65_536;
@@ -166,30 +162,64 @@ fn register(
     unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(|e| e.into())
 }
 
-/// Binds a non-blocking UDP socket with large buffers; `[::]` is dual-stack.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// Binds a non-blocking UDP socket with `buffer`-byte send and receive
+/// buffers (see [`size_buffers`]); `[::]` is dual-stack.
+pub(crate) fn bind(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
     let domain = Domain::for_address(addr);
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Dual stack where the OS allows it; an error here is not fatal.
         let _ = sock.set_only_v6(false);
     }
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    let rcv = sock.recv_buffer_size().unwrap_or(0);
-    if rcv < SOCKET_BUFFER {
-        // Linux reports twice the granted size; less than asked means the
-        // administrator's cap (net.core.rmem_max) applies: bursts may drop.
-        tracing::debug!(
-            asked = SOCKET_BUFFER,
-            got = rcv,
-            "UDP receive buffer capped by the OS (raise net.core.rmem_max)"
-        );
-    }
+    size_buffers(&sock, buffer);
     set_dont_fragment(&sock, addr.is_ipv6());
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     Ok(sock.into())
+}
+
+/// Set once the cap on socket buffers was reported (once per process: every
+/// socket of a program meets the same cap).
+static CAPPED_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Asks for `buffer`-byte send and receive buffers. The OS caps the request
+/// at `net.core.rmem_max` / `wmem_max` (208 KiB by default on most Linux
+/// systems); a process allowed to (`CAP_NET_ADMIN`) overrides the cap,
+/// as a server running as root expects. Failing that, a warning: bursts of
+/// large datagrams overflow a small buffer, and flights to peers on this
+/// host are kept within it (see `Endpoint::set_socket_receive_buffer`).
+fn size_buffers(sock: &Socket, buffer: usize) {
+    let _ = sock.set_recv_buffer_size(buffer);
+    let _ = sock.set_send_buffer_size(buffer);
+    // Linux reports twice the size granted (its bookkeeping overhead
+    // included): less than asked means a cap.
+    let capped = |got: Option<usize>| got.is_some_and(|got| got < buffer);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        let value = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+        if capped(sock.recv_buffer_size().ok()) {
+            let _ = setsockopt_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value);
+        }
+        if capped(sock.send_buffer_size().ok()) {
+            let _ = setsockopt_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, value);
+        }
+    }
+    let (rcv, snd) = (sock.recv_buffer_size().ok(), sock.send_buffer_size().ok());
+    if (capped(rcv) || capped(snd)) && !CAPPED_WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            asked = buffer,
+            receive = rcv.unwrap_or(0),
+            send = snd.unwrap_or(0),
+            "UDP socket buffers capped by the OS: bursts may be dropped; \
+             raise net.core.rmem_max and net.core.wmem_max"
+        );
+    }
+}
+
+/// The receive buffer the OS granted `sock`, as it reports it.
+pub(crate) fn receive_buffer(sock: &std::net::UdpSocket) -> Option<usize> {
+    socket2::SockRef::from(sock).recv_buffer_size().ok()
 }
 
 /// Sets DF on every datagram in PROBE mode (IPv4, and IPv6 plus the
@@ -1282,7 +1312,7 @@ mod tests {
 
     /// A batching sender on loopback and an empty batch for it.
     fn batch_sender() -> (UdpIo, BatchIo, TxBatch) {
-        let sock = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let sock = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
         let udp = UdpIo::new(sock).unwrap();
         let io = BatchIo::new(&udp).unwrap();
         let tx = TxBatch::new(&io);
@@ -1386,6 +1416,23 @@ mod pmtu_tests {
         );
     }
 
+    /// A process allowed to override the OS's cap on socket buffers (root
+    /// here and in CI; `net.core.rmem_max` is 4 MiB) gets what it asks for.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_privileged_process_gets_buffers_above_the_cap() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let asked = 16 << 20;
+        let s = Socket::from(bind("127.0.0.1:0".parse().unwrap(), asked).unwrap());
+        // Linux reports twice the size it granted.
+        assert!(s.recv_buffer_size().unwrap() >= asked);
+        assert!(s.send_buffer_size().unwrap() >= asked);
+    }
+
     #[test]
     fn bound_sockets_set_df_in_probe_mode() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1393,7 +1440,7 @@ mod pmtu_tests {
             .build()
             .unwrap();
         let _g = rt.enter();
-        let s = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let s = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
         let v = getsockopt_int(
             std::os::fd::AsFd::as_fd(&s),
             libc::IPPROTO_IP,

@@ -58,6 +58,10 @@ struct Args {
     /// the library's default).
     #[arg(long)]
     utp_buffer: Option<usize>,
+    /// UDP socket buffer tokio-utp asks the OS for, in bytes (default: the
+    /// library's, 4 MiB); 212992 gives what most Linux systems cap it at.
+    #[arg(long)]
+    udp_buffer: Option<usize>,
     /// Watchdog per measurement, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -143,6 +147,7 @@ enum Client {
 struct UtpTuning {
     payload: Option<usize>,
     buffer: Option<usize>,
+    socket_buffer: Option<usize>,
 }
 
 static UTP_TUNING: std::sync::OnceLock<UtpTuning> = std::sync::OnceLock::new();
@@ -166,6 +171,9 @@ async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, Socket
             }
             if let Some(b) = utp_tuning().buffer {
                 cfg = cfg.send_buffer(b).recv_buffer(b);
+            }
+            if let Some(b) = utp_tuning().socket_buffer {
+                cfg = cfg.socket_buffer(b);
             }
             // The responder counts a connection as half-open until the
             // initiator's first data; the idle-connection case holds that
@@ -877,6 +885,7 @@ fn main() -> Result<()> {
     let _ = UTP_TUNING.set(UtpTuning {
         payload: args.utp_payload,
         buffer: args.utp_buffer,
+        socket_buffer: args.udp_buffer,
     });
     let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;

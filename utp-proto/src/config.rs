@@ -55,8 +55,18 @@ pub struct Config {
     /// (see `send_buffer`). Default 2 MiB: twice the window a peer with
     /// our default `recv_buffer` advertises, and half a typical Linux
     /// socket buffer's maximum (4 MiB). A peer that advertises larger
-    /// windows (a long fat path) needs a larger limit to use them.
+    /// windows (a long fat path) needs a larger limit to use them. To a
+    /// peer on the same host (a loopback address) the limit is also half
+    /// the receive buffer the OS granted our socket (see
+    /// [`crate::Endpoint::set_socket_receive_buffer`]).
     pub max_peer_flight: usize,
+    /// The send and receive buffer, in bytes, that tokio-utp asks the OS
+    /// for on a socket it binds. Default 4 MiB: a window's burst of 64 KiB
+    /// datagrams overflows the usual 208 KiB. The OS caps the request at
+    /// `net.core.rmem_max` / `wmem_max` unless the process may override
+    /// that (`CAP_NET_ADMIN`), and tokio-utp warns once when it is capped.
+    /// Sockets passed in by the application keep their own buffers.
+    pub socket_buffer: usize,
     /// How long `connect` may take before failing with a timeout. Default 10 s.
     pub connect_timeout: Duration,
     /// RTO before the first RTT sample. Default 1 s.
@@ -133,6 +143,7 @@ impl Default for Config {
             send_buffer: 1 << 20,
             recv_buffer: 1 << 20,
             max_peer_flight: 2 << 20,
+            socket_buffer: 4 << 20,
             connect_timeout: Duration::from_secs(10),
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(500),
@@ -184,6 +195,8 @@ setters! {
     recv_buffer: usize;
     /// Sets [`Config::max_peer_flight`].
     max_peer_flight: usize;
+    /// Sets [`Config::socket_buffer`].
+    socket_buffer: usize;
     /// Sets [`Config::connect_timeout`].
     connect_timeout: Duration;
     /// Sets [`Config::initial_rto`].

@@ -1,0 +1,59 @@
+//! Helpers shared by the loopback test binaries.
+
+// Each test binary uses its own subset.
+#![allow(dead_code)]
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can check data.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Streams `len` bytes of `pattern(seed)` without holding them all at once.
+pub async fn write_pattern<W: AsyncWriteExt + Unpin>(w: &mut W, seed: u64, len: usize) {
+    let chunk = 1 << 20;
+    let mut x = seed | 1;
+    let mut left = len;
+    let mut buf = vec![0u8; chunk];
+    while left > 0 {
+        let n = left.min(chunk);
+        for b in buf[..n].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        w.write_all(&buf[..n]).await.unwrap();
+        left -= n;
+    }
+}
+
+/// Reads to EOF and checks the bytes against `pattern(seed)` incrementally.
+pub async fn read_and_check<R: AsyncReadExt + Unpin>(r: &mut R, seed: u64, len: usize) {
+    let mut x = seed | 1;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 18];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            assert_eq!(b, (x >> 24) as u8, "byte {total} differs");
+            total += 1;
+        }
+    }
+    assert_eq!(total, len, "stream length");
+}
