@@ -94,16 +94,28 @@ impl UdpIo {
     }
 
     /// Runs the non-blocking `op` once the socket is readable; `Pending`
-    /// until then.
+    /// until then. When `op`'s result tells that it emptied the socket
+    /// (`drained`, e.g. a batch receive that filled fewer buffers than it
+    /// had), the readiness is cleared, and the next
+    /// call waits for the reactor instead of making a system call only to
+    /// learn that nothing is left, as tokio's own streams do after a short
+    /// read. A datagram arriving meanwhile is a new readiness event, which
+    /// the clearing leaves alone.
     pub(crate) fn poll_recv_io<R>(
         &self,
         cx: &mut Context<'_>,
         mut op: impl FnMut(&std::net::UdpSocket) -> io::Result<R>,
+        drained: impl Fn(&R) -> bool,
     ) -> Poll<io::Result<R>> {
         loop {
             let mut guard = std::task::ready!(self.read.poll_read_ready(cx))?;
             match guard.try_io(|fd| op(fd.get_ref())) {
-                Ok(r) => return Poll::Ready(r),
+                Ok(r) => {
+                    if r.as_ref().is_ok_and(&drained) {
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(r);
+                }
                 // try_io cleared the readiness: poll it again.
                 Err(_would_block) => continue,
             }
@@ -449,9 +461,15 @@ impl BatchIo {
         // Refills lent slots should a batch not have been marked processed.
         rx.processed();
         let RxBuffers { slots, meta, .. } = rx;
-        let n = std::task::ready!(udp.poll_recv_io(cx, |sock| {
-            self.state.recv(sock.into(), &mut slices(slots), meta)
-        }))?;
+        // Fewer buffers filled than one call offers (recvmmsg takes all
+        // that are queued, up to that): the queue was empty. Where a call
+        // takes one datagram (BATCH_SIZE 1) this never holds.
+        let batch = RX_BUFFERS.min(quinn_udp::BATCH_SIZE);
+        let n = std::task::ready!(udp.poll_recv_io(
+            cx,
+            |sock| self.state.recv(sock.into(), &mut slices(slots), meta),
+            |&n| n < batch
+        ))?;
         rx.count = n;
         Poll::Ready(Ok(()))
     }
@@ -1081,6 +1099,47 @@ mod tests {
             (&b"hello"[..], io.socket().local_addr().unwrap())
         );
         assert!(io.write.lock().unwrap().is_none());
+    }
+
+    /// A batch that filled fewer buffers than offered emptied the socket: the
+    /// next receive waits for the reactor (no system call to learn that
+    /// nothing is left), and a datagram sent after that still wakes it.
+    #[tokio::test]
+    async fn a_short_batch_waits_for_the_next_datagram_without_a_system_call() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let to = sock.local_addr().unwrap();
+        let io = UdpIo::new(sock).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let calls = std::cell::Cell::new(0);
+        let mut buf = [0u8; 64];
+        let mut recv = |cx: &mut Context<'_>| {
+            io.poll_recv_io(
+                cx,
+                |s| {
+                    calls.set(calls.get() + 1);
+                    s.recv(&mut buf)
+                },
+                |&n| n < 8,
+            )
+        };
+        peer.send_to(b"one", to).unwrap();
+        let n = std::future::poll_fn(&mut recv).await.unwrap();
+        assert_eq!((n, calls.get()), (3, 1));
+        // Drained: pending without calling `op`.
+        let pending = std::future::poll_fn(|cx| Poll::Ready(recv(cx).is_pending())).await;
+        assert!(pending, "nothing was left to receive");
+        assert_eq!(calls.get(), 1, "no system call to find the socket empty");
+        // The next datagram is a new readiness event.
+        peer.send_to(b"three", to).unwrap();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(&mut recv),
+        )
+        .await
+        .expect("woken by the next datagram")
+        .unwrap();
+        assert_eq!((n, calls.get()), (5, 2));
     }
 
     fn addr(port: u16) -> SocketAddr {
