@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{pattern, read_and_check, write_pattern};
+use common::{pattern, read_and_check, receive_indexed, write_pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_utp::{Config, UtpListener, UtpSocket, UtpStream};
@@ -104,24 +104,7 @@ async fn thousand_concurrent_connections_on_one_listener_socket() {
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tasks.push(tokio::spawn(async move {
-                // The client sends its index first, then the pattern for it.
-                let mut idx = [0u8; 8];
-                s.read_exact(&mut idx).await.unwrap();
-                let seed = u64::from_be_bytes(idx);
-                read_and_check(&mut s, seed, len).await;
-                s.write_all(&idx).await.unwrap();
-                s.close().await.unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
+    let server = receive_indexed(listener, n, len, true);
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut clients = Vec::new();
     for i in 0..n as u64 {

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{read_and_check, write_pattern};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{receive_indexed, write_pattern};
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tokio_utp::{Config, UtpListener, UtpSocket};
 
@@ -25,20 +25,7 @@ async fn hundred_connections_through_small_socket_buffers_lose_almost_nothing() 
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tasks.push(tokio::spawn(async move {
-                let mut idx = [0u8; 8];
-                s.read_exact(&mut idx).await.unwrap();
-                read_and_check(&mut s, u64::from_be_bytes(idx), len).await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
+    let server = receive_indexed(listener, n, len, false);
     let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg)
         .await
         .unwrap();

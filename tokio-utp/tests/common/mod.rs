@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_utp::UtpListener;
 
 /// Deterministic pseudo-random bytes (xorshift), so both ends can check data.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -56,4 +58,29 @@ pub async fn read_and_check<R: AsyncReadExt + Unpin>(r: &mut R, seed: u64, len: 
         }
     }
     assert_eq!(total, len, "stream length");
+}
+
+/// Accepts `n` connections on `listener`, each in a task of its own: every
+/// client sends its 8-byte index first, then `len` bytes of
+/// `pattern(index)`, which are checked. With `echo`, the index goes back and
+/// the stream is closed. Completes when every connection is done.
+pub fn receive_indexed(listener: UtpListener, n: usize, len: usize, echo: bool) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut idx = [0u8; 8];
+                s.read_exact(&mut idx).await.unwrap();
+                read_and_check(&mut s, u64::from_be_bytes(idx), len).await;
+                if echo {
+                    s.write_all(&idx).await.unwrap();
+                    s.close().await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
 }
