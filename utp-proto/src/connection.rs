@@ -2284,9 +2284,16 @@ impl Connection {
             // Marked fragmentable so it goes out alone: batched with the
             // big resend (one GSO send), it would share its fate, since a
             // router drops a whole GSO batch when one segment is too big.
-            // (Without DF is harmless at 20 bytes.)
             self.fragmentable = true;
-            return Some(packet::encode(&h, &[], &[], buf));
+            // Padded to the size a fall-back would go to, so the contrast
+            // is the one that matters: that size gets through, the current
+            // one does not. A bare 20-byte check also passes where a full
+            // receive buffer drops by size (room for a small datagram, not
+            // for a big one): against libtorrent, whose socket our bursts
+            // overflow, that made false black holes in 1 run of 40.
+            let pad = self.pmtud.fallback_size().saturating_sub(HEADER_LEN);
+            let pad = if pad >= packet::MIN_PADDING { pad } else { 0 };
+            return Some(packet::encode_padded(&h, pad, &[], buf));
         }
 
         // 2b. Before a silent initiator gets our first DATA or FIN: a copy of

@@ -284,7 +284,8 @@ impl Pmtud {
         self.phase != Phase::Disabled && size > self.fallback_size()
     }
 
-    fn fallback_size(&self) -> usize {
+    /// The size a black hole at the current size falls back to.
+    pub fn fallback_size(&self) -> usize {
         if self.current > self.cfg.base {
             self.cfg.base
         } else {

@@ -445,6 +445,16 @@ fn mtu_drop_under_a_window_of_700_packets_is_caught_by_the_tail_loss_probe() {
     let size = run.stats.payload_size;
     assert!(size <= fits(1280) && size + 8 >= fits(1280), "{size}");
     assert!(run.longest_stall.0 < 3 * Config::default().min_rto);
+    // The checks that found it were padded to the size fallen back to
+    // (1,212 bytes of payload): the contrast is that size against the
+    // current one, not a 20-byte packet against a full one (which a nearly
+    // full receive buffer also makes, dropping by size).
+    let checks: Vec<usize> = (run.net.stats.fragmentable_sizes.iter())
+        .copied()
+        .filter(|&n| n <= HEADER_LEN + 1212)
+        .collect();
+    assert!(checks.len() >= 3, "{:?}", run.net.stats.fragmentable_sizes);
+    assert!(checks.iter().all(|&n| n == HEADER_LEN + 1212), "{checks:?}");
 }
 
 #[test]

@@ -315,6 +315,9 @@ pub struct NetStats {
     pub mtu_drops: u64,
     /// Datagrams sent without DF (fragmentable).
     pub fragmentable: u64,
+    /// Their sizes, in the order sent (few: black-hole checks and resends
+    /// of packets cut before a fall-back).
+    pub fragmentable_sizes: Vec<usize>,
 }
 
 /// Two endpoints joined by a lossy, reordering, duplicating path, run in
@@ -396,6 +399,7 @@ impl SimNet {
         let p = self.params.clone();
         if fragmentable {
             self.stats.fragmentable += 1;
+            self.stats.fragmentable_sizes.push(data.len());
         } else if p.mtu.is_some_and(|m| data.len() + IP_UDP_OVERHEAD > m) {
             self.stats.mtu_drops += 1;
             return;
