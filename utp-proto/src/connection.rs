@@ -206,10 +206,11 @@ struct Sent {
 
 /// Black-hole detection by contrast (RFC 8899 section 4.3). When a timer
 /// (tail loss probe, RTO) declares a full-size packet lost, the oldest
-/// unacknowledged packet (full-size) is resent and followed by a tiny empty
-/// data packet carrying a sequence number the peer already acknowledged:
-/// every stack acks such a duplicate at once, and it needs no new sequence
-/// number, no reorder-buffer room and no SACK reach. If that ack comes while
+/// unacknowledged packet (full-size) is resent and followed by an empty
+/// data packet, padded to the fall-back size, carrying a sequence number
+/// the peer already acknowledged: every stack acks such a duplicate at
+/// once, and it needs no new sequence number, no reorder-buffer room and no
+/// SACK reach. If that ack comes while
 /// the resent full-size packet is still unacknowledged, that is one piece of
 /// evidence; three in a row with no full-size packet acknowledged in between
 /// make a black hole and the size falls back. Packets lost before the timer
@@ -2268,7 +2269,8 @@ impl Connection {
             return Some(self.send_outstanding(now, idx, buf, true));
         }
 
-        // 2. A black-hole check: a tiny packet after unanswered large ones.
+        // 2. A black-hole check: a fall-back-sized packet after unanswered
+        // large ones.
         if let BlackHoleCheck::Due { big } = self.bh_check {
             // After the resend of `big` (retransmissions go first): an
             // empty data packet with the last sequence number the peer
