@@ -449,7 +449,11 @@ fn mtu_drop_under_a_window_of_700_packets_is_caught_by_the_tail_loss_probe() {
     // (1,212 bytes of payload): the contrast is that size against the
     // current one, not a 20-byte packet against a full one (which a nearly
     // full receive buffer also makes, dropping by size).
-    let checks: Vec<usize> = (run.net.stats.fragmentable_sizes.iter())
+    let checks: Vec<usize> = run
+        .net
+        .stats
+        .fragmentable_sizes
+        .iter()
         .copied()
         .filter(|&n| n <= HEADER_LEN + 1212)
         .collect();
