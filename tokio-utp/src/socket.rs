@@ -57,7 +57,7 @@ impl ConnWakers {
 /// only held for short, non-blocking steps.
 pub(crate) struct Inner {
     pub(crate) endpoint: Endpoint,
-    pub(crate) wakers: HashMap<ConnHandle, ConnWakers>,
+    pub(crate) wakers: rustc_hash::FxHashMap<ConnHandle, ConnWakers>,
     driver_waker: Option<Waker>,
     pub(crate) accept_waker: Option<Waker>,
     pub(crate) listening: bool,
@@ -401,7 +401,7 @@ impl UtpSocket {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 endpoint,
-                wakers: HashMap::new(),
+                wakers: rustc_hash::FxHashMap::default(),
                 driver_waker: None,
                 accept_waker: None,
                 listening: false,
@@ -647,6 +647,9 @@ pub struct Driver {
     wake: Vec<Waker>,
     /// `wake` holds a reader whose peer has finished (see `step`).
     fin_woken: bool,
+    /// The last step filled its send batch and sent it: the endpoint has
+    /// more to send, so the next step collects even if nothing came in.
+    batch_was_full: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -679,6 +682,7 @@ impl Driver {
             touched: Vec::new(),
             wake: Vec::new(),
             fin_woken: false,
+            batch_was_full: false,
         })
     }
 
@@ -869,9 +873,17 @@ impl Driver {
         }
     }
 
-    /// One step: receive, process, send.
-    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
+    /// One step: receive, process, send. After the first step of a poll, a
+    /// step that received nothing and has nothing left to collect ends the
+    /// poll without taking the lock: the first step ran the timers and
+    /// collected what the tasks queued, and a task queuing more since then
+    /// wakes the driver again. (Request/response traffic otherwise paid a
+    /// second lock, timer run and collection for every message.)
+    fn step(&mut self, cx: &mut Context<'_>, first: bool) -> io::Result<Step> {
         let received = self.receive(cx)?;
+        if !received && !first && !std::mem::take(&mut self.batch_was_full) {
+            return Ok(Step::Idle);
+        }
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         self.process(&mut inner);
@@ -896,6 +908,7 @@ impl Driver {
             self.flush(cx)
         };
         let sent_all = flushed?;
+        self.batch_was_full = full && sent_all;
         Ok(if received || (full && sent_all) {
             Step::More
         } else {
@@ -953,7 +966,7 @@ impl Future for Driver {
         let mut steps = 0;
         let result = loop {
             // Leftovers from a send the socket wasn't ready for go first.
-            match this.flush(cx).and_then(|_| this.step(cx)) {
+            match this.flush(cx).and_then(|_| this.step(cx, steps == 0)) {
                 Ok(Step::More) if steps + 1 < STEPS => steps += 1,
                 Ok(Step::More) => {
                     // Let streams on this runtime run, then go on.

@@ -11,7 +11,7 @@ use utp_proto::{Config, ConnHandle, Endpoint, State};
 
 #[global_allocator]
 static GLOBAL: common::alloc::Counting = common::alloc::Counting;
-use common::alloc::live;
+use common::alloc::{allocations, live};
 
 // ------------------------------------------------------------ harness
 
@@ -201,6 +201,56 @@ fn released_connection_against_zero_window_peer_is_eventually_freed() {
             hs.ack(first, 0);
         }
     }
+}
+
+/// Request/response traffic: every small message is read as soon as it
+/// arrives, which drains the receive buffers each time. The drained tail's
+/// room is reused for the next messages (it was freed and allocated again
+/// for every message), and is let go of once the connection stays idle.
+#[test]
+fn a_drained_receive_tail_is_reused_and_let_go_when_idle() {
+    let mut hs = H::initiator(Config::default(), 1000);
+    let mut seq = hs.y;
+    let mut buf = [0u8; 64];
+    let mut endpoint_allocations = 0;
+    for i in 0..200u32 {
+        let mut h = hdr(
+            PacketType::Data,
+            hs.to_us,
+            seq,
+            hs.first_seq.wrapping_sub(1),
+        );
+        h.timestamp = i;
+        let d = datagram(&h, &[], &[i as u8; 64]);
+        seq = seq.wrapping_add(1);
+        hs.now += Duration::from_millis(1);
+        let before = allocations();
+        hs.ep.handle_datagram(hs.now, peer(), &d).unwrap();
+        let n = hs.ep.with_conn(hs.h, hs.now, |c| c.read(&mut buf)).unwrap();
+        if i > 0 {
+            // The first message sets the tail up.
+            endpoint_allocations += allocations() - before;
+        }
+        assert_eq!((n, buf[0]), (64, i as u8));
+        drain(&mut hs.ep, hs.now);
+    }
+    assert!(
+        endpoint_allocations <= 2,
+        "{endpoint_allocations} allocations to receive and read 199 small messages"
+    );
+    // Idle from here on: the tail goes after the linger (a quarter second).
+    let held = live();
+    let until = hs.now + Duration::from_millis(400);
+    while let Some(t) = hs.ep.poll_timeout().filter(|&t| t <= until) {
+        hs.now = t;
+        hs.ep.handle_timeout(t);
+        drain(&mut hs.ep, hs.now);
+    }
+    let freed = held - live();
+    assert!(
+        freed >= 16 << 10,
+        "idle connection freed only {freed} bytes"
+    );
 }
 
 /// A bulk sender's heap stays near its send buffer. Packets used to be
