@@ -650,6 +650,10 @@ pub struct Driver {
     /// The last step filled its send batch and sent it: the endpoint has
     /// more to send, so the next step collects even if nothing came in.
     batch_was_full: bool,
+    /// When the endpoint's next timer is due, as of the last locked step.
+    next_timer: Option<Instant>,
+    /// The waker last registered as `Inner::driver_waker`.
+    waker: Option<Waker>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -683,6 +687,8 @@ impl Driver {
             wake: Vec::new(),
             fin_woken: false,
             batch_was_full: false,
+            next_timer: None,
+            waker: None,
         })
     }
 
@@ -729,8 +735,7 @@ impl Driver {
 
     /// Under the lock: feeds what `receive` got to the endpoint, runs timers
     /// and collects the wakers to call.
-    fn process(&mut self, inner: &mut Inner) {
-        let now = Instant::now();
+    fn process(&mut self, inner: &mut Inner, now: Instant) {
         let custom = self
             .custom_rx
             .iter()
@@ -791,14 +796,13 @@ impl Driver {
 
     /// Under the lock: collects the endpoint's datagrams into the send
     /// batch. Returns whether the batch filled up (the endpoint has more).
-    fn collect(&mut self, inner: &mut Inner) -> bool {
+    fn collect(&mut self, inner: &mut Inner, now: Instant) -> bool {
         if self.io.is_none() {
-            return self.collect_custom(inner);
+            return self.collect_custom(inner, now);
         }
         if !self.tx.is_empty() {
             return false;
         }
-        let now = Instant::now();
         let endpoint = &mut inner.endpoint;
         let full = self.tx.fill(|buf| {
             // Large payloads go beside their header, gathered by the kernel
@@ -824,11 +828,10 @@ impl Driver {
 
     /// Sends the batch, without the lock. `Ok(false)`: the socket is full and
     /// the task will be woken when it drains.
-    fn collect_custom(&mut self, inner: &mut Inner) -> bool {
+    fn collect_custom(&mut self, inner: &mut Inner, now: Instant) -> bool {
         if !self.custom_tx.is_empty() {
             return false;
         }
-        let now = Instant::now();
         let mut buf = [0u8; udp::MAX_DATAGRAM];
         while self.custom_tx.len() < CUSTOM_BATCH {
             let Some(t) = inner.endpoint.poll_transmit(now, &mut buf) else {
@@ -886,14 +889,23 @@ impl Driver {
         }
         let shared = self.shared.clone();
         let mut inner = shared.lock();
-        self.process(&mut inner);
+        // One clock reading per step: processing and collecting take
+        // microseconds, far below any timer's resolution.
+        let now = Instant::now();
+        self.process(&mut inner, now);
         // Everything due goes out now. An ack that may wait for a reply (a
         // lone small packet, see `Config::ack_delay`) is not due yet: the
         // woken reader's answer carries it, or the connection's timer sends
         // it alone. (Letting the woken tasks run first instead, by yielding,
         // made tokio wake a second worker to steal the driver on every
         // message: a thread wakeup and lock contention per round trip.)
-        let full = self.collect(&mut inner);
+        let full = self.collect(&mut inner, now);
+        // The timer the driver arms if this step is its last, decided under
+        // this lock: the poll then ends without taking it again. A task that
+        // arms an earlier one later compares with `driver_timer` and wakes
+        // the driver.
+        self.next_timer = inner.endpoint.poll_timeout();
+        inner.driver_timer = self.next_timer;
         drop(inner);
         // The woken tasks run while the batch goes out, except when one
         // learns of its peer's FIN: that reader may exit the program at once,
@@ -953,15 +965,10 @@ impl Future for Driver {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let shared = this.shared.clone();
-        {
-            let mut inner = shared.lock();
-            if !inner
-                .driver_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                inner.driver_waker = Some(cx.waker().clone());
-            }
+        // The waker hardly ever changes; the lock is only taken when it does.
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.waker = Some(cx.waker().clone());
+            shared.lock().driver_waker = Some(cx.waker().clone());
         }
         let mut steps = 0;
         let result = loop {
@@ -977,22 +984,23 @@ impl Future for Driver {
                 Err(e) => break Err(e),
             }
         };
-        let mut inner = shared.lock();
         if let Err(e) = result {
             tracing::error!(error = %e, "uTP socket failed");
-            this.fail_all(&mut inner, e.kind());
+            this.fail_all(&mut shared.lock(), e.kind());
             return Poll::Ready(Err(e));
         }
 
         // Nobody holds a handle and every connection has wound down.
-        if Arc::strong_count(&this.shared) <= 2 && inner.endpoint.is_idle() {
-            this.fail_all(&mut inner, io::ErrorKind::NotConnected);
-            return Poll::Ready(Ok(()));
+        if Arc::strong_count(&this.shared) <= 2 {
+            let mut inner = shared.lock();
+            if inner.endpoint.is_idle() {
+                this.fail_all(&mut inner, io::ErrorKind::NotConnected);
+                return Poll::Ready(Ok(()));
+            }
         }
 
-        let next = inner.endpoint.poll_timeout();
-        inner.driver_timer = next;
-        match next {
+        // Decided by this poll's first step (or a later one), under its lock.
+        match this.next_timer {
             Some(t) => {
                 if this.timer_at != Some(t) {
                     this.timer_at = Some(t);

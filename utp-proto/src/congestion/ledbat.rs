@@ -108,8 +108,9 @@ fn delay_lt(a: u32, b: u32) -> bool {
 struct DelayHistory {
     /// Minimum of each bucket, oldest first; the last one is filling.
     mins: VecDeque<u32>,
-    /// When the filling bucket started.
-    started: Option<Instant>,
+    /// When the filling bucket ends (None: never, for a bucket too long to
+    /// add to the clock). An end, not a start: one comparison per sample.
+    ends: Option<Instant>,
     bucket: Duration,
     max_buckets: usize,
 }
@@ -118,15 +119,15 @@ impl DelayHistory {
     fn new(bucket: Duration, max_buckets: usize) -> Self {
         Self {
             mins: VecDeque::with_capacity(max_buckets.max(1)),
-            started: None,
+            ends: None,
             bucket,
             max_buckets: max_buckets.max(1),
         }
     }
 
     fn add(&mut self, now: Instant, sample: u32) {
-        match (self.started, self.mins.back_mut()) {
-            (Some(s), Some(last)) if now.saturating_duration_since(s) < self.bucket => {
+        match self.mins.back_mut() {
+            Some(last) if self.ends.is_none_or(|e| now < e) => {
                 if delay_lt(sample, *last) {
                     *last = sample;
                 }
@@ -136,7 +137,7 @@ impl DelayHistory {
                     self.mins.pop_front();
                 }
                 self.mins.push_back(sample);
-                self.started = Some(now);
+                self.ends = now.checked_add(self.bucket);
             }
         }
     }
@@ -227,7 +228,10 @@ impl Ledbat {
         Some(Duration::from_micros(q.max(0) as u64))
     }
 
-    fn sample(&mut self, now: Instant, ack: &AckInfo) {
+    /// Takes the delays `ack` reports; returns the queueing delay after them
+    /// (computed once per ack: it folds over the recent samples and the
+    /// history).
+    fn sample(&mut self, now: Instant, ack: &AckInfo) -> Option<Duration> {
         if ack.reverse_delay_us != 0 {
             let before = self.reverse.base();
             self.reverse.add(now, ack.reverse_delay_us);
@@ -250,12 +254,15 @@ impl Ledbat {
         // clock step). Raise it so the estimate is at most the RTT, as
         // libutp does, instead of sitting at the minimum window for the
         // ten minutes the history remembers it.
-        if let (Some(q), Some(rtt)) = (self.queuing_delay(), ack.rtt_sample) {
+        let q = self.queuing_delay();
+        if let (Some(q), Some(rtt)) = (q, ack.rtt_sample) {
             if q > rtt {
                 let excess = (q - rtt).as_micros().min(u128::from(u32::MAX >> 1)) as u32;
                 self.forward.shift(excess);
+                return self.queuing_delay();
             }
         }
+        q
     }
 
     /// Leaves (initial or post-slowdown) slow start for congestion avoidance.
@@ -291,7 +298,7 @@ impl Controller for Ledbat {
         if ack.srtt.is_some() {
             self.srtt = ack.srtt;
         }
-        self.sample(now, ack);
+        let queuing_delay = self.sample(now, ack);
         if let Phase::Frozen { since, until } = self.phase {
             if now < until {
                 return;
@@ -314,7 +321,7 @@ impl Controller for Ledbat {
         // ALLOWED_INCREASE; RFC 7661's spirit).
         let app_limited = (ack.bytes_in_flight + 2 * self.mss) as f64 <= self.cwnd;
         let target = self.cfg.target.as_secs_f64().max(1e-6);
-        let q = self.queuing_delay().map_or(0.0, |d| d.as_secs_f64()) / target;
+        let q = queuing_delay.map_or(0.0, |d| d.as_secs_f64()) / target;
         match self.phase {
             Phase::SlowStart | Phase::Regrow { .. } => {
                 // After a slowdown the window only returns to what it was:
