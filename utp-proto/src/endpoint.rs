@@ -93,7 +93,11 @@ struct Entry {
     addr: SocketAddr,
     dirty: bool,
     touched: bool,
+    /// The time of its latest entry in `Endpoint::timers` (older entries of
+    /// it there are stale). Never later than `deadline`.
     scheduled: Option<Instant>,
+    /// Its connection's own next timer, as of the last change.
+    deadline: Option<Instant>,
     /// Counted in `Endpoint::half_open`.
     half_open: bool,
     /// Its failure is counted in the stats.
@@ -410,6 +414,7 @@ impl Endpoint {
             dirty: false,
             touched: false,
             scheduled: None,
+            deadline: None,
             half_open,
             failure_counted: false,
             path_size: 0,
@@ -680,10 +685,16 @@ impl Endpoint {
             if share.conns < 2 {
                 return;
             }
+            let mut adopted = Vec::new();
             for (j, o) in self.conns.iter_mut() {
                 if j != idx && o.addr.ip() == ip && o.conn.datagram_size() < size {
                     o.conn.adopt_datagram_size(size, now);
+                    adopted.push(j);
                 }
+            }
+            // Their path MTU timers changed.
+            for j in adopted {
+                self.schedule(j);
             }
         } else if size < share.size {
             if new && now.saturating_duration_since(share.at) < self.cfg.pmtud_interval {
@@ -712,9 +723,14 @@ impl Endpoint {
         }
     }
 
+    /// Records connection `idx`'s next timer. A heap entry is only added
+    /// when the timer moved earlier; one that moved later (a retransmission
+    /// timer re-armed by every ack) leaves the old entry, which
+    /// [`Endpoint::next_timer`] moves when it comes up.
     fn schedule(&mut self, idx: usize) {
         let e = &mut self.conns[idx];
-        if let Some(t) = e.conn.poll_timeout() {
+        e.deadline = e.conn.poll_timeout();
+        if let Some(t) = e.deadline {
             if e.scheduled.is_none_or(|s| t < s) {
                 e.scheduled = Some(t);
                 self.timers.push(Reverse((t, idx)));
@@ -722,33 +738,45 @@ impl Endpoint {
         }
     }
 
-    /// The earliest moment [`Endpoint::handle_timeout`] needs to run.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        // Drop stale heap entries so the caller isn't woken for nothing.
+    /// The earliest heap entry that is a connection's real next timer.
+    /// Stale entries on top are dropped, and an entry whose connection's
+    /// timer moved later is moved with it: a request/response connection
+    /// re-arms its retransmission timers with every message, and waking the
+    /// driver at each old deadline (every few milliseconds) did nothing but
+    /// wake a thread.
+    fn next_timer(&mut self) -> Option<(Instant, usize)> {
         while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
-            match self.conns.get(idx) {
-                Some(e) if e.scheduled == Some(t) => return Some(t),
-                _ => {
-                    self.timers.pop();
-                }
+            let moved = match self.conns.get_mut(idx) {
+                Some(e) if e.scheduled == Some(t) => match e.deadline {
+                    Some(d) if d <= t => return Some((t, idx)),
+                    d => {
+                        e.scheduled = d;
+                        d
+                    }
+                },
+                _ => None,
+            };
+            self.timers.pop();
+            if let Some(d) = moved {
+                self.timers.push(Reverse((d, idx)));
             }
         }
         None
     }
 
+    /// The earliest moment [`Endpoint::handle_timeout`] needs to run.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.next_timer().map(|(t, _)| t)
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
+        while let Some((t, idx)) = self.next_timer() {
             if t > now {
                 break;
             }
             self.timers.pop();
-            let Some(e) = self.conns.get_mut(idx) else {
-                continue;
-            };
-            if e.scheduled != Some(t) {
-                continue;
-            }
+            let e = &mut self.conns[idx];
             e.scheduled = None;
             let _span = conn_span(&e.conn, e.addr).entered();
             e.conn.handle_timeout(now);

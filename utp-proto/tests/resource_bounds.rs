@@ -253,6 +253,46 @@ fn a_drained_receive_tail_is_reused_and_let_go_when_idle() {
     );
 }
 
+/// Request/response traffic re-arms the retransmission timers with every
+/// message, each time later than before. The endpoint's next timer is the
+/// connection's real one, not the deadline of a message acked long ago: the
+/// driver used to wake for those every few milliseconds, for nothing.
+#[test]
+fn a_timer_moved_later_does_not_wake_the_caller_at_its_old_time() {
+    let mut hs = H::initiator(Config::default(), 1000);
+    let mut buf = [0u8; 64];
+    let mut spurious = 0;
+    let mut seq = hs.y;
+    for i in 0..100u32 {
+        // Our request, then the peer's answer acking it.
+        hs.ep
+            .with_conn(hs.h, hs.now, |c| c.write(&[1u8; 64]))
+            .unwrap();
+        let sent = drain(&mut hs.ep, hs.now);
+        let ours = sent.iter().rev().find(|o| o.h.ty == PacketType::Data);
+        let ack = ours.expect("the request went out").h.seq_nr;
+        hs.now += Duration::from_millis(1);
+        let mut h = hdr(PacketType::Data, hs.to_us, seq, ack);
+        h.timestamp = i;
+        seq = seq.wrapping_add(1);
+        hs.ep
+            .handle_datagram(hs.now, peer(), &datagram(&h, &[], &[2u8; 64]))
+            .unwrap();
+        hs.ep.with_conn(hs.h, hs.now, |c| c.read(&mut buf)).unwrap();
+        drain(&mut hs.ep, hs.now);
+        let own = hs.ep.conn(hs.h).poll_timeout();
+        let next = hs.ep.poll_timeout();
+        assert!(next.is_some() && own.is_some());
+        if next < own {
+            spurious += 1;
+        }
+    }
+    assert_eq!(
+        spurious, 0,
+        "the endpoint's next timer came before the connection's"
+    );
+}
+
 /// A bulk sender's heap stays near its send buffer. Packets used to be
 /// split off the application's write buffer and so shared its allocation:
 /// every write after an ack reallocated (and copied) the whole remaining
