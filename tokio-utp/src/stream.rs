@@ -86,6 +86,17 @@ impl StreamInner {
         // copies at once.
         let mut pieces: [Bytes; READ_PIECES] = Default::default();
         let unlocked = buf.remaining() > COPY_UNLOCKED;
+        // Nothing to read, no end of stream and no error: a read would change
+        // nothing, and a reader usually polls once before its data arrives.
+        // Skipping it spares the connection's bookkeeping after every call
+        // (timers, flight accounting) on each request/response message.
+        if !inner.endpoint.conn(h).is_readable() {
+            if let Some(kind) = inner.driver_gone {
+                return Poll::Ready(Err(driver_gone(kind)));
+            }
+            register(&mut inner, h, cx, true);
+            return Poll::Pending;
+        }
         let r = inner.endpoint.with_conn(h, Instant::now(), |c| {
             let (n, k) = if unlocked {
                 c.read_pieces(buf.remaining(), &mut pieces)?
