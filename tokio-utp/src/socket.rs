@@ -114,9 +114,10 @@ impl Inner {
 
     /// Wakes the driver if the endpoint has datagrams to send or an
     /// application call armed a timer earlier than the driver's (a persist
-    /// probe, a linger deadline after release).
+    /// probe, a linger deadline after release). Only timers that came up
+    /// since the driver last looked can be earlier (see `Driver::step`).
     pub(crate) fn wake_driver_if_needed(&mut self) {
-        let earlier_timer = match (self.endpoint.poll_timeout(), self.driver_timer) {
+        let earlier_timer = match (self.endpoint.take_new_timer(), self.driver_timer) {
             (Some(t), Some(d)) => t < d,
             (Some(_), None) => true,
             (None, _) => false,
@@ -904,6 +905,7 @@ impl Driver {
         // this lock: the poll then ends without taking it again. A task that
         // arms an earlier one later compares with `driver_timer` and wakes
         // the driver.
+        inner.endpoint.take_new_timer();
         self.next_timer = inner.endpoint.poll_timeout();
         inner.driver_timer = self.next_timer;
         drop(inner);

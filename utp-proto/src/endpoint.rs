@@ -128,6 +128,9 @@ pub struct Endpoint {
     listening: bool,
     dirty: VecDeque<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The earliest timer added to `timers` since [`Endpoint::take_new_timer`]
+    /// was last called.
+    new_timer: Option<Instant>,
     touched: Vec<ConnHandle>,
     /// Connections asking for the OS's path MTU (see `poll_path_query`).
     path_queries: VecDeque<ConnHandle>,
@@ -269,6 +272,7 @@ impl Endpoint {
             listening: false,
             dirty: VecDeque::new(),
             timers: BinaryHeap::new(),
+            new_timer: None,
             touched: Vec::new(),
             path_queries: VecDeque::new(),
             paths: HashMap::new(),
@@ -734,6 +738,7 @@ impl Endpoint {
             if e.scheduled.is_none_or(|s| t < s) {
                 e.scheduled = Some(t);
                 self.timers.push(Reverse((t, idx)));
+                self.new_timer = Some(self.new_timer.map_or(t, |n| n.min(t)));
             }
         }
     }
@@ -762,6 +767,15 @@ impl Endpoint {
             }
         }
         None
+    }
+
+    /// The earliest timer that came up since the last call, if any: a
+    /// connection's timer that moved earlier, or a new connection's.
+    /// Cheaper than [`Endpoint::poll_timeout`] for a caller that knows when
+    /// it last asked that, and only needs to learn whether anything is due
+    /// sooner (a timer that moved later only makes that answer early).
+    pub fn take_new_timer(&mut self) -> Option<Instant> {
+        self.new_timer.take()
     }
 
     /// The earliest moment [`Endpoint::handle_timeout`] needs to run.

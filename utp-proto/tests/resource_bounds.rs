@@ -293,6 +293,36 @@ fn a_timer_moved_later_does_not_wake_the_caller_at_its_old_time() {
     );
 }
 
+/// `take_new_timer` is how the tokio driver learns, without a heap search
+/// on every application call, that a call armed a timer sooner than the
+/// one it sleeps for.
+#[test]
+fn a_timer_armed_sooner_is_reported_once_as_new() {
+    let mut hs = H::initiator(Config::default(), 1000);
+    // Past the handshake's short timers (its ack): only the idle
+    // connection's own (keep-alive, idle timeout) are left.
+    let mut idle = hs.ep.poll_timeout().expect("timers");
+    while idle < hs.now + Duration::from_secs(1) {
+        hs.now = idle;
+        hs.ep.handle_timeout(idle);
+        drain(&mut hs.ep, hs.now);
+        idle = hs.ep.poll_timeout().expect("timers");
+    }
+    hs.ep.take_new_timer();
+    assert_eq!(hs.ep.take_new_timer(), None, "nothing came up since");
+    hs.ep
+        .with_conn(hs.h, hs.now, |c| c.write(&[1u8; 64]))
+        .unwrap();
+    drain(&mut hs.ep, hs.now);
+    let new = hs
+        .ep
+        .take_new_timer()
+        .expect("the data in flight armed a timer");
+    assert!(new < idle);
+    assert_eq!(Some(new), hs.ep.poll_timeout());
+    assert_eq!(hs.ep.take_new_timer(), None, "reported once");
+}
+
 /// A bulk sender's heap stays near its send buffer. Packets used to be
 /// split off the application's write buffer and so shared its allocation:
 /// every write after an ack reallocated (and copied) the whole remaining
