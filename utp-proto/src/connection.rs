@@ -892,11 +892,18 @@ impl Connection {
     fn finish_read(&mut self, n: usize) -> Result<usize, ConnectionError> {
         self.ready_bytes -= n;
         if self.ready_bytes == 0 {
-            // Drained: the tail's room is reused in place by the next small
-            // packets (request/response traffic would otherwise allocate
-            // and free it for every message); an idle connection lets go of
-            // it after `SPARE_LINGER` (see `refresh`).
-            self.ready_tail.clear();
+            if self.ready_tail.capacity() == 0 {
+                // No room left to reuse (or only a share of an allocation
+                // handed out): let go of it now.
+                self.ready_tail = BytesMut::new();
+            } else {
+                // Drained: the tail's room is reused in place by the next
+                // small packets (request/response traffic would otherwise
+                // allocate and free it for every message); an idle
+                // connection lets go of it after `SPARE_LINGER` (see
+                // `refresh`).
+                self.ready_tail.clear();
+            }
         }
         if n == 0 {
             if let Some(e) = self.error() {

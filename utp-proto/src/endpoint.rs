@@ -753,7 +753,7 @@ impl Endpoint {
         while let Some(Reverse((t, idx))) = self.timers.peek().copied() {
             let moved = match self.conns.get_mut(idx) {
                 Some(e) if e.scheduled == Some(t) => match e.deadline {
-                    Some(d) if d <= t => return Some((t, idx)),
+                    Some(d) if d == t => return Some((t, idx)),
                     d => {
                         e.scheduled = d;
                         d
