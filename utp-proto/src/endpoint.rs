@@ -771,9 +771,10 @@ impl Endpoint {
 
     /// The earliest timer that came up since the last call, if any: a
     /// connection's timer that moved earlier, or a new connection's.
-    /// Cheaper than [`Endpoint::poll_timeout`] for a caller that knows when
-    /// it last asked that, and only needs to learn whether anything is due
-    /// sooner (a timer that moved later only makes that answer early).
+    /// Cheaper than [`Endpoint::poll_timeout`] for a caller that only needs
+    /// to learn whether something is now due sooner than what
+    /// `poll_timeout` told it (call this one right before that one, so that
+    /// nothing falls between them); a timer that moved later never is.
     pub fn take_new_timer(&mut self) -> Option<Instant> {
         self.new_timer.take()
     }
