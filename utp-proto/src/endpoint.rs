@@ -398,7 +398,7 @@ impl Endpoint {
         let flight_id = match self.flight_ids.get(&addr) {
             Some(&id) => id,
             None => {
-                let limit = flight_limit(&self.cfg, self.socket_rcvbuf, addr);
+                let limit = self.flight_limit(addr);
                 let id = self.flights.insert(Flight {
                     limit,
                     addr,
