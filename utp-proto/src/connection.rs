@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::congestion::{AckInfo, Controller, DelayState};
 use crate::drops::DropStats;
+use crate::flight::FlightSize;
 use crate::pacing::Pacer;
 use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN, MAX_SACK_BYTES};
 use crate::pmtud::Pmtud;
@@ -202,6 +203,9 @@ struct Sent {
     /// ordinary packets). Cleared when resent: a probe's (empty) data goes
     /// again unpadded.
     pad: usize,
+    /// Its latest transmission's receive-buffer charge, counted in
+    /// `in_flight_cost` while `in_flight`.
+    cost: usize,
 }
 
 /// Black-hole detection by contrast (RFC 8899 section 4.3). When a timer
@@ -310,9 +314,12 @@ pub struct Connection {
     outstanding_bytes: usize,
     resend: VecDeque<u16>,
     in_flight: usize,
+    /// The receive-buffer charge of the packets in `in_flight` (see
+    /// `flight::receive_buffer_cost`).
+    in_flight_cost: usize,
     /// What the endpoint lets this connection add to its peer's data in
     /// flight (see [`Connection::set_peer_room`]).
-    peer_room: usize,
+    peer_room: FlightSize,
     peer_share: usize,
     peer_wnd: u32,
     peer_wnd_known: bool,
@@ -448,7 +455,8 @@ impl Connection {
             outstanding_bytes: 0,
             resend: VecDeque::new(),
             in_flight: 0,
-            peer_room: usize::MAX,
+            in_flight_cost: 0,
+            peer_room: FlightSize::UNLIMITED,
             peer_share: usize::MAX,
             peer_wnd: 0,
             peer_wnd_known: false,
@@ -1199,10 +1207,7 @@ impl Connection {
                 p.sacked = true;
                 sacked_any = true;
                 bytes_acked += p.payload.len();
-                if p.in_flight {
-                    p.in_flight = false;
-                    self.in_flight -= p.payload.len();
-                }
+                Self::leave_flight(p, &mut self.in_flight, &mut self.in_flight_cost);
                 if p.lost {
                     p.lost = false;
                 }
@@ -1310,6 +1315,7 @@ impl Connection {
     ) {
         if p.in_flight {
             self.in_flight -= p.payload.len();
+            self.in_flight_cost -= p.cost;
         }
         if !p.sacked {
             *bytes_acked += p.payload.len();
@@ -1376,7 +1382,12 @@ impl Connection {
                     && self.dup_ack_resent != Some(p.seq)
                 {
                     self.dup_ack_resent = Some(p.seq);
-                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                    Self::mark_lost(
+                        p,
+                        &mut self.in_flight,
+                        &mut self.in_flight_cost,
+                        &mut self.resend,
+                    );
                     // A lost path MTU probe is not congestion (RFC 8899).
                     if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
@@ -1408,7 +1419,12 @@ impl Connection {
                     && reportable
                     && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
                 if by_time || by_count {
-                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                    Self::mark_lost(
+                        p,
+                        &mut self.in_flight,
+                        &mut self.in_flight_cost,
+                        &mut self.resend,
+                    );
                     if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
                     }
@@ -1430,13 +1446,24 @@ impl Connection {
         false
     }
 
-    fn mark_lost(p: &mut Sent, in_flight: &mut usize, resend: &mut VecDeque<u16>) {
+    fn mark_lost(
+        p: &mut Sent,
+        in_flight: &mut usize,
+        in_flight_cost: &mut usize,
+        resend: &mut VecDeque<u16>,
+    ) {
         p.lost = true;
+        Self::leave_flight(p, in_flight, in_flight_cost);
+        resend.push_back(p.seq);
+    }
+
+    /// Takes `p` out of the data in flight, if it is counted there.
+    fn leave_flight(p: &mut Sent, in_flight: &mut usize, in_flight_cost: &mut usize) {
         if p.in_flight {
             p.in_flight = false;
             *in_flight -= p.payload.len();
+            *in_flight_cost -= p.cost;
         }
-        resend.push_back(p.seq);
     }
 
     fn recv_window(&self) -> u32 {
@@ -1606,6 +1633,7 @@ impl Connection {
         self.outstanding_bytes = 0;
         self.resend.clear();
         self.in_flight = 0;
+        self.in_flight_cost = 0;
         self.ack_pending = false;
         self.syn_send = false;
         // A failure is final: no handshake timer may fire (and overwrite
@@ -1645,6 +1673,7 @@ impl Connection {
         self.outstanding.clear();
         self.outstanding_bytes = 0;
         self.in_flight = 0;
+        self.in_flight_cost = 0;
         self.resend.clear();
         self.rto_deadline = None;
         self.tlp_deadline = None;
@@ -1892,7 +1921,12 @@ impl Connection {
         {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
-            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            Self::mark_lost(
+                p,
+                &mut self.in_flight,
+                &mut self.in_flight_cost,
+                &mut self.resend,
+            );
             self.start_black_hole_check();
         }
     }
@@ -1920,7 +1954,12 @@ impl Connection {
             return;
         }
         if !p.lost {
-            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            Self::mark_lost(
+                p,
+                &mut self.in_flight,
+                &mut self.in_flight_cost,
+                &mut self.resend,
+            );
         }
         tracing::trace!(recv_id = self.recv_id, big = p.seq, "black-hole check");
         self.bh_check = BlackHoleCheck::Due { big: p.seq };
@@ -1988,7 +2027,12 @@ impl Connection {
         let max = self.pmtud.current();
         for p in self.outstanding.iter_mut() {
             if !p.sacked && !p.lost && HEADER_LEN + p.payload.len() > max {
-                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                Self::mark_lost(
+                    p,
+                    &mut self.in_flight,
+                    &mut self.in_flight_cost,
+                    &mut self.resend,
+                );
             }
         }
     }
@@ -2023,7 +2067,12 @@ impl Connection {
             self.stats.zero_window_probes += 1;
             self.rtt.back_off();
             let p = &mut self.outstanding[0];
-            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+            Self::mark_lost(
+                p,
+                &mut self.in_flight,
+                &mut self.in_flight_cost,
+                &mut self.resend,
+            );
             self.rto_deadline = Some(now + self.rtt.rto());
             return;
         }
@@ -2059,6 +2108,7 @@ impl Connection {
             Self::mark_lost(
                 &mut self.outstanding[0],
                 &mut self.in_flight,
+                &mut self.in_flight_cost,
                 &mut self.resend,
             );
             self.rto_deadline = Some(now + self.rtt.rto());
@@ -2079,7 +2129,12 @@ impl Connection {
         for p in self.outstanding.iter_mut() {
             if !p.sacked {
                 p.lost = false;
-                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
+                Self::mark_lost(
+                    p,
+                    &mut self.in_flight,
+                    &mut self.in_flight_cost,
+                    &mut self.resend,
+                );
             }
         }
         self.recovery_point = Some(self.seq_nr.wrapping_sub(1));
@@ -2117,25 +2172,30 @@ impl Connection {
     /// Bytes of new data that may be sent now.
     fn send_allowance(&self) -> usize {
         let own = self.own_allowance();
-        if own > self.peer_room {
-            0
-        } else {
+        if self.peer_room.fits(FlightSize::packet(own, 0)) {
             own
+        } else {
+            0
         }
     }
 
     /// How much of its data in flight the endpoint lets this connection add
-    /// now (see [`Config::max_peer_flight`]); unlimited by default.
-    /// `share` is its fair share of that limit, which bounds its send
-    /// buffer (see `send_limit`).
-    pub(crate) fn set_peer_room(&mut self, room: usize, share: usize) {
+    /// now (see [`Config::max_peer_flight`] and
+    /// [`Endpoint::set_socket_receive_buffer`](crate::Endpoint::set_socket_receive_buffer));
+    /// unlimited by default. `share` is its fair share of the payload
+    /// limit, which bounds its send buffer (see `send_limit`).
+    pub(crate) fn set_peer_room(&mut self, room: FlightSize, share: usize) {
         self.peer_room = room;
         self.peer_share = share;
     }
 
-    /// Bytes sent and neither acknowledged nor declared lost.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
+    /// Packets sent and neither acknowledged nor declared lost: their
+    /// payload bytes and receive-buffer charge.
+    pub(crate) fn in_flight(&self) -> FlightSize {
+        FlightSize {
+            bytes: self.in_flight,
+            cost: self.in_flight_cost,
+        }
     }
 
     /// Whether it has data queued or unacknowledged.
@@ -2150,13 +2210,13 @@ impl Connection {
             && !self.pending.is_empty()
             && self.hold_until.is_none()
             && self.paced_until.is_none()
-            && self.own_allowance() > self.peer_room
+            && !self.peer_room.fits(self.peer_room_wanted())
     }
 
     /// The room its next packet of new data takes (see
     /// [`Connection::set_peer_room`]).
-    pub(crate) fn peer_room_wanted(&self) -> usize {
-        self.own_allowance().max(1)
+    pub(crate) fn peer_room_wanted(&self) -> FlightSize {
+        FlightSize::packet(self.own_allowance().max(1), 0)
     }
 
     /// [`Connection::send_allowance`] by this connection's own windows.
@@ -2458,6 +2518,7 @@ impl Connection {
             in_flight: false,
             lost: false,
             pad,
+            cost: 0,
         });
         let idx = self.outstanding.len() - 1;
         self.send_outstanding(now, idx, buf, false)
@@ -2471,21 +2532,25 @@ impl Connection {
         p.transmissions += 1;
         p.tx_index = tx;
         p.lost = false;
-        p.in_flight = true;
-        self.in_flight += p.payload.len();
         let (ty, s) = (p.ty, p.seq);
+        if retx && p.pad > 0 {
+            // The padded probe was lost (or overtaken by a timer): not
+            // congestion, and its empty data goes again unpadded.
+            let size = HEADER_LEN + p.pad;
+            p.pad = 0;
+            self.stats.pmtud_probes_lost += 1;
+            self.pmtud.on_probe_lost(size, now);
+            self.path_query = true;
+            self.sync_mss();
+        }
+        let p = &mut self.outstanding[idx];
+        Self::leave_flight(p, &mut self.in_flight, &mut self.in_flight_cost);
+        p.in_flight = true;
+        p.cost = FlightSize::packet(p.payload.len(), p.pad).cost;
+        self.in_flight += p.payload.len();
+        self.in_flight_cost += p.cost;
         if retx {
             self.stats.packets_retransmitted += 1;
-            if p.pad > 0 {
-                // The padded probe was lost (or overtaken by a timer): not
-                // congestion, and its empty data goes again unpadded.
-                let size = HEADER_LEN + p.pad;
-                p.pad = 0;
-                self.stats.pmtud_probes_lost += 1;
-                self.pmtud.on_probe_lost(size, now);
-                self.path_query = true;
-                self.sync_mss();
-            }
         }
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());

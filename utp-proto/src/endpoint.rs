@@ -16,6 +16,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::connection::{Connection, ConnectionError, State};
 use crate::drops::DropStats;
+use crate::flight::FlightSize;
 use crate::packet::{self, Header, Packet, PacketType, HEADER_LEN};
 use crate::ratelimit::SharedLimits;
 
@@ -106,8 +107,8 @@ struct Entry {
     path_size: usize,
     /// Its peer address's entry in `Endpoint::flights`.
     flight_id: usize,
-    /// Its bytes in flight as counted there.
-    flight: usize,
+    /// Its data in flight as counted there.
+    flight: FlightSize,
     /// In that entry's `waiting`.
     waiting: bool,
     /// Counted in that entry's `sending`.
@@ -163,7 +164,7 @@ pub struct Endpoint {
 #[derive(Debug)]
 struct Flight {
     addr: SocketAddr,
-    bytes: usize,
+    size: FlightSize,
     /// In the order they began to wait.
     waiting: VecDeque<usize>,
     /// Connections to the address.
@@ -171,41 +172,43 @@ struct Flight {
     /// Those of them with data queued or in flight: the limit's share of
     /// each (idle connections take none).
     sending: usize,
-    /// Most bytes in flight to the address (see [`Endpoint::flight_limit`]).
-    limit: usize,
+    /// Most data in flight to the address (see [`flight_limit`]).
+    limit: FlightSize,
 }
 
 impl Flight {
     /// What may be added to the data in flight under its limit. With
     /// nothing in flight there is always room (whatever the limit, so even
     /// one below a packet's size cannot stall a connection).
-    fn room(&self) -> usize {
-        if self.bytes == 0 {
-            usize::MAX
+    fn room(&self) -> FlightSize {
+        if self.size.is_empty() {
+            FlightSize::UNLIMITED
         } else {
-            self.limit.saturating_sub(self.bytes)
+            self.limit.saturating_sub(self.size)
         }
     }
 }
 
-/// The most data in flight to `addr`: [`Config::max_peer_flight`], and for
-/// a peer on this host no more than half our socket's receive buffer (see
-/// [`Endpoint::set_socket_receive_buffer`]). Half, because the kernel counts
-/// each datagram's bookkeeping too (over a kilobyte each) and gives back
-/// the room of datagrams already read only a quarter of the buffer at a
-/// time: with the whole buffer as the limit, a hundred connections through
-/// 208 KiB buffers still lost up to a datagram in a hundred and had
-/// retransmission timeouts; with half, a few in ten thousand and none.
-fn flight_limit(cfg: &Config, socket_rcvbuf: Option<usize>, addr: SocketAddr) -> usize {
+/// The most data in flight to `addr`: [`Config::max_peer_flight`] payload
+/// bytes, and for a peer on this host datagrams charging no more than half
+/// our socket's receive buffer (see [`Endpoint::set_socket_receive_buffer`]).
+/// Half, because the kernel gives back the room of datagrams already read
+/// only a quarter of the buffer at a time, and the rest leaves room for what
+/// is not counted in flight: handshakes, acks, a tail loss probe's copy.
+fn flight_limit(cfg: &Config, socket_rcvbuf: Option<usize>, addr: SocketAddr) -> FlightSize {
     let same_host = match addr.ip() {
         IpAddr::V4(ip) => ip.is_loopback(),
         IpAddr::V6(ip) => {
             ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     };
-    match socket_rcvbuf {
-        Some(buf) if same_host => cfg.max_peer_flight.min(buf / 2),
-        _ => cfg.max_peer_flight,
+    let cost = match socket_rcvbuf {
+        Some(buf) if same_host => buf / 2,
+        _ => usize::MAX,
+    };
+    FlightSize {
+        bytes: cfg.max_peer_flight.min(cost),
+        cost,
     }
 }
 
@@ -292,14 +295,15 @@ impl Endpoint {
     /// Tells the endpoint the receive buffer the OS granted its socket (as
     /// `SO_RCVBUF` reports it: the kernel's budget for queued datagrams).
     /// Data in flight to a peer on this host (a loopback address) is then
-    /// kept within half of it as well as within
-    /// [`Config::max_peer_flight`]: such a peer's socket is presumably like
-    /// ours, and with no slower link to space them out its datagrams arrive
-    /// as fast as they are sent. Under a distribution's default cap
-    /// (`net.core.rmem_max`, 208 KiB) the buffer holds a few 64 KiB
-    /// datagrams, and a hundred connections filling a 2 MiB flight lost one
-    /// in seven, with retransmission timeouts (a fiftieth of the
-    /// throughput).
+    /// kept within [`Config::max_peer_flight`] and, counted as what its
+    /// datagrams take from a receive buffer (the kernel charges a small
+    /// datagram up to twice its size), within half of it: such a peer's
+    /// socket is presumably like ours, and with no slower link to space
+    /// them out its datagrams arrive as fast as they are sent. Under a
+    /// distribution's default cap (`net.core.rmem_max`, 208 KiB) the buffer
+    /// holds a few 64 KiB datagrams, and a hundred connections filling a
+    /// 2 MiB flight lost one in seven, with retransmission timeouts (a
+    /// fiftieth of the throughput).
     pub fn set_socket_receive_buffer(&mut self, bytes: usize) {
         self.socket_rcvbuf = Some(bytes);
         for (_, f) in self.flights.iter_mut() {
@@ -307,10 +311,11 @@ impl Endpoint {
         }
     }
 
-    /// The most data in flight to `addr` (see
-    /// [`Endpoint::set_socket_receive_buffer`]).
+    /// The most payload bytes in flight to `addr` (see
+    /// [`Endpoint::set_socket_receive_buffer`]; to a peer on this host, small
+    /// datagrams reach the buffer's limit with less).
     pub fn flight_limit(&self, addr: SocketAddr) -> usize {
-        flight_limit(&self.cfg, self.socket_rcvbuf, addr)
+        flight_limit(&self.cfg, self.socket_rcvbuf, addr).bytes
     }
 
     /// The configuration in use.
@@ -398,11 +403,11 @@ impl Endpoint {
         let flight_id = match self.flight_ids.get(&addr) {
             Some(&id) => id,
             None => {
-                let limit = self.flight_limit(addr);
+                let limit = flight_limit(&self.cfg, self.socket_rcvbuf, addr);
                 let id = self.flights.insert(Flight {
                     limit,
                     addr,
-                    bytes: 0,
+                    size: FlightSize::default(),
                     waiting: VecDeque::new(),
                     conns: 0,
                     sending: 0,
@@ -423,7 +428,7 @@ impl Endpoint {
             failure_counted: false,
             path_size: 0,
             flight_id,
-            flight: 0,
+            flight: FlightSize::default(),
             waiting: false,
             sending: false,
         });
@@ -618,7 +623,8 @@ impl Endpoint {
                 f.sending -= 1;
             }
         }
-        e.conn.set_peer_room(f.room(), f.limit / f.sending.max(1));
+        e.conn
+            .set_peer_room(f.room(), f.limit.bytes / f.sending.max(1));
         if !e.waiting && e.conn.waits_for_peer_room() {
             e.waiting = true;
             f.waiting.push_back(idx);
@@ -633,7 +639,7 @@ impl Endpoint {
     fn count_flight(&mut self, idx: usize) {
         let e = &mut self.conns[idx];
         let now_in_flight = if e.conn.is_done() {
-            0
+            FlightSize::default()
         } else {
             e.conn.in_flight()
         };
@@ -642,12 +648,12 @@ impl Endpoint {
         }
         let before = std::mem::replace(&mut e.flight, now_in_flight);
         let f = &mut self.flights[e.flight_id];
-        f.bytes = (f.bytes + now_in_flight).saturating_sub(before);
-        if now_in_flight >= before {
+        f.size = f.size.replace(before, now_in_flight);
+        if now_in_flight.bytes >= before.bytes && now_in_flight.cost >= before.cost {
             return;
         }
         let mut room = f.room();
-        while room > 0 {
+        while room.any_room() {
             let Some(w) = f.waiting.pop_front() else {
                 break;
             };

@@ -13,6 +13,7 @@ pub mod congestion;
 pub mod connection;
 pub mod drops;
 pub mod endpoint;
+mod flight;
 mod pacing;
 pub mod packet;
 pub mod pmtud;
