@@ -204,7 +204,7 @@ struct Sent {
     /// again unpadded.
     pad: usize,
     /// Its latest transmission's receive-buffer charge, counted in
-    /// `in_flight_cost` while `in_flight`.
+    /// `Connection::in_flight` while `in_flight`.
     cost: usize,
 }
 
@@ -313,10 +313,10 @@ pub struct Connection {
     /// buffer's share of unacknowledged data, kept as a running sum.
     outstanding_bytes: usize,
     resend: VecDeque<u16>,
-    in_flight: usize,
-    /// The receive-buffer charge of the packets in `in_flight` (see
+    /// Packets sent and neither acknowledged nor declared lost: their
+    /// payload bytes and receive-buffer charge (see
     /// `flight::receive_buffer_cost`).
-    in_flight_cost: usize,
+    in_flight: FlightSize,
     /// What the endpoint lets this connection add to its peer's data in
     /// flight (see [`Connection::set_peer_room`]).
     peer_room: FlightSize,
@@ -454,8 +454,7 @@ impl Connection {
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             resend: VecDeque::new(),
-            in_flight: 0,
-            in_flight_cost: 0,
+            in_flight: FlightSize::default(),
             peer_room: FlightSize::UNLIMITED,
             peer_share: usize::MAX,
             peer_wnd: 0,
@@ -630,7 +629,7 @@ impl Connection {
         s.rtt = self.rtt.srtt();
         s.cwnd = self.cc.window();
         s.peer_window = self.peer_wnd;
-        s.bytes_in_flight = self.in_flight;
+        s.bytes_in_flight = self.in_flight.bytes;
         s.bytes_unacked = self.queued_bytes();
         s.max_cwnd = s.max_cwnd.max(s.cwnd);
         s.delay = self.cc.delay_state();
@@ -1163,7 +1162,7 @@ impl Connection {
     fn process_ack(&mut self, now: Instant, h: &Header, sack: Option<&[u8]>) {
         let first_unacked = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
         let base = first_unacked.wrapping_sub(1);
-        let in_flight_before = self.in_flight;
+        let in_flight_before = self.in_flight.bytes;
         let mut bytes_acked = 0usize;
         // The newest transmission this ack covers: (sent at, sent once).
         let mut newest: Option<(Instant, bool)> = None;
@@ -1207,7 +1206,7 @@ impl Connection {
                 p.sacked = true;
                 sacked_any = true;
                 bytes_acked += p.payload.len();
-                Self::leave_flight(p, &mut self.in_flight, &mut self.in_flight_cost);
+                Self::leave_flight(p, &mut self.in_flight);
                 if p.lost {
                     p.lost = false;
                 }
@@ -1314,8 +1313,8 @@ impl Connection {
         newest: &mut Option<(Instant, bool)>,
     ) {
         if p.in_flight {
-            self.in_flight -= p.payload.len();
-            self.in_flight_cost -= p.cost;
+            self.in_flight.bytes -= p.payload.len();
+            self.in_flight.cost -= p.cost;
         }
         if !p.sacked {
             *bytes_acked += p.payload.len();
@@ -1382,12 +1381,7 @@ impl Connection {
                     && self.dup_ack_resent != Some(p.seq)
                 {
                     self.dup_ack_resent = Some(p.seq);
-                    Self::mark_lost(
-                        p,
-                        &mut self.in_flight,
-                        &mut self.in_flight_cost,
-                        &mut self.resend,
-                    );
+                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     // A lost path MTU probe is not congestion (RFC 8899).
                     if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
@@ -1419,12 +1413,7 @@ impl Connection {
                     && reportable
                     && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
                 if by_time || by_count {
-                    Self::mark_lost(
-                        p,
-                        &mut self.in_flight,
-                        &mut self.in_flight_cost,
-                        &mut self.resend,
-                    );
+                    Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
                     }
@@ -1446,23 +1435,18 @@ impl Connection {
         false
     }
 
-    fn mark_lost(
-        p: &mut Sent,
-        in_flight: &mut usize,
-        in_flight_cost: &mut usize,
-        resend: &mut VecDeque<u16>,
-    ) {
+    fn mark_lost(p: &mut Sent, in_flight: &mut FlightSize, resend: &mut VecDeque<u16>) {
         p.lost = true;
-        Self::leave_flight(p, in_flight, in_flight_cost);
+        Self::leave_flight(p, in_flight);
         resend.push_back(p.seq);
     }
 
     /// Takes `p` out of the data in flight, if it is counted there.
-    fn leave_flight(p: &mut Sent, in_flight: &mut usize, in_flight_cost: &mut usize) {
+    fn leave_flight(p: &mut Sent, in_flight: &mut FlightSize) {
         if p.in_flight {
             p.in_flight = false;
-            *in_flight -= p.payload.len();
-            *in_flight_cost -= p.cost;
+            in_flight.bytes -= p.payload.len();
+            in_flight.cost -= p.cost;
         }
     }
 
@@ -1632,8 +1616,7 @@ impl Connection {
         self.outstanding.clear();
         self.outstanding_bytes = 0;
         self.resend.clear();
-        self.in_flight = 0;
-        self.in_flight_cost = 0;
+        self.in_flight = FlightSize::default();
         self.ack_pending = false;
         self.syn_send = false;
         // A failure is final: no handshake timer may fire (and overwrite
@@ -1672,8 +1655,7 @@ impl Connection {
         self.stats.fin_unacknowledged = true;
         self.outstanding.clear();
         self.outstanding_bytes = 0;
-        self.in_flight = 0;
-        self.in_flight_cost = 0;
+        self.in_flight = FlightSize::default();
         self.resend.clear();
         self.rto_deadline = None;
         self.tlp_deadline = None;
@@ -1704,7 +1686,7 @@ impl Connection {
         if self.rto_deadline.is_none()
             && matches!(self.state, State::Connected | State::SynRecv)
             && !self.pending.is_empty()
-            && self.in_flight == 0
+            && self.in_flight.bytes == 0
             && self.resend.is_empty()
             && self.send_allowance() == 0
         {
@@ -1921,12 +1903,7 @@ impl Connection {
         {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
-            Self::mark_lost(
-                p,
-                &mut self.in_flight,
-                &mut self.in_flight_cost,
-                &mut self.resend,
-            );
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
             self.start_black_hole_check();
         }
     }
@@ -1954,12 +1931,7 @@ impl Connection {
             return;
         }
         if !p.lost {
-            Self::mark_lost(
-                p,
-                &mut self.in_flight,
-                &mut self.in_flight_cost,
-                &mut self.resend,
-            );
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
         }
         tracing::trace!(recv_id = self.recv_id, big = p.seq, "black-hole check");
         self.bh_check = BlackHoleCheck::Due { big: p.seq };
@@ -2027,12 +1999,7 @@ impl Connection {
         let max = self.pmtud.current();
         for p in self.outstanding.iter_mut() {
             if !p.sacked && !p.lost && HEADER_LEN + p.payload.len() > max {
-                Self::mark_lost(
-                    p,
-                    &mut self.in_flight,
-                    &mut self.in_flight_cost,
-                    &mut self.resend,
-                );
+                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
             }
         }
     }
@@ -2067,12 +2034,7 @@ impl Connection {
             self.stats.zero_window_probes += 1;
             self.rtt.back_off();
             let p = &mut self.outstanding[0];
-            Self::mark_lost(
-                p,
-                &mut self.in_flight,
-                &mut self.in_flight_cost,
-                &mut self.resend,
-            );
+            Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
             self.rto_deadline = Some(now + self.rtt.rto());
             return;
         }
@@ -2108,7 +2070,6 @@ impl Connection {
             Self::mark_lost(
                 &mut self.outstanding[0],
                 &mut self.in_flight,
-                &mut self.in_flight_cost,
                 &mut self.resend,
             );
             self.rto_deadline = Some(now + self.rtt.rto());
@@ -2129,12 +2090,7 @@ impl Connection {
         for p in self.outstanding.iter_mut() {
             if !p.sacked {
                 p.lost = false;
-                Self::mark_lost(
-                    p,
-                    &mut self.in_flight,
-                    &mut self.in_flight_cost,
-                    &mut self.resend,
-                );
+                Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
             }
         }
         self.recovery_point = Some(self.seq_nr.wrapping_sub(1));
@@ -2192,10 +2148,7 @@ impl Connection {
     /// Packets sent and neither acknowledged nor declared lost: their
     /// payload bytes and receive-buffer charge.
     pub(crate) fn in_flight(&self) -> FlightSize {
-        FlightSize {
-            bytes: self.in_flight,
-            cost: self.in_flight_cost,
-        }
+        self.in_flight
     }
 
     /// Whether it has data queued or unacknowledged.
@@ -2227,11 +2180,11 @@ impl Connection {
             return 0;
         }
         let wnd = self.send_window();
-        let room = wnd.saturating_sub(self.in_flight);
+        let room = wnd.saturating_sub(self.in_flight.bytes);
         if room >= self.mss.min(self.pending.len()) {
             return room.min(self.mss);
         }
-        if self.in_flight == 0 {
+        if self.in_flight.bytes == 0 {
             // A tiny window must not stall us; a closed one waits for a probe.
             if room > 0 {
                 return room;
@@ -2354,7 +2307,8 @@ impl Connection {
             // report (libutp's SACK covers 32 packets), and waiting for room
             // that no ack will make would cost a full RTO (RFC 6675 spirit).
             let exempt = idx == 0 || self.tlp_credit;
-            if !exempt && self.in_flight > 0 && self.in_flight + p.payload.len() > cwnd {
+            if !exempt && self.in_flight.bytes > 0 && self.in_flight.bytes + p.payload.len() > cwnd
+            {
                 self.resend.push_front(s);
                 break;
             }
@@ -2544,11 +2498,11 @@ impl Connection {
             self.sync_mss();
         }
         let p = &mut self.outstanding[idx];
-        Self::leave_flight(p, &mut self.in_flight, &mut self.in_flight_cost);
+        Self::leave_flight(p, &mut self.in_flight);
         p.in_flight = true;
         p.cost = FlightSize::packet(p.payload.len(), p.pad).cost;
-        self.in_flight += p.payload.len();
-        self.in_flight_cost += p.cost;
+        self.in_flight.bytes += p.payload.len();
+        self.in_flight.cost += p.cost;
         if retx {
             self.stats.packets_retransmitted += 1;
         }
