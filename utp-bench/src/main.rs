@@ -123,6 +123,9 @@ struct Row {
     /// Case-specific details (p99, RSS, loss, ...).
     detail: String,
     runs: usize,
+    /// Each run's figure, in the order measured (the spread, and which
+    /// runs fell in one of this machine's slow phases).
+    values: Vec<f64>,
 }
 
 /// A byte stream, whichever stack carries it.
@@ -446,6 +449,7 @@ fn summarize(
         cpu_s_per_gib: cpu,
         detail,
         runs: samples.len(),
+        values: samples.iter().map(|s| s.value).collect(),
     };
     if samples.is_empty() || status != "ok" {
         return row(None, None, String::new());
