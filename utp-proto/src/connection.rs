@@ -1441,6 +1441,26 @@ impl Connection {
         resend.push_back(p.seq);
     }
 
+    /// Debug builds: the running sums over `outstanding` match a recount
+    /// (a drift would hold back or overfill the peer's flight for good).
+    /// Skipped for long queues, whose recount would make tests crawl.
+    fn debug_check_counts(&self) {
+        if !cfg!(debug_assertions) || self.outstanding.len() > 256 {
+            return;
+        }
+        let mut recount = FlightSize::default();
+        let mut queued = 0;
+        for p in &self.outstanding {
+            queued += p.payload.len();
+            if p.in_flight {
+                recount.bytes += p.payload.len();
+                recount.cost += p.cost;
+            }
+        }
+        debug_assert_eq!(recount, self.in_flight, "data in flight");
+        debug_assert_eq!(queued, self.outstanding_bytes, "outstanding bytes");
+    }
+
     /// Takes `p` out of the data in flight, if it is counted there.
     fn leave_flight(p: &mut Sent, in_flight: &mut FlightSize) {
         if p.in_flight {
@@ -1763,6 +1783,7 @@ impl Connection {
 
     /// Runs timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.debug_check_counts();
         self.clock = self.clock.max(now);
         if self.paced_until.is_some_and(|t| now >= t) {
             self.paced_until = None;
@@ -2239,6 +2260,7 @@ impl Connection {
     /// Writes the next datagram into `buf` (at least `max_payload + 60`
     /// bytes) and returns its length, or `None` when nothing is due.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.debug_check_counts();
         self.fragmentable = false;
         let n = self.next_datagram(now, buf)?;
         self.last_sent = now;
