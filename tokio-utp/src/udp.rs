@@ -594,6 +594,10 @@ pub(crate) struct RxBuffers {
     frozen: [Option<Bytes>; RX_BUFFERS],
     meta: [RecvMeta; RX_BUFFERS],
     count: usize,
+    /// Slots lent for the current batch (how many `frozen` are `Some`):
+    /// small datagrams are never lent, and `processed` then has nothing
+    /// to refill (a request/response stream receives one per message).
+    lent: usize,
     pool: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -643,6 +647,7 @@ impl RxBuffers {
             frozen: std::array::from_fn(|_| None),
             meta: [RecvMeta::default(); RX_BUFFERS],
             count: 0,
+            lent: 0,
             pool: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -652,6 +657,9 @@ impl RxBuffers {
     /// (it just went back to the pool), else with one returned earlier.
     pub(crate) fn processed(&mut self) {
         self.count = 0;
+        if std::mem::take(&mut self.lent) == 0 {
+            return;
+        }
         for (slot, frozen) in self.slots.iter_mut().zip(&mut self.frozen) {
             if frozen.take().is_none() {
                 continue;
@@ -677,7 +685,9 @@ impl RxBuffers {
                     buf: std::mem::take(&mut self.slots[i]),
                     pool: Arc::downgrade(&self.pool),
                 };
-                self.frozen[i] = Some(Bytes::from_owner(lent));
+                if self.frozen[i].replace(Bytes::from_owner(lent)).is_none() {
+                    self.lent += 1;
+                }
             }
         }
         let (slots, frozen) = (&self.slots, &self.frozen);
