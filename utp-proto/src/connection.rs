@@ -1171,9 +1171,9 @@ impl Connection {
         if seq::lt(base, h.ack_nr) {
             let n = seq::ahead(h.ack_nr, base) as usize;
             for _ in 0..n.min(self.outstanding.len()) {
-                let p = self.outstanding.pop_front().expect("counted above");
+                let mut p = self.outstanding.pop_front().expect("counted above");
                 self.outstanding_bytes -= p.payload.len();
-                self.on_packet_acked(now, &p, &mut bytes_acked, &mut newest);
+                self.on_packet_acked(now, &mut p, &mut bytes_acked, &mut newest);
             }
             progressed = true;
         }
@@ -1308,14 +1308,11 @@ impl Connection {
     fn on_packet_acked(
         &mut self,
         now: Instant,
-        p: &Sent,
+        p: &mut Sent,
         bytes_acked: &mut usize,
         newest: &mut Option<(Instant, bool)>,
     ) {
-        if p.in_flight {
-            self.in_flight.bytes -= p.payload.len();
-            self.in_flight.cost -= p.cost;
-        }
+        Self::leave_flight(p, &mut self.in_flight);
         if !p.sacked {
             *bytes_acked += p.payload.len();
             note_newest(newest, p);
