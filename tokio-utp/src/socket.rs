@@ -141,6 +141,15 @@ pub(crate) struct Shared {
     /// e.g. our first DATA its SYN-ACK, which libtorrent then acks without
     /// ever delivering the data.
     driver_tx: AtomicBool,
+    /// Set by a task that found `driver_tx` set with datagrams of its own
+    /// to send: the driver takes one more locked step after its send
+    /// instead of being woken. A wake while it runs makes tokio queue it
+    /// again and rouse an idle worker, a thread wakeup per hand-off (one per
+    /// connect in a connect loop). Paired with `driver_tx` in the Dekker
+    /// fashion (both sides store, then load, `SeqCst`), so at least one side
+    /// sees the other: the driver takes the step, or the task finds it done
+    /// sending and sends itself.
+    handoff: AtomicBool,
 }
 
 /// How long a route's MTU is taken from the cache. A lost path MTU probe
@@ -210,7 +219,17 @@ impl Shared {
     pub(crate) fn send_direct(&self, inner: &mut Inner) {
         // A user transport is only driven by the driver; so is everything
         // while the driver has collected datagrams still to send.
-        let driver_sending = self.driver_tx.load(Ordering::Acquire);
+        let mut driver_sending = self.driver_tx.load(Ordering::Acquire);
+        if driver_sending && inner.driver_gone.is_none() && inner.endpoint.has_transmit() {
+            self.handoff.store(true, Ordering::SeqCst);
+            // The driver clears `driver_tx` only outside the lock we hold,
+            // and sets it only under it: false now stays false.
+            driver_sending = self.driver_tx.load(Ordering::SeqCst);
+            if driver_sending {
+                // Its extra step also decides its timer anew.
+                return;
+            }
+        }
         if let (None, Net::Udp(udp_socket), false) = (inner.driver_gone, &self.net, driver_sending)
         {
             let now = Instant::now();
@@ -284,10 +303,17 @@ impl std::ops::Deref for SharedRef {
 impl Drop for SharedRef {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
+            let weak = Arc::downgrade(&shared);
             let waker = shared.lock().driver_waker.clone();
             drop(shared);
-            if let Some(w) = waker {
-                w.wake();
+            // Woken only when just the driver's own references are left
+            // (it may have to finish): while other handles live, a wake
+            // would cost a worker wakeup per dropped stream. Counted after
+            // our drop, so of handles dropped at once the last sees it.
+            if weak.strong_count() <= DRIVER_REFS {
+                if let Some(w) = waker {
+                    w.wake();
+                }
             }
         }
     }
@@ -415,6 +441,7 @@ impl UtpSocket {
             local_addr,
             route_cache: Mutex::new(HashMap::new()),
             driver_tx: AtomicBool::new(false),
+            handoff: AtomicBool::new(false),
         });
         let driver = Driver::new(shared.clone())?;
         Ok((
@@ -623,6 +650,11 @@ enum Step {
 /// before yielding to other tasks.
 const STEPS: usize = 64;
 
+/// References the driver itself holds on the shared state: its own, and
+/// the clone a poll works with (its other clones are gone by the time it
+/// checks). As many or fewer: every user handle is gone.
+const DRIVER_REFS: usize = 2;
+
 /// The future that runs a socket: reads datagrams, feeds the protocol core,
 /// sends what it produces and keeps its timers. It completes when every
 /// handle is gone and every connection has finished closing.
@@ -651,6 +683,9 @@ pub struct Driver {
     /// The last step filled its send batch and sent it: the endpoint has
     /// more to send, so the next step collects even if nothing came in.
     batch_was_full: bool,
+    /// A task left its datagrams to this driver while it was sending (see
+    /// `Shared::handoff`): the next step collects even if nothing came in.
+    handed_off: bool,
     /// When the endpoint's next timer is due, as of the last locked step.
     next_timer: Option<Instant>,
     /// The waker last registered as `Inner::driver_waker`.
@@ -688,6 +723,7 @@ impl Driver {
             wake: Vec::new(),
             fin_woken: false,
             batch_was_full: false,
+            handed_off: false,
             next_timer: None,
             waker: None,
         })
@@ -869,7 +905,10 @@ impl Driver {
         }
         match io.poll_flush(cx, udp_socket, &mut self.tx) {
             Poll::Ready(Ok(())) => {
-                self.shared.driver_tx.store(false, Ordering::Release);
+                self.shared.driver_tx.store(false, Ordering::SeqCst);
+                if self.shared.handoff.swap(false, Ordering::SeqCst) {
+                    self.handed_off = true;
+                }
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(e),
@@ -885,7 +924,9 @@ impl Driver {
     /// second lock, timer run and collection for every message.)
     fn step(&mut self, cx: &mut Context<'_>, first: bool) -> io::Result<Step> {
         let received = self.receive(cx)?;
-        if !received && !first && !std::mem::take(&mut self.batch_was_full) {
+        let pending =
+            std::mem::take(&mut self.batch_was_full) | std::mem::take(&mut self.handed_off);
+        if !received && !first && !pending {
             return Ok(Step::Idle);
         }
         let shared = self.shared.clone();
@@ -923,7 +964,7 @@ impl Driver {
         };
         let sent_all = flushed?;
         self.batch_was_full = full && sent_all;
-        Ok(if received || (full && sent_all) {
+        Ok(if received || (full && sent_all) || self.handed_off {
             Step::More
         } else {
             Step::Idle
@@ -993,7 +1034,7 @@ impl Future for Driver {
         }
 
         // Nobody holds a handle and every connection has wound down.
-        if Arc::strong_count(&this.shared) <= 2 {
+        if Arc::strong_count(&this.shared) <= DRIVER_REFS {
             let mut inner = shared.lock();
             if inner.endpoint.is_idle() {
                 this.fail_all(&mut inner, io::ErrorKind::NotConnected);
