@@ -1458,6 +1458,16 @@ impl Connection {
         debug_assert_eq!(queued, self.outstanding_bytes, "outstanding bytes");
     }
 
+    /// Counts `p`'s latest transmission in the data in flight (it must not
+    /// be counted there already).
+    fn enter_flight(p: &mut Sent, in_flight: &mut FlightSize) {
+        let size = FlightSize::packet(p.payload.len(), p.pad);
+        p.in_flight = true;
+        p.cost = size.cost;
+        in_flight.bytes += size.bytes;
+        in_flight.cost += size.cost;
+    }
+
     /// Takes `p` out of the data in flight, if it is counted there.
     fn leave_flight(p: &mut Sent, in_flight: &mut FlightSize) {
         if p.in_flight {
@@ -2518,10 +2528,7 @@ impl Connection {
         }
         let p = &mut self.outstanding[idx];
         Self::leave_flight(p, &mut self.in_flight);
-        p.in_flight = true;
-        p.cost = FlightSize::packet(p.payload.len(), p.pad).cost;
-        self.in_flight.bytes += p.payload.len();
-        self.in_flight.cost += p.cost;
+        Self::enter_flight(p, &mut self.in_flight);
         if retx {
             self.stats.packets_retransmitted += 1;
         }
