@@ -680,12 +680,11 @@ pub struct Driver {
     wake: Vec<Waker>,
     /// `wake` holds a reader whose peer has finished (see `step`).
     fin_woken: bool,
-    /// The last step filled its send batch and sent it: the endpoint has
-    /// more to send, so the next step collects even if nothing came in.
-    batch_was_full: bool,
-    /// A task left its datagrams to this driver while it was sending (see
-    /// `Shared::handoff`): the next step collects even if nothing came in.
-    handed_off: bool,
+    /// The next step collects even if nothing came in: the last one filled
+    /// its send batch and sent it (the endpoint has more to send), or a
+    /// task left its datagrams to this driver while it was sending (see
+    /// `Shared::handoff`).
+    collect_next: bool,
     /// When the endpoint's next timer is due, as of the last locked step.
     next_timer: Option<Instant>,
     /// The waker last registered as `Inner::driver_waker`.
@@ -722,8 +721,7 @@ impl Driver {
             touched: Vec::new(),
             wake: Vec::new(),
             fin_woken: false,
-            batch_was_full: false,
-            handed_off: false,
+            collect_next: false,
             next_timer: None,
             waker: None,
         })
@@ -907,7 +905,7 @@ impl Driver {
             Poll::Ready(Ok(())) => {
                 self.shared.driver_tx.store(false, Ordering::SeqCst);
                 if self.shared.handoff.swap(false, Ordering::SeqCst) {
-                    self.handed_off = true;
+                    self.collect_next = true;
                 }
                 Ok(true)
             }
@@ -924,9 +922,8 @@ impl Driver {
     /// second lock, timer run and collection for every message.)
     fn step(&mut self, cx: &mut Context<'_>, first: bool) -> io::Result<Step> {
         let received = self.receive(cx)?;
-        let pending =
-            std::mem::take(&mut self.batch_was_full) | std::mem::take(&mut self.handed_off);
-        if !received && !first && !pending {
+        let collect = std::mem::take(&mut self.collect_next);
+        if !received && !first && !collect {
             return Ok(Step::Idle);
         }
         let shared = self.shared.clone();
@@ -963,8 +960,8 @@ impl Driver {
             self.flush(cx)
         };
         let sent_all = flushed?;
-        self.batch_was_full = full && sent_all;
-        Ok(if received || (full && sent_all) || self.handed_off {
+        self.collect_next |= full && sent_all;
+        Ok(if received || self.collect_next {
             Step::More
         } else {
             Step::Idle
