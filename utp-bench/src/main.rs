@@ -384,11 +384,18 @@ struct Sample {
 /// between 1.7 and 5.5 GB/s within minutes), and back-to-back blocks per
 /// stack would turn that drift into a difference between stacks. A stack
 /// that fails or stalls is not run again.
+///
+/// With `warmup`, one unmeasured round of every stack comes first, as
+/// criterion warms up: after `settle` the CPUs are idle and the process's
+/// memory partly returned to the OS, and the first runs pay for both
+/// (tokio-utp's first two `--quick` `conc100` runs ran at a third to a half
+/// of the later ones, TCP's first at half), which a long-running program
+/// pays once. A warm-up that fails or stalls counts as the stack's result.
 async fn measure<F, Fut>(
     case: &str,
     stacks: &[Stack],
     unit: &'static str,
-    runs: usize,
+    (runs, warmup): (usize, bool),
     watchdog: Duration,
     mut f: F,
 ) -> Vec<Row>
@@ -399,12 +406,13 @@ where
     settle().await;
     let mut samples: Vec<Vec<Sample>> = stacks.iter().map(|_| Vec::new()).collect();
     let mut status: Vec<String> = stacks.iter().map(|_| "ok".to_string()).collect();
-    for _ in 0..runs {
+    for round in 0..runs + usize::from(warmup) {
         for (i, &stack) in stacks.iter().enumerate() {
             if status[i] != "ok" {
                 continue;
             }
             match tokio::time::timeout(watchdog, f(stack)).await {
+                Ok(Ok(_)) if warmup && round == 0 => {}
                 Ok(Ok(s)) => samples[i].push(s),
                 Ok(Err(e)) => status[i] = format!("error: {e:#}"),
                 Err(_) => status[i] = format!("stall (no result within {} s)", watchdog.as_secs()),
@@ -728,7 +736,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         let n = if quick { 2_000 } else { 10_000 };
         // One stack at a time (no interleaving to gain from one round).
         for &s in &connected {
-            let rs = measure("conc10k", &[s], "MB/s", 1, watchdog * 2, |s| {
+            let rs = measure("conc10k", &[s], "MB/s", (1, false), watchdog * 2, |s| {
                 concurrent(s, pat.clone(), n_for(s, n), 4096, 64, true)
             })
             .await;
@@ -754,7 +762,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             Stack::Udp64k,
         ];
         let stacks: Vec<Stack> = stacks.into_iter().filter(|&s| want(s)).collect();
-        let rs = measure("bulk", &stacks, "MB/s", runs, watchdog, |s| {
+        let rs = measure("bulk", &stacks, "MB/s", (runs, true), watchdog, |s| {
             bulk(s, pat.clone(), size)
         })
         .await;
@@ -765,7 +773,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             "bulk1400",
             &[Stack::Utp(Some(1400))],
             "MB/s",
-            runs,
+            (runs, true),
             watchdog,
             |s| bulk(s, pat.clone(), size),
         )
@@ -793,7 +801,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             if group.is_empty() {
                 continue;
             }
-            let rs = measure("conc100", &group, "MB/s", runs, watchdog, |s| {
+            let rs = measure("conc100", &group, "MB/s", (runs, true), watchdog, |s| {
                 let pat = pat.clone();
                 async move {
                     match raw_udp(s, pat.clone(), 100 * per) {
@@ -822,9 +830,14 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         for &n in counts {
             let per = (total / n as u64).max(4096);
             let case = format!("scale {n}");
-            let rs = measure(&case, &stacks, "MB/s", runs.min(3), watchdog, |s| {
-                concurrent(s, pat.clone(), n_for(s, n), per, n.min(64), false)
-            })
+            let rs = measure(
+                &case,
+                &stacks,
+                "MB/s",
+                (runs.min(3), false),
+                watchdog,
+                |s| concurrent(s, pat.clone(), n_for(s, n), per, n.min(64), false),
+            )
             .await;
             record(rs);
         }
@@ -838,7 +851,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             .filter(|&s| want(s))
         {
             for (case, loss) in [("relay 0%", 0.0), ("relay 1%", 0.01)] {
-                let rs = measure(case, &[s], "MB/s", runs, watchdog, |s| {
+                let rs = measure(case, &[s], "MB/s", (runs, false), watchdog, |s| {
                     lossy(s, pat.clone(), size, loss)
                 })
                 .await;
@@ -848,17 +861,27 @@ async fn run(args: Args) -> Result<Vec<Row>> {
     }
     if want_case("pingpong") {
         let rounds = if quick { 1_000 } else { 5_000 };
-        let rs = measure("pingpong", &connected, "us median", runs, watchdog, |s| {
-            pingpong(s, rounds)
-        })
+        let rs = measure(
+            "pingpong",
+            &connected,
+            "us median",
+            (runs, false),
+            watchdog,
+            |s| pingpong(s, rounds),
+        )
         .await;
         record(rs);
     }
     if want_case("connects") {
         let n = if quick { 300 } else { 1_000 };
-        let rs = measure("connects", &connected, "conn/s", runs, watchdog, |s| {
-            connects(s, n)
-        })
+        let rs = measure(
+            "connects",
+            &connected,
+            "conn/s",
+            (runs, true),
+            watchdog,
+            |s| connects(s, n),
+        )
         .await;
         record(rs);
     }
