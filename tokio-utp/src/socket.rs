@@ -184,6 +184,40 @@ fn spin_pays() -> bool {
     *MULTI_CPU.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
+/// Locks `m`, spinning a while first if it is held (see [`LOCK_SPIN`]).
+///
+/// The socket's lock is held by the driver or a stream on another thread
+/// for a few microseconds at a time (every step under it is short and makes
+/// no system call). Sleeping on it costs a futex wait, a wakeup and an idle
+/// CPU in between, and on a virtual machine that was more than the wait:
+/// 100 connections on 2 CPUs slept on it some 250 times a run. A panic
+/// while holding it leaves consistent-enough state for the remaining
+/// handles to fail cleanly, so a poisoned lock is used as is.
+fn lock_spinning<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.try_lock() {
+        Ok(g) => return g,
+        Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+        Err(TryLockError::WouldBlock) => {}
+    }
+    if spin_pays() {
+        let start = Instant::now();
+        loop {
+            for _ in 0..LOCK_SPIN_BURST {
+                std::hint::spin_loop();
+            }
+            match m.try_lock() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            if start.elapsed() > LOCK_SPIN {
+                break;
+            }
+        }
+    }
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Most datagrams [`Shared::send_direct`] sends itself.
 const DIRECT_DATAGRAMS: usize = 4;
 
@@ -221,36 +255,7 @@ impl Shared {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent-enough state for
-        // the remaining handles to fail cleanly; don't cascade the poison.
-        match self.inner.try_lock() {
-            Ok(g) => return g,
-            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-            Err(TryLockError::WouldBlock) => {}
-        }
-        // Held: by the driver or a stream on another thread, for a few
-        // microseconds (every step under it is short and makes no system
-        // call). Sleeping on it costs a futex wait, a wakeup and an idle CPU
-        // in between, and on a virtual machine that was more than the wait:
-        // 100 connections on 2 CPUs slept on it some 250 times a run. So
-        // spin first, for a bounded time, where another CPU can release it.
-        if spin_pays() {
-            let start = Instant::now();
-            loop {
-                for _ in 0..LOCK_SPIN_BURST {
-                    std::hint::spin_loop();
-                }
-                match self.inner.try_lock() {
-                    Ok(g) => return g,
-                    Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-                    Err(TryLockError::WouldBlock) => {}
-                }
-                if start.elapsed() > LOCK_SPIN {
-                    break;
-                }
-            }
-        }
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_spinning(&self.inner)
     }
 
     /// Sends the endpoint's next few datagrams from the calling task, then
@@ -1097,5 +1102,68 @@ impl Future for Driver {
             None => this.timer_at = None,
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lock_held_past_the_spin_is_still_taken_and_exclusive() {
+        let m = Arc::new(Mutex::new(0u64));
+        let held = Arc::new(std::sync::Barrier::new(2));
+        let holder = {
+            let (m, held) = (m.clone(), held.clone());
+            std::thread::spawn(move || {
+                let mut g = m.lock().expect("not poisoned");
+                held.wait();
+                // Far past LOCK_SPIN: the waiter spins, then sleeps on it.
+                std::thread::sleep(Duration::from_millis(20));
+                *g += 1;
+            })
+        };
+        held.wait();
+        let t = Instant::now();
+        let mut g = lock_spinning(&m);
+        assert!(t.elapsed() >= Duration::from_millis(10), "taken while held");
+        assert_eq!(*g, 1, "the holder's change is seen");
+        *g += 1;
+        drop(g);
+        holder.join().expect("holder");
+        assert_eq!(*lock_spinning(&m), 2);
+    }
+
+    #[test]
+    fn a_lock_released_during_the_spin_is_taken_and_contention_keeps_counts() {
+        let m = Arc::new(Mutex::new(0u64));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        *lock_spinning(&m) += 1;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+        assert_eq!(*lock_spinning(&m), 80_000);
+    }
+
+    #[test]
+    fn a_poisoned_lock_is_used_as_is() {
+        let m = Arc::new(Mutex::new(7u64));
+        let m2 = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = m2.lock().expect("not poisoned yet");
+            panic!("a panic while holding the lock");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        assert_eq!(*lock_spinning(&m), 7);
     }
 }
