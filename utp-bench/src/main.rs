@@ -37,7 +37,8 @@ struct Args {
     /// Print the results as JSON (to stdout) instead of a table.
     #[arg(long)]
     json: bool,
-    /// Runs per throughput measurement (the median is reported).
+    /// Runs per throughput measurement (the median is reported). bulk,
+    /// bulk1400, conc100 and connects run one more, unmeasured, first.
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): bulk, bulk1400, conc100, conc10k,
