@@ -196,28 +196,22 @@ fn spin_pays() -> bool {
 /// for the remaining handles to fail cleanly, so a poisoned lock is used
 /// as is.
 fn lock_spinning<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.try_lock() {
-        Ok(g) => return g,
-        Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-        Err(TryLockError::WouldBlock) => {}
-    }
-    if spin_pays() {
-        let start = Instant::now();
-        loop {
-            for _ in 0..LOCK_SPIN_BURST {
-                std::hint::spin_loop();
-            }
-            match m.try_lock() {
-                Ok(g) => return g,
-                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-            if start.elapsed() > LOCK_SPIN {
-                break;
-            }
+    // Read only once the lock was found held: the uncontended path reads no
+    // clock.
+    let mut spinning_since = None;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        if !spin_pays() || spinning_since.get_or_insert_with(Instant::now).elapsed() > LOCK_SPIN {
+            return m.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+        for _ in 0..LOCK_SPIN_BURST {
+            std::hint::spin_loop();
         }
     }
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Most datagrams [`Shared::send_direct`] sends itself.
