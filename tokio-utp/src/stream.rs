@@ -83,8 +83,8 @@ impl StreamInner {
         let h = self.handle;
         // A large read takes pieces of the receive buffers under the lock
         // and copies them after it (see `poll_write_unlocked`); a small one
-        // copies at once.
-        let mut pieces: [Bytes; READ_PIECES] = Default::default();
+        // copies at once (and makes no array of pieces to drop, which cost
+        // a request/response message about 200 instructions).
         let unlocked = buf.remaining() > COPY_UNLOCKED;
         // Nothing to read, no end of stream and no error: a read would change
         // nothing, and a reader usually polls once before its data arrives.
@@ -98,14 +98,16 @@ impl StreamInner {
             return Poll::Pending;
         }
         let r = inner.endpoint.with_conn(h, Instant::now(), |c| {
-            let (n, k) = if unlocked {
-                c.read_pieces(buf.remaining(), &mut pieces)?
+            let (n, pieces) = if unlocked {
+                let mut pieces: [Bytes; READ_PIECES] = Default::default();
+                let (n, k) = c.read_pieces(buf.remaining(), &mut pieces)?;
+                (n, Some((pieces, k)))
             } else {
                 let n = c.read(buf.initialize_unfilled())?;
                 buf.advance(n);
-                (n, 0)
+                (n, None)
             };
-            Ok((n, k, c.is_eof()))
+            Ok((n, pieces, c.is_eof()))
         });
         match r {
             Ok((0, _, true)) => {
@@ -125,11 +127,13 @@ impl StreamInner {
                 inner.wake_driver_if_needed();
                 Poll::Pending
             }
-            Ok((_, k, _)) => {
+            Ok((_, pieces, _)) => {
                 inner.wake_driver_if_needed();
                 drop(inner);
-                for p in &pieces[..k] {
-                    buf.put_slice(p);
+                if let Some((pieces, k)) = pieces {
+                    for p in &pieces[..k] {
+                        buf.put_slice(p);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }

@@ -113,6 +113,10 @@ struct DelayHistory {
     ends: Option<Instant>,
     bucket: Duration,
     max_buckets: usize,
+    /// The minimum over `mins`, kept up to date by every change to them:
+    /// it is asked for two or three times per ack, and most acks change
+    /// no bucket's minimum.
+    base: Option<u32>,
 }
 
 impl DelayHistory {
@@ -122,15 +126,17 @@ impl DelayHistory {
             ends: None,
             bucket,
             max_buckets: max_buckets.max(1),
+            base: None,
         }
     }
 
     fn add(&mut self, now: Instant, sample: u32) {
         match self.mins.back_mut() {
             Some(last) if self.ends.is_none_or(|e| now < e) => {
-                if delay_lt(sample, *last) {
-                    *last = sample;
+                if !delay_lt(sample, *last) {
+                    return;
                 }
+                *last = sample;
             }
             _ => {
                 if self.mins.len() == self.max_buckets {
@@ -140,18 +146,27 @@ impl DelayHistory {
                 self.ends = now.checked_add(self.bucket);
             }
         }
+        self.refresh_base();
+    }
+
+    /// Recomputes `base` the one way it is defined (the comparison wraps,
+    /// so the fold's order matters where samples are half the range apart).
+    fn refresh_base(&mut self) {
+        let mut it = self.mins.iter().copied();
+        self.base = it
+            .next()
+            .map(|first| it.fold(first, |m, x| if delay_lt(x, m) { x } else { m }));
     }
 
     fn base(&self) -> Option<u32> {
-        let mut it = self.mins.iter().copied();
-        let first = it.next()?;
-        Some(it.fold(first, |m, x| if delay_lt(x, m) { x } else { m }))
+        self.base
     }
 
     fn shift(&mut self, by: u32) {
         for m in &mut self.mins {
             *m = m.wrapping_add(by);
         }
+        self.refresh_base();
     }
 }
 
@@ -431,6 +446,30 @@ impl ControllerFactory for LedbatFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The kept minimum is always the fold over the buckets, whatever
+        /// mix of samples (wrapping included), bucket turns and shifts.
+        #[test]
+        fn the_kept_base_is_the_minimum_of_the_buckets(
+            ops in proptest::collection::vec((0u8..4, proptest::prelude::any::<u32>()), 1..200)
+        ) {
+            let mut h = DelayHistory::new(Duration::from_secs(1), 4);
+            let mut now = Instant::now();
+            for (op, v) in ops {
+                match op {
+                    0 => now += Duration::from_millis(700),
+                    1 => h.shift(v % 20_000),
+                    _ => h.add(now, v),
+                }
+                let mut it = h.mins.iter().copied();
+                let folded = it
+                    .next()
+                    .map(|f| it.fold(f, |m, x| if delay_lt(x, m) { x } else { m }));
+                proptest::prop_assert_eq!(h.base(), folded);
+            }
+        }
+    }
 
     const MSS: usize = 1000;
 
