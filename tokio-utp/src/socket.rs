@@ -182,8 +182,8 @@ const LOCK_SPIN_BURST: usize = 32;
 /// wakeup puts the woken thread on the waker's CPU, and it can preempt the
 /// waker while that still holds the lock. Spinning on then only burnt the
 /// holder's time; in ping-pong that was a 100 us stall a few times every
-/// thousand round trips (their p99). With nothing else to run here, a
-/// yield returns at once and the loop still spins.
+/// thousand round trips (their slowest ones). With nothing else to run
+/// here, a yield returns at once and the loop still spins.
 const LOCK_SPIN_YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(5);
 
 /// Whether spinning on a held lock can end before the holder's time slice
