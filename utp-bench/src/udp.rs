@@ -137,12 +137,11 @@ pub(crate) async fn bulk(gso: bool, payload: usize, pat: Pattern, size: u64) -> 
                     recv_gro(&rx, &rx_state, &mut buf, &mut meta).await
                 } else {
                     let (n, from) = rx.recv_from(&mut buf[..RX_BUF]).await?;
-                    meta[0] = RecvMeta {
-                        addr: from,
-                        len: n,
-                        stride: n,
-                        ..RecvMeta::default()
-                    };
+                    // RecvMeta is non-exhaustive: set the fields we read.
+                    meta[0] = RecvMeta::default();
+                    meta[0].addr = from;
+                    meta[0].len = n;
+                    meta[0].stride = n;
                     Ok(1)
                 }
             })
