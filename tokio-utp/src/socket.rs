@@ -71,6 +71,12 @@ pub(crate) struct Inner {
     direct_buf: Vec<u8>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        udp::give_buffer(std::mem::take(&mut self.direct_buf));
+    }
+}
+
 /// Most non-uTP datagrams, and bytes, held for [`UtpSocket::recv_other`].
 const OTHER_MAX_DATAGRAMS: usize = 256;
 const OTHER_MAX_BYTES: usize = 1 << 20;
@@ -297,7 +303,7 @@ impl Shared {
                 ..
             } = inner;
             if direct_buf.is_empty() {
-                *direct_buf = vec![0; udp::MAX_DATAGRAM];
+                *direct_buf = udp::take_buffer();
             }
             for _ in 0..DIRECT_DATAGRAMS {
                 let Some(t) = endpoint.poll_transmit(now, direct_buf) else {
@@ -747,6 +753,8 @@ pub struct Driver {
     next_timer: Option<Instant>,
     /// The waker last registered as `Inner::driver_waker`.
     waker: Option<Waker>,
+    /// Its buffers went back to the process's spares (see `poll`).
+    released: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -782,6 +790,7 @@ impl Driver {
             collect_next: false,
             next_timer: None,
             waker: None,
+            released: false,
         })
     }
 
@@ -1094,6 +1103,15 @@ impl Future for Driver {
             if inner.endpoint.is_idle() {
                 this.fail_all(&mut inner, io::ErrorKind::NotConnected);
                 return Poll::Ready(Ok(()));
+            }
+            // Only TIME_WAIT is left (10 s by default): a socket per
+            // connection would otherwise hold its buffers all that time.
+            // Checked once; a late datagram takes what it needs again.
+            if !this.released && this.tx.is_empty() && inner.endpoint.is_winding_down() {
+                this.released = true;
+                this.rx.release();
+                this.tx.release();
+                udp::give_buffer(std::mem::take(&mut inner.direct_buf));
             }
         }
 

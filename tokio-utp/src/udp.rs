@@ -53,6 +53,11 @@ const TX_DATAGRAMS: usize = 256;
 /// can be (at most one call's worth of packets).
 const RX_BUFFERS: usize = 8;
 
+/// Receive buffers a socket starts with (see `RxBuffers::active`). Two, not
+/// one: a call that fills fewer than it offers shows the queue is empty, and
+/// with one buffer every datagram would cost a second call to learn that.
+const RX_FIRST: usize = 2;
+
 /// The UDP socket, registered with tokio's reactor for readability only.
 ///
 /// Linux signals a UDP socket writable on every datagram it sends (each
@@ -460,17 +465,31 @@ impl BatchIo {
     ) -> Poll<io::Result<()>> {
         // Refills lent slots should a batch not have been marked processed.
         rx.processed();
-        let RxBuffers { slots, meta, .. } = rx;
+        if rx.active == 0 {
+            rx.grow_to(RX_FIRST);
+        }
+        // Only the call right after a full one tells whether more were
+        // queued than the slots took.
+        let was_full = std::mem::take(&mut rx.was_full);
+        let RxBuffers {
+            slots,
+            meta,
+            active,
+            ..
+        } = rx;
+        let active = *active;
         // Fewer buffers filled than one call offers (recvmmsg takes all
         // that are queued, up to that): the queue was empty. Where a call
         // takes one datagram (BATCH_SIZE 1) this never holds.
-        let batch = RX_BUFFERS.min(quinn_udp::BATCH_SIZE);
+        let batch = active.min(quinn_udp::BATCH_SIZE);
         let n = std::task::ready!(udp.poll_recv_io(
             cx,
-            |sock| self.state.recv(sock.into(), &mut slices(slots), meta),
+            |sock| self
+                .state
+                .recv(sock.into(), &mut slices(slots)[..active], meta),
             |&n| n < batch
         ))?;
-        rx.count = n;
+        rx.received(n, was_full);
         Poll::Ready(Ok(()))
     }
 
@@ -587,9 +606,16 @@ pub(crate) fn is_peer_error(e: &io::Error) -> bool {
 /// writes into warm memory and allocates nothing, with no bookkeeping of
 /// who still holds what.
 pub(crate) struct RxBuffers {
-    /// `MAX_DATAGRAM` long each (zeroed once: pages cost nothing until the
-    /// kernel writes them). Empty while lent, until `processed`.
+    /// The first `active` are `MAX_DATAGRAM` long each (empty while lent,
+    /// until `processed`); the others are not allocated yet.
     slots: [Vec<u8>; RX_BUFFERS],
+    /// Slots offered to a receive: [`RX_FIRST`] at first, doubled while the
+    /// kernel has more queued than they take (see `received`). Zeroing a
+    /// slot writes every page of it, so a socket with a datagram at a time
+    /// (a handshake, request/response traffic) costs 128 KiB, not 512.
+    active: usize,
+    /// The last receive filled every active slot.
+    was_full: bool,
     /// Slots lent for the current batch (`Some` while lent).
     frozen: [Option<Bytes>; RX_BUFFERS],
     meta: [RecvMeta; RX_BUFFERS],
@@ -599,6 +625,38 @@ pub(crate) struct RxBuffers {
     /// to refill (a request/response stream receives one per message).
     lent: usize,
     pool: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// `MAX_DATAGRAM`-long buffers that sockets gave back when they wound down
+/// or closed, for the next socket's receive slots and send buffers. Zeroing
+/// a fresh one writes (faults in) every page of it; a program that opens a
+/// socket per connection (`UtpStream::connect`) spent half its connect time
+/// there. Their old bytes do not matter: only what is written is ever read.
+static SPARE_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Most buffers in [`SPARE_BUFFERS`] (4 MiB); more are freed.
+const MAX_SPARE_BUFFERS: usize = 64;
+
+/// A `MAX_DATAGRAM`-long buffer: a spare one, or a new zeroed one.
+pub(crate) fn take_buffer() -> Vec<u8> {
+    let spare = SPARE_BUFFERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop();
+    spare.unwrap_or_else(|| vec![0; MAX_DATAGRAM])
+}
+
+/// Keeps `buf` for [`take_buffer`] (cut to `MAX_DATAGRAM`), or frees it.
+pub(crate) fn give_buffer(mut buf: Vec<u8>) {
+    if buf.len() < MAX_DATAGRAM {
+        return;
+    }
+    buf.truncate(MAX_DATAGRAM);
+    buf.shrink_to_fit();
+    let mut spare = SPARE_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.len() < MAX_SPARE_BUFFERS {
+        spare.push(buf);
+    }
 }
 
 /// Smallest datagram lent out rather than read in place: smaller payloads
@@ -634,6 +692,12 @@ impl Drop for Lent {
     }
 }
 
+impl Drop for RxBuffers {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// One received datagram: in a slot, or a slice of a lent buffer.
 pub(crate) enum Datagram<'a> {
     Borrowed(&'a [u8]),
@@ -643,13 +707,36 @@ pub(crate) enum Datagram<'a> {
 impl RxBuffers {
     pub(crate) fn new() -> Self {
         Self {
-            slots: std::array::from_fn(|_| vec![0; MAX_DATAGRAM]),
+            slots: std::array::from_fn(|_| Vec::new()),
+            active: 0,
+            was_full: false,
             frozen: std::array::from_fn(|_| None),
             meta: [RecvMeta::default(); RX_BUFFERS],
             count: 0,
             lent: 0,
             pool: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Allocates slots up to `n` (at most [`RX_BUFFERS`]).
+    fn grow_to(&mut self, n: usize) {
+        let n = n.min(RX_BUFFERS);
+        for slot in &mut self.slots[self.active.min(n)..n] {
+            *slot = take_buffer();
+        }
+        self.active = self.active.max(n);
+    }
+
+    /// Records a receive of `n` datagrams. When the call before filled
+    /// every slot and this one, right after, found more, the kernel's queue
+    /// outruns the slots: the next receive offers twice as many.
+    fn received(&mut self, n: usize, was_full: bool) {
+        self.count = n;
+        let offered = self.active;
+        if was_full && n > 0 {
+            self.grow_to(2 * offered);
+        }
+        self.was_full = n >= offered;
     }
 
     /// Marks the last receive's datagrams as handled and refills the slots
@@ -665,8 +752,22 @@ impl RxBuffers {
                 continue;
             }
             let returned = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            *slot = returned.unwrap_or_else(|| vec![0; MAX_DATAGRAM]);
+            *slot = returned.unwrap_or_else(take_buffer);
         }
+    }
+
+    /// Gives every buffer back to [`SPARE_BUFFERS`] (slots are taken again
+    /// by the next receive). Buffers that readers still hold go to this
+    /// socket's pool when they let go, and from there at the next release.
+    pub(crate) fn release(&mut self) {
+        self.processed();
+        for slot in &mut self.slots[..self.active] {
+            give_buffer(std::mem::take(slot));
+        }
+        self.active = 0;
+        self.was_full = false;
+        let pooled = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        pooled.into_iter().for_each(give_buffer);
     }
 
     /// The datagrams of the last receive, GRO buffers split at their stride.
@@ -720,6 +821,12 @@ impl RxBuffers {
 fn slices(bufs: &mut [Vec<u8>; RX_BUFFERS]) -> [IoSliceMut<'_>; RX_BUFFERS] {
     let mut it = bufs.iter_mut();
     std::array::from_fn(|_| IoSliceMut::new(&mut it.next().expect("RX_BUFFERS slots")[..]))
+}
+
+impl Drop for TxBatch {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A piece of a send: bytes of the batch buffer, or a payload shared with
@@ -811,6 +918,15 @@ impl TxBatch {
         self.next >= self.groups.len()
     }
 
+    /// Gives the buffer back to [`SPARE_BUFFERS`] once everything was sent
+    /// (the next batch takes one again).
+    pub(crate) fn release(&mut self) {
+        if self.is_empty() {
+            self.clear();
+            give_buffer(std::mem::take(&mut self.buf));
+        }
+    }
+
     fn clear(&mut self) {
         self.filled = 0;
         self.parts.clear();
@@ -829,13 +945,18 @@ impl TxBatch {
     /// is given) until it has none or the batch is full. Returns whether
     /// the batch stopped for lack of room.
     pub(crate) fn fill(&mut self, mut produce: impl FnMut(&mut [u8]) -> Option<Outgoing>) -> bool {
-        if self.buf.is_empty() {
-            // Allocated on first use, once: zeroed pages cost nothing until
-            // written, and no per-datagram clearing is needed.
-            self.buf = vec![0; TX_BYTES];
-        }
         while self.has_room() {
             let start = self.filled;
+            if self.buf.is_empty() {
+                self.buf = take_buffer();
+            }
+            if self.buf.len() < start + MAX_DATAGRAM {
+                // Grown as batches need it, and kept: zeroing writes every
+                // page, so a socket that sends a datagram at a time keeps
+                // 64 KiB, not TX_BYTES. `has_room` keeps this in TX_BYTES.
+                let len = (start + MAX_DATAGRAM).max(2 * self.buf.len());
+                self.buf.resize(len.min(TX_BYTES), 0);
+            }
             let Some(d) = produce(&mut self.buf[start..start + MAX_DATAGRAM]) else {
                 return false;
             };
@@ -1188,6 +1309,7 @@ mod tests {
 
     /// Pretends the kernel delivered datagrams of these (length, stride).
     fn deliver(rx: &mut RxBuffers, sizes: &[(usize, usize)]) {
+        rx.grow_to(sizes.len());
         for (i, &(len, stride)) in sizes.iter().enumerate() {
             rx.slots[i][..len].fill(i as u8 + 1);
             rx.meta[i].addr = addr(1);
@@ -1214,6 +1336,7 @@ mod tests {
     #[test]
     fn large_datagrams_are_lent_and_their_buffer_comes_back_once_released() {
         let mut rx = RxBuffers::new();
+        rx.grow_to(1);
         let slot0 = rx.slots[0].as_ptr();
         // One 60 KiB datagram and a GRO buffer of 1400-byte ones.
         deliver(&mut rx, &[(60_000, 60_000), (14_000, 1_400)]);
@@ -1473,6 +1596,79 @@ mod tests {
         assert!(full);
         assert_eq!(produced, TX_BYTES / MAX_DATAGRAM);
         assert!(tx.groups.iter().all(|g| g.count == 1));
+    }
+
+    #[test]
+    fn the_send_buffer_grows_only_as_far_as_a_batch_needs() {
+        let mut tx = TxBatch::with_max_segments(64);
+        let small = |_: &mut [u8]| Outgoing {
+            destination: addr(1),
+            len: 100,
+            fragmentable: false,
+            payload: None,
+        };
+        let mut left = 10;
+        tx.fill(|buf| {
+            left -= 1;
+            (left >= 0).then(|| small(buf))
+        });
+        assert_eq!(tx.groups.iter().map(|g| g.count).sum::<usize>(), 10);
+        assert!(tx.buf.len() <= 2 * MAX_DATAGRAM, "{}", tx.buf.len());
+        // Full-size datagrams take it to its limit, never past it; what a
+        // batch wrote before the buffer grew is still there.
+        tx.clear();
+        let mut i = 0u8;
+        tx.fill(|buf| {
+            i += 1;
+            buf[..65_000].fill(i);
+            Some(Outgoing {
+                destination: addr(1),
+                len: 65_000,
+                fragmentable: false,
+                payload: None,
+            })
+        });
+        assert_eq!(tx.buf.len(), TX_BYTES);
+        for (k, p) in tx.parts.iter().enumerate() {
+            let bytes = p.bytes(&tx.buf);
+            assert_eq!(bytes.len(), 65_000);
+            assert!(bytes.iter().all(|&b| b == k as u8 + 1), "datagram {k}");
+        }
+    }
+
+    #[test]
+    fn receive_slots_double_only_while_the_kernel_has_more_queued() {
+        let mut rx = RxBuffers::new();
+        assert!(rx.slots.iter().all(Vec::is_empty), "nothing before use");
+        rx.grow_to(RX_FIRST);
+        // One datagram at a time (a handshake, requests): the first slots.
+        for _ in 0..5 {
+            let was_full = std::mem::take(&mut rx.was_full);
+            rx.received(1, was_full);
+        }
+        // Full, but the next call finds the queue empty (would block).
+        for _ in 0..5 {
+            let was_full = std::mem::take(&mut rx.was_full);
+            rx.received(RX_FIRST, was_full);
+            rx.was_full = false;
+        }
+        assert_eq!(rx.active, RX_FIRST);
+        // A backlog: every call full, and the next one finds more.
+        let mut offered = Vec::new();
+        for _ in 0..5 {
+            let was_full = std::mem::take(&mut rx.was_full);
+            offered.push(rx.active);
+            rx.received(rx.active, was_full);
+        }
+        assert_eq!(offered, [2, 2, 4, 8, 8]);
+        assert!(rx.slots.iter().all(|s| s.len() == MAX_DATAGRAM));
+        // A call that leaves slots empty drained the queue: no growth after.
+        let mut rx = RxBuffers::new();
+        rx.grow_to(4);
+        rx.received(3, false);
+        let was_full = std::mem::take(&mut rx.was_full);
+        rx.received(4, was_full);
+        assert_eq!(rx.active, 4);
     }
 }
 

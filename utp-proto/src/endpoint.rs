@@ -1098,6 +1098,17 @@ impl Endpoint {
     pub fn is_idle(&self) -> bool {
         self.conns.is_empty()
     }
+
+    /// Whether every connection has finished both ways (TIME_WAIT) or
+    /// ended: nothing is sent any more except answers to late packets.
+    pub fn is_winding_down(&self) -> bool {
+        self.conns.iter().all(|(_, e)| {
+            matches!(
+                e.conn.state(),
+                State::TimeWait | State::Done | State::Failed(_)
+            )
+        })
+    }
 }
 
 /// The tracing span of one connection: its receive id and peer. Cheap when

@@ -1251,10 +1251,13 @@ fn after_our_fin_peer_data_is_still_received() {
 #[test]
 fn time_wait_answers_late_fin_restarts_and_then_frees_released_connection() {
     let mut hs = initiator();
+    assert!(!hs.ep.is_winding_down(), "established");
     hs.close();
     hs.out();
+    assert!(!hs.ep.is_winding_down(), "our FIN is not acknowledged yet");
     hs.feed(PacketType::Fin, hs.py(0), hs.sy(0), MIB, &[]);
     assert_eq!(hs.conn().state(), State::TimeWait);
+    assert!(hs.ep.is_winding_down());
     let now = hs.now;
     hs.ep.release(hs.h, now);
     assert_eq!(hs.ep.connection_count(), 1, "id stays reserved");
