@@ -113,7 +113,7 @@ fn parse_args() -> Result<Args> {
     let info_hash = parse_hex20(&positional[2]).context("INFO_HASH_HEX: 40 hex digits")?;
     let raw =
         std::fs::read(&positional[3]).with_context(|| format!("reading {}", positional[3]))?;
-    if raw.len() % 20 != 0 {
+    if !raw.len().is_multiple_of(20) {
         bail!(
             "{}: length {} is not a multiple of 20",
             positional[3],
@@ -126,7 +126,7 @@ fn parse_args() -> Result<Args> {
         .collect();
     let piece_len: u64 = positional[4].parse().context("PIECE_LEN")?;
     let total_len: u64 = positional[5].parse().context("TOTAL_LEN")?;
-    if piece_len == 0 || piece_len % BLOCK != 0 {
+    if piece_len == 0 || !piece_len.is_multiple_of(BLOCK) {
         bail!("PIECE_LEN must be a positive multiple of {BLOCK}");
     }
     if total_len == 0 || total_len.div_ceil(piece_len) != hashes.len() as u64 {

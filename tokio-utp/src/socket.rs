@@ -1194,4 +1194,55 @@ mod tests {
         assert!(m.is_poisoned());
         assert_eq!(*lock_spinning(&m), 7);
     }
+
+    /// A socket per connection: once only TIME_WAIT is left (10 s), the
+    /// driver gives its receive and send buffers back, not before.
+    #[tokio::test]
+    async fn a_driver_left_with_time_wait_only_gives_its_buffers_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (socket, mut driver) = UtpSocket::bind_with_driver("127.0.0.1:0", Config::default())
+            .await
+            .unwrap();
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let mut held_tx = Some(held_tx);
+        // Runs the driver; reports its buffers while in use, then returns
+        // once it released them (or ended: a failure).
+        let watcher = tokio::spawn(std::future::poll_fn(move |cx| {
+            let r = Pin::new(&mut driver).poll(cx);
+            if driver.rx.active > 0 && !driver.tx.is_empty_buffer() {
+                if let Some(t) = held_tx.take() {
+                    let _ = t.send(driver.released);
+                }
+            }
+            if driver.released {
+                return Poll::Ready(Some((driver.rx.active, driver.tx.is_empty_buffer())));
+            }
+            r.map(|_| None)
+        }));
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+            s.close().await.unwrap();
+            drop(listener);
+        });
+        let mut stream = socket.connect(addr).await.unwrap();
+        drop(socket);
+        stream.write_all(&[7u8; 200_000]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, vec![7u8; 200_000]);
+        assert_eq!(held_rx.await, Ok(false), "in use: buffers held");
+        drop(stream);
+        server.await.unwrap();
+        let released = tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("released within the TIME_WAIT")
+            .unwrap();
+        assert_eq!(released, Some((0, true)), "no slot, no send buffer");
+    }
 }

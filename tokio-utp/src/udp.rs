@@ -613,7 +613,7 @@ pub(crate) struct RxBuffers {
     /// kernel has more queued than they take (see `received`). Zeroing a
     /// slot writes every page of it, so a socket with a datagram at a time
     /// (a handshake, request/response traffic) costs 128 KiB, not 512.
-    active: usize,
+    pub(crate) active: usize,
     /// The last receive filled every active slot.
     was_full: bool,
     /// Slots lent for the current batch (`Some` while lent).
@@ -916,6 +916,12 @@ impl TxBatch {
     /// Whether nothing waits to be sent.
     pub(crate) fn is_empty(&self) -> bool {
         self.next >= self.groups.len()
+    }
+
+    /// Whether it holds no buffer (none taken yet, or given back).
+    #[cfg(test)]
+    pub(crate) fn is_empty_buffer(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Gives the buffer back to [`SPARE_BUFFERS`] once everything was sent

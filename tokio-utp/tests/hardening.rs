@@ -137,7 +137,7 @@ fn flood(target: SocketAddr) -> u64 {
             if sock.send_to(&syn, target).is_ok() {
                 sent += 1;
             }
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 // Let the receiver keep up a little (the kernel drops what
                 // doesn't fit its buffer anyway).
                 std::thread::yield_now();

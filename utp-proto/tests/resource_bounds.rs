@@ -148,7 +148,7 @@ fn tiny_packets_do_not_blow_up_receive_memory() {
         hs.ep.handle_datagram(hs.now, peer(), &d).unwrap();
         seq = seq.wrapping_add(1);
         // Ack now and then, as the driver would.
-        if seq % 64 == 0 {
+        if seq.is_multiple_of(64) {
             drain(&mut hs.ep, hs.now);
         }
     }
