@@ -1236,7 +1236,8 @@ mod tests {
         let mut back = Vec::new();
         stream.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, vec![7u8; 200_000]);
-        assert_eq!(held_rx.await, Ok(false), "in use: buffers held");
+        let held = tokio::time::timeout(Duration::from_secs(5), held_rx).await;
+        assert_eq!(held, Ok(Ok(false)), "in use: buffers held");
         drop(stream);
         server.await.unwrap();
         let released = tokio::time::timeout(Duration::from_secs(5), watcher)
