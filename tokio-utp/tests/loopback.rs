@@ -320,3 +320,55 @@ async fn driver_finishes_when_an_idle_socket_is_dropped() {
         .unwrap()
         .unwrap();
 }
+
+/// Sockets of their own (`UtpStream::connect`), in waves: each wave's
+/// sockets take the receive and send buffers that the sockets before gave
+/// back (when only TIME_WAIT was left, or when dropped), with those
+/// sockets' old bytes in them. Every byte must still arrive as sent, both
+/// ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_of_their_own_reuse_each_others_buffers_bit_exact() {
+    let (waves, per_wave, len) = (4u64, 25u64, 300 << 10);
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..waves * per_wave {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut idx = [0u8; 8];
+                s.read_exact(&mut idx).await.unwrap();
+                let seed = u64::from_be_bytes(idx);
+                read_and_check(&mut s, seed, len).await;
+                write_pattern(&mut s, seed + 1_000, len).await;
+                s.close().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    timeout(Duration::from_secs(120), async {
+        for wave in 0..waves {
+            let mut clients = Vec::new();
+            for i in 0..per_wave {
+                let seed = wave * per_wave + i;
+                clients.push(tokio::spawn(async move {
+                    let (mut c, driver) = UtpStream::connect(addr).await.unwrap();
+                    tokio::spawn(driver);
+                    c.write_all(&seed.to_be_bytes()).await.unwrap();
+                    write_pattern(&mut c, seed, len).await;
+                    c.shutdown().await.unwrap();
+                    read_and_check(&mut c, seed + 1_000, len).await;
+                    c.close().await.unwrap();
+                }));
+            }
+            for c in clients {
+                c.await.unwrap();
+            }
+        }
+        server.await.unwrap();
+    })
+    .await
+    .expect("every wave should finish");
+}
