@@ -634,7 +634,8 @@ pub(crate) struct RxBuffers {
 /// there. Their old bytes do not matter: only what is written is ever read.
 static SPARE_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// Most buffers in [`SPARE_BUFFERS`] (4 MiB); more are freed.
+/// Most buffers in [`SPARE_BUFFERS`] (4 MiB, up to 8 MiB of capacity);
+/// more are freed.
 const MAX_SPARE_BUFFERS: usize = 64;
 
 /// A `MAX_DATAGRAM`-long buffer: a spare one, or a new zeroed one.
@@ -652,7 +653,10 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
         return;
     }
     buf.truncate(MAX_DATAGRAM);
-    buf.shrink_to_fit();
+    // A send buffer that grew to two datagrams' room (any batch of two
+    // does) keeps it: shrinking and regrowing it cost two `mremap` calls
+    // per socket.
+    buf.shrink_to(2 * MAX_DATAGRAM);
     let mut spare = SPARE_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
     if spare.len() < MAX_SPARE_BUFFERS {
         spare.push(buf);
