@@ -42,7 +42,7 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these cases (comma-separated): bulk, bulk1400, conc100, conc10k,
-    /// scaling, loss, pingpong, connects.
+    /// scaling, loss, pingpong, connects, connects-own.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Only these stacks (comma-separated): utp, tcp, rqbit, udp1, udpgso.
@@ -700,6 +700,45 @@ async fn connects(stack: Stack, n: usize) -> Result<Sample> {
     })
 }
 
+/// `n` sequential connects from sockets of their own: tokio-utp's
+/// `UtpStream::connect` (a new socket and driver each), TCP as in
+/// `connects` (a socket per connection is all TCP has). Each is dropped
+/// right after; tokio-utp's sockets stay open through TIME_WAIT, and the
+/// detail gives the memory that costs per socket.
+async fn connects_own(stack: Stack, n: usize) -> Result<Sample> {
+    let Stack::Utp(_) = stack else {
+        return connects(stack, n).await;
+    };
+    let listener = tokio_utp::UtpListener::bind(loopback()).await?;
+    let addr = listener.local_addr()?;
+    let acceptor = tokio::spawn(async move {
+        for _ in 0..n {
+            drop(listener.accept().await?);
+        }
+        anyhow::Ok(listener)
+    });
+    let rss0 = rss_bytes();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let (stream, driver) = tokio_utp::UtpStream::connect(addr).await?;
+        tokio::spawn(driver);
+        drop(stream);
+    }
+    let dt = t0.elapsed();
+    let per_socket = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+    let _listener = acceptor.await??;
+    Ok(Sample {
+        value: n as f64 / dt.as_secs_f64(),
+        cpu: Duration::ZERO,
+        bytes: 0,
+        detail: format!(
+            "{n} in {:.2} s, RSS {:.1} KiB per socket left in TIME_WAIT",
+            dt.as_secs_f64(),
+            per_socket / 1024.0
+        ),
+    })
+}
+
 async fn run(args: Args) -> Result<Vec<Row>> {
     let quick = args.quick;
     let runs = args.runs.unwrap_or(if quick { 3 } else { 5 }).max(1);
@@ -882,6 +921,24 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             (runs, true),
             watchdog,
             |s| connects(s, n),
+        )
+        .await;
+        record(rs);
+    }
+    if want_case("connects-own") {
+        let n = if quick { 300 } else { 1_000 };
+        let stacks: Vec<Stack> = connected
+            .iter()
+            .copied()
+            .filter(|&s| s != Stack::Rqbit)
+            .collect();
+        let rs = measure(
+            "connects-own",
+            &stacks,
+            "conn/s",
+            (runs, true),
+            watchdog,
+            |s| connects_own(s, n),
         )
         .await;
         record(rs);
