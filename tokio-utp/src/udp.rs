@@ -634,31 +634,48 @@ pub(crate) struct RxBuffers {
 /// there. Their old bytes do not matter: only what is written is ever read.
 static SPARE_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// Most buffers in [`SPARE_BUFFERS`] (4 MiB, up to 8 MiB of capacity);
-/// more are freed.
-const MAX_SPARE_BUFFERS: usize = 64;
+/// Send batch buffers that had grown past one datagram's room, kept apart
+/// with up to two datagrams' capacity: any batch of two datagrams grows
+/// one, and shrinking and regrowing it cost two `mremap` calls per socket,
+/// while a receive slot given such a buffer would hold the extra idle.
+static SPARE_SEND_BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// A `MAX_DATAGRAM`-long buffer: a spare one, or a new zeroed one.
-pub(crate) fn take_buffer() -> Vec<u8> {
-    let spare = SPARE_BUFFERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop();
-    spare.unwrap_or_else(|| vec![0; MAX_DATAGRAM])
+/// Most buffers in [`SPARE_BUFFERS`] (4 MiB); more are freed.
+const MAX_SPARE_BUFFERS: usize = 64;
+/// Most buffers in [`SPARE_SEND_BUFFERS`] (2 MiB).
+const MAX_SPARE_SEND_BUFFERS: usize = 16;
+
+fn pop_spare(list: &Mutex<Vec<Vec<u8>>>) -> Option<Vec<u8>> {
+    list.lock().unwrap_or_else(|e| e.into_inner()).pop()
 }
 
-/// Keeps `buf` for [`take_buffer`] (cut to `MAX_DATAGRAM`), or frees it.
+/// A `MAX_DATAGRAM`-long buffer of that capacity: a spare one, or a new
+/// zeroed one.
+pub(crate) fn take_buffer() -> Vec<u8> {
+    pop_spare(&SPARE_BUFFERS).unwrap_or_else(|| vec![0; MAX_DATAGRAM])
+}
+
+/// A `MAX_DATAGRAM`-long buffer for a send batch, with room to grow if a
+/// spare one has it.
+fn take_send_buffer() -> Vec<u8> {
+    pop_spare(&SPARE_SEND_BUFFERS).unwrap_or_else(take_buffer)
+}
+
+/// Keeps `buf` for [`take_buffer`] or [`take_send_buffer`] (cut to
+/// `MAX_DATAGRAM`), or frees it.
 pub(crate) fn give_buffer(mut buf: Vec<u8>) {
     if buf.len() < MAX_DATAGRAM {
         return;
     }
     buf.truncate(MAX_DATAGRAM);
-    // A send buffer that grew to two datagrams' room (any batch of two
-    // does) keeps it: shrinking and regrowing it cost two `mremap` calls
-    // per socket.
-    buf.shrink_to(2 * MAX_DATAGRAM);
-    let mut spare = SPARE_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-    if spare.len() < MAX_SPARE_BUFFERS {
+    let (list, max) = if buf.capacity() > MAX_DATAGRAM {
+        buf.shrink_to(2 * MAX_DATAGRAM);
+        (&SPARE_SEND_BUFFERS, MAX_SPARE_SEND_BUFFERS)
+    } else {
+        (&SPARE_BUFFERS, MAX_SPARE_BUFFERS)
+    };
+    let mut spare = list.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.len() < max {
         spare.push(buf);
     }
 }
@@ -958,7 +975,7 @@ impl TxBatch {
         while self.has_room() {
             let start = self.filled;
             if self.buf.is_empty() {
-                self.buf = take_buffer();
+                self.buf = take_send_buffer();
             }
             if self.buf.len() < start + MAX_DATAGRAM {
                 // Grown as batches need it, and kept: zeroing writes every
