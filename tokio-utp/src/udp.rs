@@ -781,7 +781,11 @@ impl RxBuffers {
     /// by the next receive). Buffers that readers still hold go to this
     /// socket's pool when they let go, and from there at the next release.
     pub(crate) fn release(&mut self) {
-        self.processed();
+        // As `processed`, minus refilling lent slots only to give the
+        // refills back (a fresh zeroed one when no spare was left).
+        self.count = 0;
+        self.lent = 0;
+        self.frozen.fill(None);
         for slot in &mut self.slots[..self.active] {
             give_buffer(std::mem::take(slot));
         }
