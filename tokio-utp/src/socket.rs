@@ -194,7 +194,7 @@ const LOCK_SPIN_YIELD_AFTER: std::time::Duration = std::time::Duration::from_mic
 
 /// Whether spinning on a held lock can end before the holder's time slice
 /// does: only where another CPU can run the holder meanwhile.
-fn spin_pays() -> bool {
+pub(crate) fn spin_pays() -> bool {
     static MULTI_CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *MULTI_CPU.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }

@@ -51,6 +51,26 @@ pub(crate) fn io_error(e: ConnectionError) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// How long [`UtpStream::connect`] keeps polling for the SYN-ACK of a peer
+/// on this host before it lets its thread sleep. Such a handshake takes
+/// some tens of microseconds, less than a sleep and a wakeup cost on a
+/// virtual machine (an idle CPU halts): 1,000 sequential connects ran at
+/// 0.73-0.76x TCP's rate without the spin and 0.90-0.93x with it (80, 100
+/// and 120 us did as well; 40 us caught too few). Peers elsewhere answer later than
+/// any spin worth its CPU, so they never get one.
+const LOCAL_CONNECT_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Whether `addr` is on this host, so that its SYN-ACK comes back within
+/// [`LOCAL_CONNECT_SPIN`].
+fn on_this_host(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 fn driver_gone(kind: io::ErrorKind) -> io::Error {
     io::Error::new(kind, "uTP socket driver stopped")
 }
@@ -327,6 +347,8 @@ impl UtpStream {
         tokio::pin!(connect);
         // Run the driver by hand until the handshake is done; the caller
         // spawns it afterwards.
+        let spinning_since =
+            (on_this_host(target) && crate::socket::spin_pays()).then(Instant::now);
         let stream = poll_fn(|cx| {
             if let Poll::Ready(r) = connect.as_mut().poll(cx) {
                 return Poll::Ready(r);
@@ -334,7 +356,17 @@ impl UtpStream {
             match Pin::new(&mut driver).poll(cx) {
                 Poll::Ready(Ok(())) => Poll::Ready(Err(driver_gone(io::ErrorKind::NotConnected))),
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    // Polling again at once instead of sleeping (see
+                    // LOCAL_CONNECT_SPIN). The runtime still runs other
+                    // tasks, the peer's driver among them, in between.
+                    if let Some(since) = spinning_since {
+                        if since.elapsed() < LOCAL_CONNECT_SPIN {
+                            cx.waker().wake_by_ref();
+                        }
+                    }
+                    Poll::Pending
+                }
             }
         })
         .await?;
@@ -537,5 +569,24 @@ impl AsyncWrite for OwnedWriteHalf {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_peers_on_this_host_get_a_connect_spin() {
+        let on = |s: &str| on_this_host(s.parse().expect("address"));
+        assert!(on("127.0.0.1:1"));
+        assert!(on("127.3.2.1:1"));
+        assert!(on("[::1]:1"));
+        assert!(on("[::ffff:127.0.0.1]:1"));
+        assert!(!on("10.0.0.1:1"));
+        assert!(!on("192.168.1.2:1"));
+        assert!(!on("[2001:db8::1]:1"));
+        assert!(!on("[::ffff:10.0.0.1]:1"));
+        assert!(!on("0.0.0.0:1"));
     }
 }
