@@ -216,18 +216,23 @@ fn size_buffers(sock: &Socket, buffer: usize) {
         buffer
     };
     let capped = |got: Option<usize>| got.is_some_and(|got| got < full);
+    // Read back once, and again only after a forced size: a socket per
+    // connection pays every one of these calls.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+    let (mut rcv, mut snd) = (sock.recv_buffer_size().ok(), sock.send_buffer_size().ok());
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsFd;
         let value = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
-        if capped(sock.recv_buffer_size().ok()) {
+        if capped(rcv) {
             let _ = setsockopt_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value);
+            rcv = sock.recv_buffer_size().ok();
         }
-        if capped(sock.send_buffer_size().ok()) {
+        if capped(snd) {
             let _ = setsockopt_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, value);
+            snd = sock.send_buffer_size().ok();
         }
     }
-    let (rcv, snd) = (sock.recv_buffer_size().ok(), sock.send_buffer_size().ok());
     if (capped(rcv) || capped(snd)) && !CAPPED_WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             asked = buffer,
