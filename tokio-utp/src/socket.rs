@@ -571,7 +571,9 @@ impl UtpSocket {
                 .set_max_datagram(h, Instant::now(), max);
         }
         let stream = UtpStream::new(SharedRef::clone(&self.shared), h);
-        stream.wait_connected().await?;
+        // A peer on this host answers sooner than a sleep and wakeup take.
+        let spin = crate::stream::on_this_host(target) && spin_pays();
+        stream.wait_connected(spin).await?;
         Ok(stream)
     }
 

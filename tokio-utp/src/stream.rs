@@ -51,18 +51,20 @@ pub(crate) fn io_error(e: ConnectionError) -> io::Error {
     io::Error::new(kind, e)
 }
 
-/// How long [`UtpStream::connect`] keeps polling for the SYN-ACK of a peer
-/// on this host before it lets its thread sleep. Such a handshake takes
-/// some tens of microseconds, less than a sleep and a wakeup cost on a
-/// virtual machine (an idle CPU halts): 1,000 sequential connects ran at
-/// 0.73-0.76x TCP's rate without the spin and 0.90-0.93x with it (80, 100
-/// and 120 us did as well; 40 us caught too few). Peers elsewhere answer later than
-/// any spin worth its CPU, so they never get one.
+/// How long a connect to a peer on this host keeps polling for the
+/// SYN-ACK before its thread sleeps. Such a handshake takes some tens of
+/// microseconds, less than a sleep and a wakeup cost on a virtual machine
+/// (an idle CPU halts). In paired runs of 1,000 sequential connects:
+/// sockets of their own ([`UtpStream::connect`]) went from 0.73-0.76x TCP's
+/// rate to 0.90-0.93x (80, 100 and 120 us did as well; 40 us caught too
+/// few); one shared socket, right after TCP's runs in the same runtime,
+/// from 1.0-1.05x to 2.75x. Peers elsewhere answer later than any spin
+/// worth its CPU, so they never get one.
 const LOCAL_CONNECT_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Whether `addr` is on this host, so that its SYN-ACK comes back within
 /// [`LOCAL_CONNECT_SPIN`].
-fn on_this_host(addr: SocketAddr) -> bool {
+pub(crate) fn on_this_host(addr: SocketAddr) -> bool {
     match addr.ip() {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
         std::net::IpAddr::V6(ip) => {
@@ -346,9 +348,8 @@ impl UtpStream {
         let connect = socket.connect(target);
         tokio::pin!(connect);
         // Run the driver by hand until the handshake is done; the caller
-        // spawns it afterwards.
-        let spinning_since =
-            (on_this_host(target) && crate::socket::spin_pays()).then(Instant::now);
+        // spawns it afterwards. While `connect` spins for a peer on this
+        // host (LOCAL_CONNECT_SPIN), each of its turns polls the driver too.
         let stream = poll_fn(|cx| {
             if let Poll::Ready(r) = connect.as_mut().poll(cx) {
                 return Poll::Ready(r);
@@ -356,24 +357,17 @@ impl UtpStream {
             match Pin::new(&mut driver).poll(cx) {
                 Poll::Ready(Ok(())) => Poll::Ready(Err(driver_gone(io::ErrorKind::NotConnected))),
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // Polling again at once instead of sleeping (see
-                    // LOCAL_CONNECT_SPIN). The runtime still runs other
-                    // tasks, the peer's driver among them, in between.
-                    if let Some(since) = spinning_since {
-                        if since.elapsed() < LOCAL_CONNECT_SPIN {
-                            cx.waker().wake_by_ref();
-                        }
-                    }
-                    Poll::Pending
-                }
+                Poll::Pending => Poll::Pending,
             }
         })
         .await?;
         Ok((stream, driver))
     }
 
-    pub(crate) async fn wait_connected(&self) -> io::Result<()> {
+    /// Waits for the handshake; `spin` polls for it a while first (see
+    /// [`LOCAL_CONNECT_SPIN`]).
+    pub(crate) async fn wait_connected(&self, spin: bool) -> io::Result<()> {
+        let spinning_since = spin.then(Instant::now);
         poll_fn(|cx| {
             let mut inner = self.inner.shared.lock();
             let h = self.inner.handle;
@@ -386,6 +380,13 @@ impl UtpStream {
             }
             if let Some(kind) = inner.driver_gone {
                 return Poll::Ready(Err(driver_gone(kind)));
+            }
+            if spinning_since.is_some_and(|t| t.elapsed() < LOCAL_CONNECT_SPIN) {
+                // Polled again at once; the runtime runs other tasks (the
+                // drivers among them) in between.
+                drop(inner);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             register(&mut inner, h, cx, false);
             Poll::Pending

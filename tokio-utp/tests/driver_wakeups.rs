@@ -365,3 +365,44 @@ async fn sends_left_to_a_busy_driver_go_out_without_waiting_for_a_timer() {
     }
     assert!(slow < N / 10, "{slow} of {N} connects took over 1.5 ms");
 }
+
+/// Polls `fut` for `wait`, counting its polls.
+async fn count_polls<F: std::future::Future>(fut: F, wait: Duration) -> (Option<F::Output>, u64) {
+    let mut polls = 0u64;
+    let mut fut = std::pin::pin!(fut);
+    let out = tokio::time::timeout(
+        wait,
+        std::future::poll_fn(|cx| {
+            polls += 1;
+            fut.as_mut().poll(cx)
+        }),
+    )
+    .await
+    .ok();
+    (out, polls)
+}
+
+/// A connect to a peer on this host polls for its SYN-ACK for a moment
+/// instead of sleeping at once; one that gets no answer must stop doing so
+/// and sleep until its SYN is due again, on a shared socket and on a socket
+/// of its own alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_a_silent_peer_on_this_host_stops_polling() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = silent.local_addr().unwrap();
+    let socket = UtpSocket::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    // The first SYN is resent after a second, so 400 ms hold no answer and
+    // no resend. A connect that never stopped spinning polled 800,000 times
+    // in them here; the 100 us spin itself takes a few hundred at most.
+    let (out, polls) = count_polls(socket.connect(to), Duration::from_millis(400)).await;
+    assert!(out.is_none(), "connected to a silent peer");
+    assert!(polls < 2_000, "shared socket: {polls} polls in 400 ms");
+    let (out, polls) = count_polls(UtpStream::connect(to), Duration::from_millis(400)).await;
+    assert!(out.is_none(), "connected to a silent peer");
+    assert!(polls < 2_000, "socket of its own: {polls} polls in 400 ms");
+    // The SYNs did go out: the spin is not a connect that never sent.
+    let (h, _, _) = recv(&silent, Duration::from_secs(1)).await.expect("a SYN");
+    assert_eq!(h.ty, PacketType::Syn);
+}
