@@ -367,31 +367,38 @@ impl UtpStream {
     /// Waits for the handshake; `spin` polls for it a while first (see
     /// [`LOCAL_CONNECT_SPIN`]).
     pub(crate) async fn wait_connected(&self, spin: bool) -> io::Result<()> {
-        let spinning_since = spin.then(Instant::now);
-        poll_fn(|cx| {
-            let mut inner = self.inner.shared.lock();
-            let h = self.inner.handle;
-            let c = inner.endpoint.conn(h);
-            if let Some(e) = c.error() {
-                return Poll::Ready(Err(io_error(e)));
+        let spin_until = spin.then(|| Instant::now() + LOCAL_CONNECT_SPIN);
+        loop {
+            let spinning = spin_until.is_some_and(|t| Instant::now() < t);
+            let done = poll_fn(|cx| {
+                let mut inner = self.inner.shared.lock();
+                let h = self.inner.handle;
+                let c = inner.endpoint.conn(h);
+                if let Some(e) = c.error() {
+                    return Poll::Ready(Some(Err(io_error(e))));
+                }
+                if c.is_established() {
+                    return Poll::Ready(Some(Ok(())));
+                }
+                if let Some(kind) = inner.driver_gone {
+                    return Poll::Ready(Some(Err(driver_gone(kind))));
+                }
+                if spinning {
+                    return Poll::Ready(None);
+                }
+                register(&mut inner, h, cx, false);
+                Poll::Pending
+            })
+            .await;
+            match done {
+                Some(r) => return r,
+                // Polled again once the runtime has run its other ready
+                // tasks and looked for I/O (the drivers' datagrams): a
+                // plain self-wake could come round again before a
+                // current-thread runtime polls its reactor.
+                None => tokio::task::yield_now().await,
             }
-            if c.is_established() {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(kind) = inner.driver_gone {
-                return Poll::Ready(Err(driver_gone(kind)));
-            }
-            if spinning_since.is_some_and(|t| t.elapsed() < LOCAL_CONNECT_SPIN) {
-                // Polled again at once; the runtime runs other tasks (the
-                // drivers among them) in between.
-                drop(inner);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            register(&mut inner, h, cx, false);
-            Poll::Pending
-        })
-        .await
+        }
     }
 
     /// Sends FIN after all queued data and waits until the peer acknowledged
