@@ -138,9 +138,6 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     pub(crate) net: Net,
     pub(crate) local_addr: SocketAddr,
-    /// Recent answers of the OS route query, by peer address (see
-    /// [`Shared::route_max_datagram`]).
-    route_cache: Mutex<HashMap<IpAddr, (Option<usize>, Instant)>>,
     /// Set (under the lock) while the driver holds datagrams it collected
     /// but has not handed to the socket yet. Meanwhile `send_direct` leaves
     /// sending to the driver: a datagram sent directly would overtake them,
@@ -164,6 +161,16 @@ pub(crate) struct Shared {
 const ROUTE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most cached routes; the cache is cleared when full (rebuilt cheaply).
 const ROUTE_CACHE_MAX: usize = 4096;
+
+/// Recent answers of the OS route query by peer address, for every socket
+/// of the process: a program with a socket per connection
+/// (`UtpStream::connect`) asks once per peer, not once per socket. The
+/// route is the host's whichever socket asks (the query's own throwaway
+/// socket never was the asking socket's).
+static ROUTE_CACHE: Mutex<Option<RouteCache>> = Mutex::new(None);
+
+/// A route's largest datagram (`None`: unknown) and when the OS said so.
+type RouteCache = HashMap<IpAddr, (Option<usize>, Instant)>;
 
 /// What moves the datagrams: the UDP socket (batched), or a user transport.
 pub(crate) enum Net {
@@ -241,11 +248,11 @@ impl Shared {
     /// The largest datagram toward `peer` the OS route (or the transport)
     /// allows, if known. Asking the OS costs four system calls (a socket
     /// connected to the peer), which every connect and accept would pay, so
-    /// answers are cached for a while per peer address.
+    /// answers are cached for a while per peer address ([`ROUTE_CACHE`]).
     pub(crate) fn route_max_datagram(&self, peer: SocketAddr) -> Option<usize> {
         if matches!(self.net, Net::Udp(_)) {
-            let cache = self.route_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(&(max, at)) = cache.get(&peer.ip()) {
+            let cache = ROUTE_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(&(max, at)) = cache.as_ref().and_then(|c| c.get(&peer.ip())) {
                 if at.elapsed() < ROUTE_CACHE_TTL {
                     return max;
                 }
@@ -259,7 +266,8 @@ impl Shared {
         match &self.net {
             Net::Udp(_) => {
                 let max = udp::route_max_datagram(peer);
-                let mut cache = self.route_cache.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cache = ROUTE_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+                let cache = cache.get_or_insert_with(HashMap::new);
                 if cache.len() >= ROUTE_CACHE_MAX {
                     cache.clear();
                 }
@@ -503,7 +511,6 @@ impl UtpSocket {
             }),
             net,
             local_addr,
-            route_cache: Mutex::new(HashMap::new()),
             driver_tx: AtomicBool::new(false),
             handoff: AtomicBool::new(false),
         });
