@@ -438,8 +438,8 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         let addr = resolve(addr).await?;
-        let buffer = config.socket_buffer;
-        Self::from_udp(udp::bind(addr, buffer)?, config)
+        let (udp, rcvbuf) = udp::bind(addr, config.socket_buffer)?;
+        Self::from_udp(udp, config, rcvbuf)
     }
 
     /// Wraps an already bound UDP socket (e.g. one your DHT also uses) and
@@ -458,7 +458,8 @@ impl UtpSocket {
     ) -> io::Result<(Self, Driver)> {
         socket.set_nonblocking(true)?;
         udp::set_dont_fragment(&socket, socket.local_addr()?.is_ipv6());
-        Self::from_udp(socket, config)
+        let rcvbuf = udp::receive_buffer(&socket);
+        Self::from_udp(socket, config, rcvbuf)
     }
 
     /// A socket over a transport of your own instead of UDP (an in-memory
@@ -481,9 +482,13 @@ impl UtpSocket {
         Self::from_net(Net::Custom(Box::new(transport)), local_addr, config, None)
     }
 
-    fn from_udp(udp: std::net::UdpSocket, config: Config) -> io::Result<(Self, Driver)> {
+    /// `rcvbuf`: the receive buffer the OS granted `udp`.
+    fn from_udp(
+        udp: std::net::UdpSocket,
+        config: Config,
+        rcvbuf: Option<usize>,
+    ) -> io::Result<(Self, Driver)> {
         let local_addr = udp.local_addr()?;
-        let rcvbuf = udp::receive_buffer(&udp);
         Self::from_net(Net::Udp(udp::UdpIo::new(udp)?), local_addr, config, rcvbuf)
     }
 
@@ -778,7 +783,7 @@ impl Driver {
     fn new(shared: Arc<Shared>) -> io::Result<Self> {
         let (io, tx) = match &shared.net {
             Net::Udp(udp) => {
-                let io = udp::BatchIo::new(udp)?;
+                let io = udp::BatchIo::new(udp, shared.local_addr.is_ipv6())?;
                 let tx = udp::TxBatch::new(&io);
                 (Some(io), tx)
             }

@@ -180,19 +180,31 @@ fn register(
 }
 
 /// Binds a non-blocking UDP socket with `buffer`-byte send and receive
-/// buffers (see [`size_buffers`]); `[::]` is dual-stack.
-pub(crate) fn bind(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+/// buffers (see [`size_buffers`]); `[::]` is dual-stack. Also returns the
+/// receive buffer the OS granted.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    buffer: usize,
+) -> io::Result<(std::net::UdpSocket, Option<usize>)> {
     let domain = Domain::for_address(addr);
-    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    // Non-blocking from the start where the OS allows: two `fcntl` calls
+    // less per socket, which a socket per connection pays every connect.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let sock = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let sock = {
+        let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        sock.set_nonblocking(true)?;
+        sock
+    };
     if addr.is_ipv6() {
         // Dual stack where the OS allows it; an error here is not fatal.
         let _ = sock.set_only_v6(false);
     }
-    size_buffers(&sock, buffer);
+    let rcvbuf = size_buffers(&sock, buffer);
     set_dont_fragment(&sock, addr.is_ipv6());
-    sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    Ok(sock.into())
+    Ok((sock.into(), rcvbuf))
 }
 
 /// Set once the cap on socket buffers was reported (once per process: every
@@ -205,7 +217,8 @@ static CAPPED_WARNED: AtomicBool = AtomicBool::new(false);
 /// as a server running as root expects. Failing that, a warning: bursts of
 /// large datagrams overflow a small buffer, and flights to peers on this
 /// host are kept within it (see `Endpoint::set_socket_receive_buffer`).
-fn size_buffers(sock: &Socket, buffer: usize) {
+/// Returns the receive buffer granted, as the OS reports it.
+fn size_buffers(sock: &Socket, buffer: usize) -> Option<usize> {
     let _ = sock.set_recv_buffer_size(buffer);
     let _ = sock.set_send_buffer_size(buffer);
     // Linux reports twice the size granted (its bookkeeping overhead
@@ -242,6 +255,7 @@ fn size_buffers(sock: &Socket, buffer: usize) {
              raise net.core.rmem_max and net.core.wmem_max"
         );
     }
+    rcv
 }
 
 /// The receive buffer the OS granted `sock`, as it reports it.
@@ -444,15 +458,15 @@ pub(crate) struct BatchIo {
 }
 
 impl BatchIo {
-    /// Prepares `udp` for batched I/O (enables GRO where available).
-    pub(crate) fn new(udp: &UdpIo) -> io::Result<Self> {
+    /// Prepares `udp`, bound to an `ipv6` address or not, for batched I/O
+    /// (enables GRO where available).
+    pub(crate) fn new(udp: &UdpIo, ipv6: bool) -> io::Result<Self> {
         let state = UdpSocketState::new(udp.socket().into())?;
         tracing::debug!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
             "datagram batching"
         );
-        let ipv6 = udp.socket().local_addr()?.is_ipv6();
         Ok(Self { state, ipv6 })
     }
 
@@ -1545,9 +1559,9 @@ mod tests {
 
     /// A batching sender on loopback and an empty batch for it.
     fn batch_sender() -> (UdpIo, BatchIo, TxBatch) {
-        let sock = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let sock = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap().0;
         let udp = UdpIo::new(sock).unwrap();
-        let io = BatchIo::new(&udp).unwrap();
+        let io = BatchIo::new(&udp, false).unwrap();
         let tx = TxBatch::new(&io);
         (udp, io, tx)
     }
@@ -1733,9 +1747,15 @@ mod pmtu_tests {
             return;
         }
         let asked = 16 << 20;
-        let s = Socket::from(bind("127.0.0.1:0".parse().unwrap(), asked).unwrap());
+        let (s, granted) = bind("127.0.0.1:0".parse().unwrap(), asked).unwrap();
+        let s = Socket::from(s);
         // Linux reports twice the size it granted.
         assert_eq!(s.recv_buffer_size().unwrap(), 2 * asked);
+        assert_eq!(granted, Some(2 * asked), "bind returns what the OS reports");
+        // Non-blocking from its creation: an empty socket does not block.
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 16];
+        let e = s.recv(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         assert_eq!(s.send_buffer_size().unwrap(), 2 * asked);
     }
 
@@ -1746,7 +1766,7 @@ mod pmtu_tests {
             .build()
             .unwrap();
         let _g = rt.enter();
-        let s = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let s = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap().0;
         let v = getsockopt_int(
             std::os::fd::AsFd::as_fd(&s),
             libc::IPPROTO_IP,
