@@ -1752,11 +1752,19 @@ mod pmtu_tests {
         // Linux reports twice the size it granted.
         assert_eq!(s.recv_buffer_size().unwrap(), 2 * asked);
         assert_eq!(granted, Some(2 * asked), "bind returns what the OS reports");
-        // Non-blocking from its creation: an empty socket does not block.
-        let mut buf = [std::mem::MaybeUninit::new(0u8); 16];
+        assert_eq!(s.send_buffer_size().unwrap(), 2 * asked);
+    }
+
+    /// Non-blocking from its creation, and `bind` tells the receive buffer
+    /// as the OS reports it.
+    #[test]
+    fn bound_sockets_do_not_block_and_tell_their_receive_buffer() {
+        let (s, granted) = bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        assert_eq!(granted, receive_buffer(&s));
+        assert!(granted.is_some());
+        let mut buf = [0u8; 16];
         let e = s.recv(&mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        assert_eq!(s.send_buffer_size().unwrap(), 2 * asked);
     }
 
     #[test]
