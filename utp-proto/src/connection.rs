@@ -66,7 +66,8 @@ const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 /// Why a connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ConnectionError {
-    /// The peer answered our SYN with a RESET.
+    /// The peer answered our SYN with a RESET, or its host reported that
+    /// nothing listens on its port (ICMP port unreachable).
     #[error("connection refused by peer")]
     Refused,
     /// The peer reset an established connection.
@@ -1634,6 +1635,20 @@ impl Connection {
             }
             self.ready.push_back(data);
         }
+    }
+
+    /// The OS reported our SYN with sequence number `syn_seq` unreachable
+    /// (an ICMP "port unreachable": nothing listens on the peer's port).
+    /// A connect still waiting for its SYN-ACK fails as refused, as TCP's
+    /// does; anything later ignores it, since such reports are not
+    /// authenticated and an answered peer is not refused by one of them.
+    /// Returns whether the connection failed.
+    pub fn handle_syn_unreachable(&mut self, syn_seq: u16) -> bool {
+        if self.state != State::SynSent || syn_seq != self.syn_seq {
+            return false;
+        }
+        self.fail(ConnectionError::Refused);
+        true
     }
 
     fn fail(&mut self, e: ConnectionError) {

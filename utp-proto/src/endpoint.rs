@@ -82,8 +82,13 @@ pub struct EndpointStats {
     pub connections_timed_out: u64,
     /// Connections the peer reset.
     pub connections_reset: u64,
-    /// Our connection attempts the peer refused (RESET in reply to the SYN).
+    /// Our connection attempts the peer refused (RESET in reply to the SYN,
+    /// or an ICMP port unreachable for it).
     pub connections_refused: u64,
+    /// Reports that a datagram of ours found no socket at its destination
+    /// (ICMP port unreachable, see [`Endpoint::handle_unreachable`]),
+    /// whether or not they ended a connection attempt.
+    pub unreachable_reports: u64,
     /// Packets the connections ignored, by reason, summed over every
     /// connection this endpoint had (live and freed).
     pub connection_drops: DropStats,
@@ -816,6 +821,34 @@ impl Endpoint {
             self.touch(idx);
             self.after_change(idx, now);
         }
+    }
+
+    /// The OS reports that a datagram we sent to `peer` found no socket
+    /// there (an ICMP port unreachable); `quoted` is the start of that
+    /// datagram, as the report quotes it. If it was the SYN of a connection
+    /// still waiting for its SYN-ACK, that connection fails as refused
+    /// (returns true), as a TCP connect does, instead of resending its SYN
+    /// until `connect_timeout`. Anything else is only counted: such reports
+    /// are not authenticated, and the quoted SYN (its connection id and
+    /// sequence number) must match the attempt, so a forger must know both.
+    pub fn handle_unreachable(&mut self, now: Instant, peer: SocketAddr, quoted: &[u8]) -> bool {
+        self.stats.unreachable_reports += 1;
+        let Ok(h) = Header::parse_fixed(quoted) else {
+            return false;
+        };
+        if h.ty != PacketType::Syn {
+            return false;
+        }
+        // A SYN carries the id its sender receives on: ours.
+        let Some(&idx) = self.by_key.get(&(peer, h.conn_id)) else {
+            return false;
+        };
+        if !self.conns[idx].conn.handle_syn_unreachable(h.seq_nr) {
+            return false;
+        }
+        self.touch(idx);
+        self.after_change(idx, now);
+        true
     }
 
     /// Processes one datagram from `from`. Malformed datagrams and packets for

@@ -98,10 +98,10 @@ pub struct Packet<'a> {
     pub payload: &'a [u8],
 }
 
-impl<'a> Packet<'a> {
-    /// Parses one datagram. Unknown extensions are skipped; only a length
-    /// running past the end of the datagram is an error.
-    pub fn parse(buf: &'a [u8]) -> Result<Self, ParseError> {
+impl Header {
+    /// Parses the fixed 20-byte header at the start of `buf`, ignoring what
+    /// follows (an ICMP error quotes a datagram's start, often cut short).
+    pub fn parse_fixed(buf: &[u8]) -> Result<Self, ParseError> {
         if buf.len() < HEADER_LEN {
             return Err(ParseError::TooShort(buf.len()));
         }
@@ -110,7 +110,7 @@ impl<'a> Packet<'a> {
             return Err(ParseError::BadVersion(version));
         }
         let ty = PacketType::from_nibble(buf[0] >> 4).ok_or(ParseError::BadType(buf[0] >> 4))?;
-        let header = Header {
+        Ok(Header {
             ty,
             conn_id: u16::from_be_bytes([buf[2], buf[3]]),
             timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
@@ -118,7 +118,15 @@ impl<'a> Packet<'a> {
             wnd_size: u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]),
             seq_nr: u16::from_be_bytes([buf[16], buf[17]]),
             ack_nr: u16::from_be_bytes([buf[18], buf[19]]),
-        };
+        })
+    }
+}
+
+impl<'a> Packet<'a> {
+    /// Parses one datagram. Unknown extensions are skipped; only a length
+    /// running past the end of the datagram is an error.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, ParseError> {
+        let header = Header::parse_fixed(buf)?;
         let mut sack = None;
         let mut close_reason = None;
         let mut ext = buf[1];

@@ -162,3 +162,76 @@ fn reset_replies_are_rate_limited_and_never_larger_than_the_probe() {
     assert_eq!(resets, 10);
     assert_eq!(ep.stats().resets_suppressed, 990);
 }
+
+/// An ICMP port unreachable quoting our SYN ends that connect at once, as
+/// refused; a report that does not quote the very SYN (another id, another
+/// sequence number, cut short, not a SYN) or comes for an established
+/// connection changes nothing.
+#[test]
+fn a_port_unreachable_quoting_our_syn_refuses_only_that_connect() {
+    let now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 7);
+    let peer = addr(2000);
+    let h = ep.connect(now, peer).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let t = ep.poll_transmit(now, &mut buf).expect("SYN");
+    let syn = Header::parse_fixed(&buf[..t.len]).unwrap();
+    assert_eq!(syn.ty, PacketType::Syn);
+    let quoted = buf[..t.len].to_vec();
+
+    let mut other = quoted.clone();
+    other[2..4].copy_from_slice(&syn.conn_id.wrapping_add(9).to_be_bytes());
+    let mut stale = quoted.clone();
+    stale[16..18].copy_from_slice(&syn.seq_nr.wrapping_sub(1).to_be_bytes());
+    let mut state = quoted.clone();
+    state[0] = (PacketType::State as u8) << 4 | 1;
+    for (what, q) in [
+        ("another connection id", &other[..]),
+        ("another sequence number", &stale[..]),
+        ("a quote cut short", &quoted[..12]),
+        ("not a SYN", &state[..]),
+    ] {
+        assert!(!ep.handle_unreachable(now, peer, q), "{what}");
+        assert!(ep.conn(h).error().is_none(), "{what}");
+    }
+    assert!(
+        !ep.handle_unreachable(now, addr(2001), &quoted),
+        "another peer"
+    );
+    assert!(ep.conn(h).error().is_none());
+
+    assert!(ep.handle_unreachable(now, peer, &quoted));
+    assert_eq!(
+        ep.conn(h).error(),
+        Some(utp_proto::ConnectionError::Refused)
+    );
+    assert_eq!(ep.stats().connections_refused, 1);
+    assert_eq!(ep.stats().unreachable_reports, 6);
+    // Once failed, the same report again does nothing more.
+    assert!(!ep.handle_unreachable(now, peer, &quoted));
+}
+
+/// An established connection ignores port unreachable reports, even ones
+/// quoting the SYN that opened it.
+#[test]
+fn an_established_connection_ignores_port_unreachable() {
+    let now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 8);
+    let peer = addr(2000);
+    let h = ep.connect(now, peer).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let t = ep.poll_transmit(now, &mut buf).expect("SYN");
+    let quoted = buf[..t.len].to_vec();
+    let syn = Header::parse_fixed(&quoted).unwrap();
+    let n = packet::encode(
+        &header(PacketType::State, syn.conn_id, 9000, syn.seq_nr, 1 << 20),
+        &[],
+        &[],
+        &mut buf,
+    );
+    ep.handle_datagram(now, peer, &buf[..n]).unwrap();
+    assert!(ep.conn(h).is_established());
+    assert!(!ep.handle_unreachable(now, peer, &quoted));
+    assert!(ep.conn(h).is_established());
+    assert_eq!(ep.stats().connections_refused, 0);
+}
