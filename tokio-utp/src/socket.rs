@@ -322,7 +322,9 @@ impl Shared {
                 // for the socket (a fresh socket, before the reactor's first
                 // turn), which lost every first SYN to a 1 s retransmission.
                 let sock = socket2::SockRef::from(udp_socket.socket());
-                let send = || sock.send_to(&direct_buf[..t.len], &t.destination.into());
+                let to = t.destination.into();
+                let send =
+                    || udp::send_again_after_peer_error(|| sock.send_to(&direct_buf[..t.len], &to));
                 let r = if t.fragmentable {
                     udp::with_fragmentation(udp_socket.socket(), self.local_addr.is_ipv6(), send)
                 } else {
@@ -457,7 +459,9 @@ impl UtpSocket {
         config: Config,
     ) -> io::Result<(Self, Driver)> {
         socket.set_nonblocking(true)?;
-        udp::set_dont_fragment(&socket, socket.local_addr()?.is_ipv6());
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        udp::set_dont_fragment(&socket, ipv6);
+        udp::enable_recv_errors(&socket, ipv6);
         let rcvbuf = udp::receive_buffer(&socket);
         Self::from_udp(socket, config, rcvbuf)
     }
@@ -769,6 +773,16 @@ pub struct Driver {
     waker: Option<Waker>,
     /// Its buffers went back to the process's spares (see `poll`).
     released: bool,
+    /// The wait for the socket's error queue (ICMP reports); `None` over a
+    /// user transport, or once the wait failed.
+    errors: Option<udp::ErrorWatch>,
+    /// `errors` was polled since it was made, with the current waker: it
+    /// wakes the driver on a report, and needs no polling until then.
+    errors_armed: bool,
+    /// A connect waits for its SYN-ACK, as of the last locked step.
+    connecting: bool,
+    /// Port-unreachable reports read from it, for the next locked step.
+    unreachable: Vec<udp::Unreachable>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -781,13 +795,13 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     fn new(shared: Arc<Shared>) -> io::Result<Self> {
-        let (io, tx) = match &shared.net {
+        let (io, tx, errors) = match &shared.net {
             Net::Udp(udp) => {
                 let io = udp::BatchIo::new(udp, shared.local_addr.is_ipv6())?;
                 let tx = udp::TxBatch::new(&io);
-                (Some(io), tx)
+                (Some(io), tx, Some(udp.error_watch()))
             }
-            Net::Custom(_) => (None, udp::TxBatch::unbatched()),
+            Net::Custom(_) => (None, udp::TxBatch::unbatched(), None),
         };
         Ok(Self {
             shared,
@@ -805,7 +819,55 @@ impl Driver {
             next_timer: None,
             waker: None,
             released: false,
+            errors,
+            errors_armed: false,
+            connecting: false,
+            unreachable: Vec::new(),
         })
+    }
+
+    /// Reads the socket's error queue if the OS flagged reports there (see
+    /// `udp::enable_recv_errors`), for this poll's first step to handle.
+    /// A flag check, no system call, on every poll.
+    fn read_errors(&mut self) {
+        if let (Net::Udp(udp), Some(_)) = (&self.shared.net, &self.errors) {
+            if udp.read_reported(&mut self.unreachable) {
+                // Its wait may have been woken by what was just read.
+                self.errors = Some(udp.error_watch());
+                self.errors_armed = false;
+            }
+        }
+    }
+
+    /// Arms the wait that wakes the driver on a report, while a connect
+    /// waits for its SYN-ACK (reports can only end those). Otherwise reports
+    /// are read whenever the driver runs anyway (they come from our own
+    /// sends): an armed wait costs every readiness event of the socket a
+    /// look at it, 1% of a ping-pong round trip's instructions.
+    fn arm_errors(&mut self, cx: &mut Context<'_>, waker_changed: bool) {
+        let Net::Udp(udp) = &self.shared.net else {
+            return;
+        };
+        if !self.connecting || (self.errors_armed && !waker_changed) {
+            return;
+        }
+        let Some(watch) = self.errors.as_mut() else {
+            return;
+        };
+        match watch.as_mut().poll(cx) {
+            Poll::Pending => self.errors_armed = true,
+            Poll::Ready(Ok(())) => {
+                // Flagged since this poll's start: read now, handled at once.
+                udp::read_unreachable(udp.socket(), &mut self.unreachable);
+                self.errors = Some(udp.error_watch());
+                self.errors_armed = false;
+                cx.waker().wake_by_ref();
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "no more error reports from the socket");
+                self.errors = None;
+            }
+        }
     }
 
     /// Receives one batch, without the lock. Returns whether datagrams (or a
@@ -871,6 +933,11 @@ impl Driver {
         }
         self.rx.processed();
         self.custom_rx.clear();
+        for u in self.unreachable.drain(..) {
+            if inner.endpoint.handle_unreachable(now, u.peer, u.quoted()) {
+                tracing::debug!(peer = %u.peer, "connect refused: port unreachable");
+            }
+        }
         inner.endpoint.handle_timeout(now);
 
         // Sends refused as larger than the route allows (its MTU shrank, or
@@ -1025,6 +1092,7 @@ impl Driver {
         // arms an earlier one later compares with `driver_timer` and wakes
         // the driver.
         inner.endpoint.take_new_timer();
+        self.connecting = inner.endpoint.is_connecting();
         self.next_timer = inner.endpoint.poll_timeout();
         inner.driver_timer = self.next_timer;
         drop(inner);
@@ -1087,10 +1155,12 @@ impl Future for Driver {
         let this = &mut *self;
         let shared = this.shared.clone();
         // The waker hardly ever changes; the lock is only taken when it does.
-        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        let waker_changed = !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if waker_changed {
             this.waker = Some(cx.waker().clone());
             shared.lock().driver_waker = Some(cx.waker().clone());
         }
+        this.read_errors();
         let mut steps = 0;
         let result = loop {
             // Leftovers from a send the socket wasn't ready for go first.
@@ -1129,6 +1199,7 @@ impl Future for Driver {
             }
         }
 
+        this.arm_errors(cx, waker_changed);
         // Decided by this poll's first step (or a later one), under its lock.
         match this.next_timer {
             Some(t) => {

@@ -70,7 +70,9 @@ const RX_FIRST: usize = 2;
 /// registers a duplicate of the descriptor for writability, until a send
 /// goes through at once again.
 pub(crate) struct UdpIo {
-    read: AsyncFd<std::net::UdpSocket>,
+    /// Shared with the driver's wait for error-queue reports
+    /// ([`UdpIo::error_watch`]), which must own what it waits on.
+    read: Arc<AsyncFd<std::net::UdpSocket>>,
     /// The write registration while sends are blocked (see above).
     write: Mutex<Option<AsyncFd<std::net::UdpSocket>>>,
     write_registered: AtomicBool,
@@ -88,7 +90,7 @@ impl UdpIo {
     /// Registers a non-blocking socket (must be called inside a runtime).
     pub(crate) fn new(sock: std::net::UdpSocket) -> io::Result<Self> {
         Ok(Self {
-            read: register(sock, Interest::READABLE)?,
+            read: Arc::new(register(sock, Interest::READABLE)?),
             write: Mutex::new(None),
             write_registered: AtomicBool::new(false),
         })
@@ -96,6 +98,35 @@ impl UdpIo {
 
     pub(crate) fn socket(&self) -> &std::net::UdpSocket {
         self.read.get_ref()
+    }
+
+    /// Resolves once the socket's error queue has something (see
+    /// [`enable_recv_errors`]); read it with [`read_unreachable`] then, and
+    /// ask for a new watch. The OS always reports errors: no registration
+    /// beyond the socket's own is needed.
+    /// If the OS flagged reports in the socket's error queue (a flag check,
+    /// no system call), reads them into `out` (see [`read_unreachable`])
+    /// and returns true.
+    pub(crate) fn read_reported(&self, out: &mut Vec<Unreachable>) -> bool {
+        let mut flagged = false;
+        let _ = self.read.try_io(Interest::ERROR, |sock| {
+            flagged = true;
+            read_unreachable(sock, out);
+            // Clears the flag, unless a report came in meanwhile.
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        flagged
+    }
+
+    pub(crate) fn error_watch(&self) -> ErrorWatch {
+        let fd = Arc::clone(&self.read);
+        Box::pin(async move {
+            let mut guard = fd.ready(Interest::ERROR).await?;
+            // Cleared before the queue is read: a report queued after the
+            // read is a new event, so none is left unread.
+            guard.clear_ready_matching(tokio::io::Ready::ERROR);
+            Ok(())
+        })
     }
 
     /// Runs the non-blocking `op` once the socket is readable; `Pending`
@@ -203,8 +234,175 @@ pub(crate) fn bind(
     }
     let rcvbuf = size_buffers(&sock, buffer);
     set_dont_fragment(&sock, addr.is_ipv6());
+    enable_recv_errors(&sock, addr.is_ipv6());
     sock.bind(&addr.into())?;
     Ok((sock.into(), rcvbuf))
+}
+
+/// A wait for the socket's error queue (see [`UdpIo::error_watch`]).
+pub(crate) type ErrorWatch =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>;
+
+/// How much of a datagram an error report keeps: its uTP header, which
+/// tells which connection it belonged to.
+const QUOTED: usize = 20;
+
+/// Most reports read per error event; a flood is read on at the next.
+const MAX_REPORTS_PER_READ: usize = 64;
+
+/// A datagram of ours that found no socket at its destination (ICMP port
+/// unreachable), as the OS reported it: the destination and the start of
+/// the datagram.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unreachable {
+    pub(crate) peer: SocketAddr,
+    quoted: [u8; QUOTED],
+    len: usize,
+}
+
+impl Unreachable {
+    /// The start of the datagram, as far as the report quoted it.
+    pub(crate) fn quoted(&self) -> &[u8] {
+        &self.quoted[..self.len]
+    }
+}
+
+/// Asks the OS to queue the ICMP errors our datagrams cause (and report
+/// them as error events): a connect to a port where nothing listens then
+/// fails at once, as TCP's does, instead of after `connect_timeout`.
+/// Reading the queue is the driver's (`read_unreachable`); unread, it
+/// would take room from the receive buffer. With it, the OS also fails the
+/// next send or receive once with the error, whichever peer that is for:
+/// sends are retried once ([`send_again_after_peer_error`]). Failure only
+/// loses the early refusal, so it is not returned.
+pub(crate) fn enable_recv_errors(sock: &impl std::os::fd::AsFd, ipv6: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = sock.as_fd();
+        // A dual-stack socket's IPv4 peers report through IP_RECVERR.
+        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+        if ipv6 {
+            let _ = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (sock, ipv6);
+}
+
+/// Runs `send`, and once more if it failed with an error about a peer: with
+/// error reports on ([`enable_recv_errors`]), the first failure may be an
+/// earlier datagram's ICMP error, for any peer, which the failed call
+/// consumed. A second failure is this datagram's own.
+#[inline]
+pub(crate) fn send_again_after_peer_error<T>(
+    mut send: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    match send() {
+        Err(e) if is_peer_error(&e) => send(),
+        r => r,
+    }
+}
+
+/// Reads the socket's error queue (up to [`MAX_REPORTS_PER_READ`] reports)
+/// and appends the port-unreachable ones to `out`; other reports (local
+/// errors, other ICMP types) are read and dropped.
+#[cfg(target_os = "linux")]
+pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreachable>) {
+    use std::os::fd::AsRawFd;
+    for _ in 0..MAX_REPORTS_PER_READ {
+        // SAFETY: all-zero bytes are a valid sockaddr_storage and msghdr.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut quoted = [0u8; QUOTED];
+        // u64s: aligned for cmsghdr.
+        let mut control = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: quoted.as_mut_ptr().cast(),
+            iov_len: quoted.len(),
+        };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: every pointer in msg refers to a live local of the size
+        // given beside it; the call writes within those sizes.
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            // Empty (EAGAIN), or nothing more to learn from it.
+            break;
+        }
+        let mut refused = false;
+        // SAFETY: msg's control buffer was filled by the kernel, and the
+        // CMSG_* walk stays within msg_controllen; the error is read only
+        // from a control message long enough to hold it.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
+                let report = (level == libc::IPPROTO_IP && ty == libc::IP_RECVERR)
+                    || (level == libc::IPPROTO_IPV6 && ty == libc::IPV6_RECVERR);
+                let size = std::mem::size_of::<libc::sock_extended_err>();
+                if report && (*c).cmsg_len as usize >= libc::CMSG_LEN(size as u32) as usize {
+                    let e: libc::sock_extended_err =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    refused = e.ee_errno == libc::ECONNREFUSED as u32
+                        && matches!(
+                            e.ee_origin,
+                            libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+                        );
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if !refused {
+            continue;
+        }
+        if let Some(peer) = sockaddr_to_std(&name, msg.msg_namelen) {
+            let len = usize::try_from(n).unwrap_or(0).min(QUOTED);
+            out.push(Unreachable { peer, quoted, len });
+        }
+    }
+}
+
+/// Not supported here: nothing is queued (see [`enable_recv_errors`]).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn read_unreachable(_sock: &std::net::UdpSocket, _out: &mut Vec<Unreachable>) {}
+
+/// The address in `name` (`len` bytes of it filled), if IPv4 or IPv6.
+#[cfg(target_os = "linux")]
+fn sockaddr_to_std(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says it is a sockaddr_in, which fits.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read_unaligned((name as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says it is a sockaddr_in6, which fits.
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read_unaligned((name as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// Set once the cap on socket buffers was reported (once per process: every
@@ -547,18 +745,20 @@ impl BatchIo {
             let parts = &tx.parts[g.first..g.first + g.parts];
             let segment = (g.count > 1).then_some(g.segment);
             let r = std::task::ready!(udp.poll_send_io(cx, |sock| {
-                let send = || match parts {
-                    [Part::Buf { start, len }] => {
-                        let transmit = quinn_udp::Transmit {
-                            destination: g.destination,
-                            ecn: None,
-                            contents: &tx.buf[*start..start + len],
-                            segment_size: segment,
-                            src_ip: None,
-                        };
-                        self.state.try_send(sock.into(), &transmit)
-                    }
-                    _ => send_gather(sock, g.destination, &tx.buf, parts, segment).map(|_| ()),
+                let send = || {
+                    send_again_after_peer_error(|| match parts {
+                        [Part::Buf { start, len }] => {
+                            let transmit = quinn_udp::Transmit {
+                                destination: g.destination,
+                                ecn: None,
+                                contents: &tx.buf[*start..start + len],
+                                segment_size: segment,
+                                src_ip: None,
+                            };
+                            self.state.try_send(sock.into(), &transmit)
+                        }
+                        _ => send_gather(sock, g.destination, &tx.buf, parts, segment).map(|_| ()),
+                    })
                 };
                 if g.fragmentable {
                     with_fragmentation(sock, self.ipv6, send)

@@ -406,3 +406,60 @@ async fn a_connect_to_a_silent_peer_on_this_host_stops_polling() {
     let (h, _, _) = recv(&silent, Duration::from_secs(1)).await.expect("a SYN");
     assert_eq!(h.ty, PacketType::Syn);
 }
+
+/// A port nobody listens on, on this host (bound once, then closed).
+fn closed_port(ip: &str) -> SocketAddr {
+    let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    s.local_addr().unwrap()
+}
+
+/// A connect to a port where nothing listens fails as refused as soon as
+/// the host's ICMP port unreachable arrives, as a TCP connect does, not
+/// after `connect_timeout` (10 s): on a shared socket, on a socket of its
+/// own, over IPv6, and from a dual-stack socket to an IPv4 peer.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_a_closed_port_is_refused_at_once() {
+    let quick = Duration::from_secs(2);
+    let refused = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{what}: {e}"
+        );
+    };
+
+    let socket = UtpSocket::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    let r = timeout(quick, socket.connect(closed_port("127.0.0.1"))).await;
+    refused(
+        r.expect("shared socket: refused in time").map(drop),
+        "shared socket",
+    );
+    // The socket goes on working: a later connect to a listener succeeds.
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let to = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.map(drop) });
+    timeout(quick, socket.connect(to)).await.unwrap().unwrap();
+    accept.await.unwrap().unwrap();
+
+    let r = timeout(quick, UtpStream::connect(closed_port("127.0.0.1"))).await;
+    refused(
+        r.expect("own socket: refused in time").map(drop),
+        "own socket",
+    );
+
+    let r = timeout(quick, UtpStream::connect(closed_port("::1"))).await;
+    refused(r.expect("IPv6: refused in time").map(drop), "IPv6");
+
+    let dual = UtpSocket::bind("[::]:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    let r = timeout(quick, dual.connect(closed_port("127.0.0.1"))).await;
+    refused(
+        r.expect("dual stack: refused in time").map(drop),
+        "dual stack",
+    );
+}

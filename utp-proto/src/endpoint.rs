@@ -106,6 +106,8 @@ struct Entry {
     deadline: Option<Instant>,
     /// Counted in `Endpoint::half_open`.
     half_open: bool,
+    /// Counted in `Endpoint::connecting`.
+    connecting: bool,
     /// Its failure is counted in the stats.
     failure_counted: bool,
     /// The datagram size last shared for it (0: not yet).
@@ -159,6 +161,8 @@ pub struct Endpoint {
     /// packet from a wrong address apart from one for no connection.
     ids: NetMap<u16, u32>,
     half_open: usize,
+    /// Our connects still waiting for their SYN-ACK.
+    connecting: usize,
     /// Drop counters of connections already freed.
     retired_drops: DropStats,
     /// Data in flight per peer address (see [`Config::max_peer_flight`]),
@@ -302,6 +306,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             ids: NetMap::default(),
             half_open: 0,
+            connecting: 0,
             retired_drops: DropStats::default(),
             flights: Slab::new(),
             flight_ids: NetMap::default(),
@@ -416,6 +421,8 @@ impl Endpoint {
         let key = (addr, conn.recv_id());
         let half_open = conn.state() == State::SynRecv;
         self.half_open += usize::from(half_open);
+        let connecting = conn.state() == State::SynSent;
+        self.connecting += usize::from(connecting);
         *self.ids.entry(conn.recv_id()).or_default() += 1;
         let flight_id = match self.flight_ids.get(&addr) {
             Some(&id) => id,
@@ -442,6 +449,7 @@ impl Endpoint {
             scheduled: None,
             deadline: None,
             half_open,
+            connecting,
             failure_counted: false,
             path_size: 0,
             flight_id,
@@ -567,6 +575,10 @@ impl Endpoint {
         if e.half_open && (e.conn.state() != State::SynRecv || e.conn.is_done()) {
             e.half_open = false;
             self.half_open -= 1;
+        }
+        if e.connecting && (e.conn.state() != State::SynSent || e.conn.is_done()) {
+            e.connecting = false;
+            self.connecting -= 1;
         }
         if !e.failure_counted {
             if let Some(err) = e.conn.error() {
@@ -821,6 +833,12 @@ impl Endpoint {
             self.touch(idx);
             self.after_change(idx, now);
         }
+    }
+
+    /// Whether a connect of ours still waits for its SYN-ACK (the only
+    /// connections [`Endpoint::handle_unreachable`] can end).
+    pub fn is_connecting(&self) -> bool {
+        self.connecting > 0
     }
 
     /// The OS reports that a datagram we sent to `peer` found no socket

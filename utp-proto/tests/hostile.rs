@@ -172,7 +172,9 @@ fn a_port_unreachable_quoting_our_syn_refuses_only_that_connect() {
     let now = Instant::now();
     let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 7);
     let peer = addr(2000);
+    assert!(!ep.is_connecting());
     let h = ep.connect(now, peer).unwrap();
+    assert!(ep.is_connecting());
     let mut buf = vec![0u8; 2048];
     let t = ep.poll_transmit(now, &mut buf).expect("SYN");
     let syn = Header::parse_fixed(&buf[..t.len]).unwrap();
@@ -205,6 +207,7 @@ fn a_port_unreachable_quoting_our_syn_refuses_only_that_connect() {
         ep.conn(h).error(),
         Some(utp_proto::ConnectionError::Refused)
     );
+    assert!(!ep.is_connecting());
     assert_eq!(ep.stats().connections_refused, 1);
     assert_eq!(ep.stats().unreachable_reports, 6);
     // Once failed, the same report again does nothing more.
@@ -229,9 +232,32 @@ fn an_established_connection_ignores_port_unreachable() {
         &[],
         &mut buf,
     );
+    assert!(ep.is_connecting());
     ep.handle_datagram(now, peer, &buf[..n]).unwrap();
     assert!(ep.conn(h).is_established());
+    assert!(!ep.is_connecting());
     assert!(!ep.handle_unreachable(now, peer, &quoted));
     assert!(ep.conn(h).is_established());
     assert_eq!(ep.stats().connections_refused, 0);
+}
+
+/// A connect that times out, or is let go of before its SYN-ACK, no longer
+/// counts as waiting for one.
+#[test]
+fn connects_stop_counting_as_pending_when_they_end() {
+    let now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 9);
+    let timed_out = ep.connect(now, addr(3000)).unwrap();
+    let closed = ep.connect(now, addr(3001)).unwrap();
+    drain(&mut ep, now);
+    assert!(ep.is_connecting());
+    ep.release(closed, now);
+    assert!(ep.is_connecting(), "the other still waits");
+    let late = now + Config::default().connect_timeout + Duration::from_secs(1);
+    ep.handle_timeout(late);
+    assert_eq!(
+        ep.conn(timed_out).error(),
+        Some(utp_proto::ConnectionError::TimedOut)
+    );
+    assert!(!ep.is_connecting());
 }
