@@ -417,49 +417,40 @@ fn closed_port(ip: &str) -> SocketAddr {
 /// the host's ICMP port unreachable arrives, as a TCP connect does, not
 /// after `connect_timeout` (10 s): on a shared socket, on a socket of its
 /// own, over IPv6, and from a dual-stack socket to an IPv4 peer.
+/// Asserts that `connect` fails as refused within 2 s.
+async fn assert_refused<T>(
+    what: &str,
+    connect: impl std::future::Future<Output = std::io::Result<T>>,
+) {
+    let r = timeout(Duration::from_secs(2), connect)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not refused within 2 s"));
+    let e = r.map(drop).expect_err(what);
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{what}: {e}"
+    );
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_to_a_closed_port_is_refused_at_once() {
-    let quick = Duration::from_secs(2);
-    let refused = |r: std::io::Result<()>, what: &str| {
-        let e = r.expect_err(what);
-        assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionRefused,
-            "{what}: {e}"
-        );
-    };
-
-    let socket = UtpSocket::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
-    let r = timeout(quick, socket.connect(closed_port("127.0.0.1"))).await;
-    refused(
-        r.expect("shared socket: refused in time").map(drop),
-        "shared socket",
-    );
+    let bind = |a: &str| UtpSocket::bind(a.parse::<SocketAddr>().unwrap());
+    let socket = bind("127.0.0.1:0").await.unwrap();
+    assert_refused("shared socket", socket.connect(closed_port("127.0.0.1"))).await;
     // The socket goes on working: a later connect to a listener succeeds.
     let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
     let to = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move { listener.accept().await.map(drop) });
-    timeout(quick, socket.connect(to)).await.unwrap().unwrap();
+    timeout(Duration::from_secs(2), socket.connect(to))
+        .await
+        .unwrap()
+        .unwrap();
     accept.await.unwrap().unwrap();
 
-    let r = timeout(quick, UtpStream::connect(closed_port("127.0.0.1"))).await;
-    refused(
-        r.expect("own socket: refused in time").map(drop),
-        "own socket",
-    );
-
-    let r = timeout(quick, UtpStream::connect(closed_port("::1"))).await;
-    refused(r.expect("IPv6: refused in time").map(drop), "IPv6");
-
-    let dual = UtpSocket::bind("[::]:0".parse::<SocketAddr>().unwrap())
-        .await
-        .unwrap();
-    let r = timeout(quick, dual.connect(closed_port("127.0.0.1"))).await;
-    refused(
-        r.expect("dual stack: refused in time").map(drop),
-        "dual stack",
-    );
+    assert_refused("own socket", UtpStream::connect(closed_port("127.0.0.1"))).await;
+    assert_refused("IPv6", UtpStream::connect(closed_port("::1"))).await;
+    let dual = bind("[::]:0").await.unwrap();
+    assert_refused("dual stack", dual.connect(closed_port("127.0.0.1"))).await;
 }
