@@ -413,10 +413,6 @@ fn closed_port(ip: &str) -> SocketAddr {
     s.local_addr().unwrap()
 }
 
-/// A connect to a port where nothing listens fails as refused as soon as
-/// the host's ICMP port unreachable arrives, as a TCP connect does, not
-/// after `connect_timeout` (10 s): on a shared socket, on a socket of its
-/// own, over IPv6, and from a dual-stack socket to an IPv4 peer.
 /// Asserts that `connect` fails as refused within 2 s.
 async fn assert_refused<T>(
     what: &str,
@@ -433,6 +429,10 @@ async fn assert_refused<T>(
     );
 }
 
+/// A connect to a port where nothing listens fails as refused as soon as
+/// the host's ICMP port unreachable arrives, as a TCP connect does, not
+/// after `connect_timeout` (10 s): on a shared socket, on a socket of its
+/// own, over IPv6, and from a dual-stack socket to an IPv4 peer.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_to_a_closed_port_is_refused_at_once() {
