@@ -781,6 +781,8 @@ pub struct Driver {
     errors_armed: bool,
     /// A connect waits for its SYN-ACK, as of the last locked step.
     connecting: bool,
+    /// The last read of the error queue stopped before finding it empty.
+    errors_left: bool,
     /// Port-unreachable reports read from it, for the next locked step.
     unreachable: Vec<udp::Unreachable>,
 }
@@ -822,6 +824,7 @@ impl Driver {
             errors,
             errors_armed: false,
             connecting: false,
+            errors_left: false,
             unreachable: Vec::new(),
         })
     }
@@ -829,12 +832,23 @@ impl Driver {
     /// Reads the socket's error queue if the OS flagged reports there (see
     /// `udp::enable_recv_errors`), for this poll's first step to handle.
     /// A flag check, no system call, on every poll.
-    fn read_errors(&mut self) {
-        if let (Net::Udp(udp), Some(_)) = (&self.shared.net, &self.errors) {
-            if udp.read_reported(&mut self.unreachable) {
-                // Its wait may have been woken by what was just read.
-                self.errors = Some(udp.error_watch());
-                self.errors_armed = false;
+    fn read_errors(&mut self, cx: &mut Context<'_>) {
+        let (Net::Udp(udp), Some(_)) = (&self.shared.net, &self.errors) else {
+            return;
+        };
+        let drained = if self.errors_left {
+            Some(udp::read_unreachable(udp.socket(), &mut self.unreachable))
+        } else {
+            udp.read_reported(&mut self.unreachable)
+        };
+        if let Some(drained) = drained {
+            // Its wait may have been woken by what was just read.
+            self.errors = Some(udp.error_watch());
+            self.errors_armed = false;
+            self.errors_left = !drained;
+            if !drained {
+                // A flood: the rest at the next poll, after other work.
+                cx.waker().wake_by_ref();
             }
         }
     }
@@ -858,10 +872,12 @@ impl Driver {
         match watch.as_mut().poll(cx) {
             Poll::Pending => self.errors_armed = true,
             Poll::Ready(Ok(())) => {
-                // Flagged since this poll's start: read now, handled at once.
-                udp::read_unreachable(udp.socket(), &mut self.unreachable);
+                // Flagged since this poll's start (the wait cleared the
+                // flag): read now, handled at the next poll.
+                let drained = udp::read_unreachable(udp.socket(), &mut self.unreachable);
                 self.errors = Some(udp.error_watch());
                 self.errors_armed = false;
+                self.errors_left = !drained;
                 cx.waker().wake_by_ref();
             }
             Poll::Ready(Err(e)) => {
@@ -1161,7 +1177,7 @@ impl Future for Driver {
             this.waker = Some(cx.waker().clone());
             shared.lock().driver_waker = Some(cx.waker().clone());
         }
-        this.read_errors();
+        this.read_errors(cx);
         let mut steps = 0;
         let result = loop {
             // Leftovers from a send the socket wasn't ready for go first.

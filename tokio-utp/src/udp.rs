@@ -100,24 +100,29 @@ impl UdpIo {
         self.read.get_ref()
     }
 
+    /// If the OS flagged reports in the socket's error queue (a flag check,
+    /// no system call), reads them into `out` (see [`read_unreachable`])
+    /// and returns whether the queue is now empty; `None` if nothing was
+    /// flagged. The flag stays set while reports are left.
+    pub(crate) fn read_reported(&self, out: &mut Vec<Unreachable>) -> Option<bool> {
+        let mut drained = None;
+        let _ = self.read.try_io(Interest::ERROR, |sock| {
+            let empty = read_unreachable(sock, out);
+            drained = Some(empty);
+            if empty {
+                // Clears the flag, unless a report came in meanwhile.
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        drained
+    }
+
     /// Resolves once the socket's error queue has something (see
     /// [`enable_recv_errors`]); read it with [`read_unreachable`] then, and
     /// ask for a new watch. The OS always reports errors: no registration
     /// beyond the socket's own is needed.
-    /// If the OS flagged reports in the socket's error queue (a flag check,
-    /// no system call), reads them into `out` (see [`read_unreachable`])
-    /// and returns true.
-    pub(crate) fn read_reported(&self, out: &mut Vec<Unreachable>) -> bool {
-        let mut flagged = false;
-        let _ = self.read.try_io(Interest::ERROR, |sock| {
-            flagged = true;
-            read_unreachable(sock, out);
-            // Clears the flag, unless a report came in meanwhile.
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
-        flagged
-    }
-
     pub(crate) fn error_watch(&self) -> ErrorWatch {
         let fd = Arc::clone(&self.read);
         Box::pin(async move {
@@ -305,9 +310,10 @@ pub(crate) fn send_again_after_peer_error<T>(
 
 /// Reads the socket's error queue (up to [`MAX_REPORTS_PER_READ`] reports)
 /// and appends the port-unreachable ones to `out`; other reports (local
-/// errors, other ICMP types) are read and dropped.
+/// errors, other ICMP types) are read and dropped. Returns whether the
+/// queue was found empty (false: reports may be left).
 #[cfg(target_os = "linux")]
-pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreachable>) {
+pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreachable>) -> bool {
     use std::os::fd::AsRawFd;
     for _ in 0..MAX_REPORTS_PER_READ {
         // SAFETY: all-zero bytes are a valid sockaddr_storage and msghdr.
@@ -336,8 +342,9 @@ pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreach
             )
         };
         if n < 0 {
-            // Empty (EAGAIN), or nothing more to learn from it.
-            break;
+            let e = io::Error::last_os_error();
+            // Empty, or (interrupted) maybe not.
+            return e.kind() != io::ErrorKind::Interrupted;
         }
         let mut refused = false;
         // SAFETY: msg's control buffer was filled by the kernel, and the
@@ -370,11 +377,14 @@ pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreach
             out.push(Unreachable { peer, quoted, len });
         }
     }
+    false
 }
 
 /// Not supported here: nothing is queued (see [`enable_recv_errors`]).
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn read_unreachable(_sock: &std::net::UdpSocket, _out: &mut Vec<Unreachable>) {}
+pub(crate) fn read_unreachable(_sock: &std::net::UdpSocket, _out: &mut Vec<Unreachable>) -> bool {
+    true
+}
 
 /// The address in `name` (`len` bytes of it filled), if IPv4 or IPv6.
 #[cfg(target_os = "linux")]

@@ -454,3 +454,32 @@ async fn a_connect_to_a_closed_port_is_refused_at_once() {
     let dual = bind("[::]:0").await.unwrap();
     assert_refused("dual stack", dual.connect(closed_port("127.0.0.1"))).await;
 }
+
+/// Many connects refused at once on one socket: every report is read and
+/// reaches its own connect, none another's. (Linux sends at most a burst
+/// of 50 ICMP errors before rate-limiting them, so 40.)
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connects_refused_at_once_each_get_their_own_report() {
+    let socket = UtpSocket::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.map(drop) });
+    let refused: Vec<_> = (0..40)
+        .map(|_| {
+            let (socket, to) = (socket.clone(), closed_port("127.0.0.1"));
+            tokio::spawn(async move { assert_refused("one of many", socket.connect(to)).await })
+        })
+        .collect();
+    // A connect to a listening port among them is not refused.
+    timeout(Duration::from_secs(2), socket.connect(open))
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    accept.await.unwrap().unwrap();
+    for r in refused {
+        r.await.expect("refused in time");
+    }
+}
