@@ -372,7 +372,9 @@ pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreach
         if !refused {
             continue;
         }
-        if let Some(peer) = sockaddr_to_std(&name, msg.msg_namelen) {
+        // SAFETY: the kernel filled `name` and set `msg_namelen` to its length.
+        let peer = unsafe { socket2::SockAddr::new(name, msg.msg_namelen) }.as_socket();
+        if let Some(peer) = peer {
             let len = usize::try_from(n).unwrap_or(0).min(QUOTED);
             out.push(Unreachable { peer, quoted, len });
         }
@@ -384,35 +386,6 @@ pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreach
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn read_unreachable(_sock: &std::net::UdpSocket, _out: &mut Vec<Unreachable>) -> bool {
     true
-}
-
-/// The address in `name` (`len` bytes of it filled), if IPv4 or IPv6.
-#[cfg(target_os = "linux")]
-fn sockaddr_to_std(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match libc::c_int::from(name.ss_family) {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says it is a sockaddr_in, which fits.
-            let a: libc::sockaddr_in =
-                unsafe { std::ptr::read_unaligned((name as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::from((
-                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family says it is a sockaddr_in6, which fits.
-            let a: libc::sockaddr_in6 =
-                unsafe { std::ptr::read_unaligned((name as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                a.sin6_addr.s6_addr.into(),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 /// Set once the cap on socket buffers was reported (once per process: every
