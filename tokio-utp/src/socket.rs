@@ -773,12 +773,10 @@ pub struct Driver {
     waker: Option<Waker>,
     /// Its buffers went back to the process's spares (see `poll`).
     released: bool,
-    /// The wait for the socket's error queue (ICMP reports); `None` over a
-    /// user transport, or once the wait failed.
+    /// The wait that wakes the driver on an error-queue report (ICMP), made
+    /// and polled (armed) only while a connect is pending; `None` otherwise
+    /// and after each read of the queue (which may have used its wakeup).
     errors: Option<udp::ErrorWatch>,
-    /// `errors` was polled since it was made, with the current waker: it
-    /// wakes the driver on a report, and needs no polling until then.
-    errors_armed: bool,
     /// A connect waits for its SYN-ACK, as of the last locked step.
     connecting: bool,
     /// The last read of the error queue stopped before finding it empty.
@@ -797,13 +795,13 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     fn new(shared: Arc<Shared>) -> io::Result<Self> {
-        let (io, tx, errors) = match &shared.net {
+        let (io, tx) = match &shared.net {
             Net::Udp(udp) => {
                 let io = udp::BatchIo::new(udp, shared.local_addr.is_ipv6())?;
                 let tx = udp::TxBatch::new(&io);
-                (Some(io), tx, Some(udp.error_watch()))
+                (Some(io), tx)
             }
-            Net::Custom(_) => (None, udp::TxBatch::unbatched(), None),
+            Net::Custom(_) => (None, udp::TxBatch::unbatched()),
         };
         Ok(Self {
             shared,
@@ -821,8 +819,7 @@ impl Driver {
             next_timer: None,
             waker: None,
             released: false,
-            errors,
-            errors_armed: false,
+            errors: None,
             connecting: false,
             errors_left: false,
             unreachable: Vec::new(),
@@ -833,7 +830,7 @@ impl Driver {
     /// `udp::enable_recv_errors`), for this poll's first step to handle.
     /// A flag check, no system call, on every poll.
     fn read_errors(&mut self, cx: &mut Context<'_>) {
-        let (Net::Udp(udp), Some(_)) = (&self.shared.net, &self.errors) else {
+        let Net::Udp(udp) = &self.shared.net else {
             return;
         };
         let drained = if self.errors_left {
@@ -842,15 +839,19 @@ impl Driver {
             udp.read_reported(&mut self.unreachable)
         };
         if let Some(drained) = drained {
-            // Its wait may have been woken by what was just read.
-            self.errors = Some(udp.error_watch());
-            self.errors_armed = false;
-            self.errors_left = !drained;
+            self.errors_read(drained);
             if !drained {
                 // A flood: the rest at the next poll, after other work.
                 cx.waker().wake_by_ref();
             }
         }
+    }
+
+    /// After a read of the error queue: the wait may have been woken by
+    /// what was read, so a new one is armed if still needed.
+    fn errors_read(&mut self, drained: bool) {
+        self.errors = None;
+        self.errors_left = !drained;
     }
 
     /// Arms the wait that wakes the driver on a report, while a connect
@@ -863,25 +864,26 @@ impl Driver {
         let Net::Udp(udp) = &self.shared.net else {
             return;
         };
-        if !self.connecting || (self.errors_armed && !waker_changed) {
+        if !self.connecting {
+            self.errors = None;
             return;
         }
-        let Some(watch) = self.errors.as_mut() else {
+        if self.errors.is_some() && !waker_changed {
             return;
-        };
+        }
+        let watch = self.errors.get_or_insert_with(|| udp.error_watch());
         match watch.as_mut().poll(cx) {
-            Poll::Pending => self.errors_armed = true,
+            Poll::Pending => {}
             Poll::Ready(Ok(())) => {
                 // Flagged since this poll's start (the wait cleared the
                 // flag): read now, handled at the next poll.
                 let drained = udp::read_unreachable(udp.socket(), &mut self.unreachable);
-                self.errors = Some(udp.error_watch());
-                self.errors_armed = false;
-                self.errors_left = !drained;
+                self.errors_read(drained);
                 cx.waker().wake_by_ref();
             }
             Poll::Ready(Err(e)) => {
-                tracing::debug!(error = %e, "no more error reports from the socket");
+                // The runtime is shutting down; the next poll tries again.
+                tracing::debug!(error = %e, "cannot wait for error reports");
                 self.errors = None;
             }
         }
