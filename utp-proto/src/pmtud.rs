@@ -271,9 +271,15 @@ impl Pmtud {
         }
     }
 
-    /// A non-probe packet of `size` bytes was acknowledged.
+    /// A non-probe packet of `size` bytes was acknowledged: if it is of the
+    /// kind whose loss is evidence, the path carries that kind, and the
+    /// evidence in a row starts over.
     pub fn on_packet_acked(&mut self, size: usize) {
-        if size > self.cfg.base.min(self.current) {
+        // The same test as the evidence's: at the base size (fall-back to
+        // `min`) a base-size packet is both. Clearing only above the base
+        // let evidence at the base add up over a whole connection: three
+        // overflow losses at a timer against libtorrent fell to 548 bytes.
+        if self.is_large(size) {
             self.large_losses = 0;
         }
     }
@@ -525,6 +531,28 @@ mod tests {
         assert!(!p.on_black_hole_evidence(1472, now));
         assert!(!p.on_black_hole_evidence(1472, now));
         assert_eq!(p.current(), 1472);
+    }
+
+    #[test]
+    fn at_the_base_size_an_ack_of_a_base_size_packet_clears_the_count() {
+        let now = Instant::now();
+        let mut p = Pmtud::new(cfg(1472), now);
+        search(&mut p, 1000, now);
+        assert_eq!(p.current(), 1232, "nothing above base confirmed");
+        for _ in 0..3 {
+            assert!(!p.on_black_hole_evidence(1232, now));
+            assert!(!p.on_black_hole_evidence(1232, now));
+            p.on_packet_acked(1232);
+        }
+        assert_eq!(p.current(), 1232);
+        assert!(!p.on_black_hole_evidence(1232, now));
+        assert!(!p.on_black_hole_evidence(1232, now));
+        p.on_packet_acked(500);
+        assert!(
+            p.on_black_hole_evidence(1232, now),
+            "a packet below the fall-back size proves nothing"
+        );
+        assert_eq!(p.current(), 548);
     }
 
     #[test]

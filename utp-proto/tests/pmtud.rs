@@ -482,6 +482,34 @@ fn random_loss_reordering_and_queue_drops_are_not_taken_for_a_black_hole() {
     assert!(run.stats.payload_size > 1212, "{}", run.stats.payload_size);
 }
 
+#[test]
+fn losses_at_the_base_size_are_not_taken_for_a_black_hole_either() {
+    // A lossy path (15% loss) with an MTU of 1,260: nothing above the base
+    // size passes, so the size stays at the base and every full-size
+    // packet is a base-size one. Its timer-declared losses are no more a
+    // black hole there than above it (acks of base-size packets clear the
+    // evidence; once they did not, and a long transfer fell to 548 bytes).
+    let run = transfer(
+        Config::default(),
+        LinkParams {
+            mtu: Some(1260),
+            loss: 0.15,
+            ..LinkParams::lossy()
+        },
+        1500 - IP_UDP_OVERHEAD,
+        pattern(4 * MIB, 9),
+        Duration::from_secs(300),
+        |_, _| {},
+    );
+    assert!(
+        run.stats.tail_loss_probes + run.stats.timeouts > 10,
+        "too few timers fired: {:?}",
+        run.stats
+    );
+    assert_eq!(run.stats.pmtud_black_holes, 0);
+    assert_eq!(run.stats.payload_size, 1212);
+}
+
 /// The path MTU belongs to the path: a connection opened after another
 /// found the size to the same peer starts with it, without probing.
 #[test]
