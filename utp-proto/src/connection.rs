@@ -1955,7 +1955,8 @@ impl Connection {
     /// if the oldest is full-size, check for a black hole (see
     /// [`BlackHoleCheck`]). A check still unanswered is replaced.
     fn start_black_hole_check(&mut self) {
-        if self.state != State::Connected {
+        let refused = |p: &Sent| self.window_refuses(HEADER_LEN + p.payload.len());
+        if self.state != State::Connected || self.outstanding.front().is_some_and(refused) {
             return;
         }
         let Some(p) = self.outstanding.front_mut() else {
@@ -1997,12 +1998,23 @@ impl Connection {
             "black-hole check answered"
         );
         self.bh_check = match self.check_target(big) {
-            Some(_) => BlackHoleCheck::Answered {
+            Some(size) if !self.window_refuses(size) => BlackHoleCheck::Answered {
                 big,
                 decide_at: now + srtt,
             },
-            None => BlackHoleCheck::Idle,
+            _ => BlackHoleCheck::Idle,
         };
+    }
+
+    /// Whether the peer's advertised window is too small for a packet of
+    /// `size` bytes. A receiver whose buffer is full drops such packets
+    /// (libtorrent does, "other end is not honoring our advertised
+    /// window") yet acks the black-hole check at once (a duplicate), so
+    /// the missing packet is flow control, not a black hole: against a
+    /// libtorrent leecher whose disk fell behind, three such checks in a
+    /// row made a false black hole and a search stuck at the base size.
+    fn window_refuses(&self, size: usize) -> bool {
+        self.peer_wnd_known && (self.peer_wnd as usize) < size.saturating_sub(HEADER_LEN)
     }
 
     /// The size of `big` while it is undelivered and was sent with DF at
@@ -2024,6 +2036,9 @@ impl Connection {
         let Some(size) = self.check_target(big) else {
             return;
         };
+        if self.window_refuses(size) {
+            return;
+        }
         tracing::trace!(recv_id = self.recv_id, big, size, "black-hole evidence");
         if self.pmtud.on_black_hole_evidence(size, now) {
             self.sync_mss();

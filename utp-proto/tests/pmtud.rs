@@ -585,3 +585,72 @@ fn connections_to_one_peer_probe_one_at_a_time_and_share_the_size() {
         .sum();
     assert!(probes <= 3, "{probes} probes for one path");
 }
+
+/// A receiver whose buffer is full (libtorrent whose disk fell behind)
+/// drops every new data packet and acks each one with a closed window.
+/// The timer's black-hole checks (a full-size resend, then a duplicate at
+/// the fall-back size) then look like a black hole: the duplicate is acked,
+/// the resend is not. The closed window explains it, so the size stays.
+#[test]
+fn a_full_receiver_dropping_resends_is_flow_control_not_a_black_hole() {
+    let t0 = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), t0, 3);
+    let h = ep.connect(t0, peer()).unwrap();
+    ep.set_max_datagram(h, t0, 1472);
+    let syn = drain(&mut ep, t0).pop().expect("SYN");
+    let r = syn.h.conn_id;
+    let rtt = Duration::from_millis(10);
+    let mut now = t0 + rtt;
+    let synack = hdr(PacketType::State, r, 1000, syn.h.seq_nr);
+    ep.handle_datagram(now, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    ep.with_conn(h, now, |c| c.write(&[7u8; 400_000])).unwrap();
+    // The first flight, led by a probe of the ceiling: all delivered.
+    let out = drain(&mut ep, now);
+    assert_eq!(out[0].raw.len(), 1472, "the probe leads");
+    let mut acked = out.last().unwrap().h.seq_nr;
+    now += rtt;
+    let ack = hdr(PacketType::State, r, 1000, acked);
+    ep.handle_datagram(now, peer(), &datagram(&ack, &[], &[]))
+        .unwrap();
+    assert_eq!(ep.conn(h).stats().payload_size, 1452, "the probe confirmed");
+
+    // One more flight is taken in order; then the buffer is full: the
+    // window closes and everything new is dropped, but acked (libtorrent
+    // defers an ack for every data packet it sees).
+    let mut answers: Vec<(Instant, Vec<u8>)> = Vec::new();
+    let mut room = 8;
+    let mut full_sized_resends = 0;
+    let end = now + Duration::from_secs(5);
+    while now < end {
+        for o in drain(&mut ep, now) {
+            if o.h.ty != PacketType::Data {
+                continue;
+            }
+            if o.h.seq_nr == acked.wrapping_add(1) && room > 0 {
+                room -= 1;
+                acked = o.h.seq_nr;
+            } else if o.payload.len() == 1452 {
+                full_sized_resends += 1;
+            }
+            let mut a = hdr(PacketType::State, r, 1000, acked);
+            a.wnd_size = if room > 0 { 1 << 20 } else { 0 };
+            answers.push((now + rtt, datagram(&a, &[], &[])));
+        }
+        answers.sort_by_key(|a| a.0);
+        while answers.first().is_some_and(|a| a.0 <= now) {
+            let (_, d) = answers.remove(0);
+            ep.handle_datagram(now, peer(), &d).unwrap();
+        }
+        ep.handle_timeout(now);
+        now += Duration::from_millis(1);
+    }
+    let st = ep.conn(h).stats();
+    assert!(
+        st.timeouts > 0 && full_sized_resends > 3,
+        "no timer resent into the full buffer: {st:?}"
+    );
+    assert_eq!(st.pmtud_black_holes, 0, "{st:?}");
+    assert_eq!(st.payload_size, 1452);
+    assert!(ep.conn(h).error().is_none());
+}
