@@ -123,7 +123,9 @@ def main():
           f"{served / elapsed / 1e6:.1f} MB/s, utp exit {rc}, payload_size {stats['payload_size']}, "
           f"max_payload_sent {stats['max_payload_sent']}, probes {stats['pmtud_probes']} "
           f"(lost {stats['pmtud_probes_lost']}), search {stats['pmtud_search_s']} s, "
-          f"black holes {stats['pmtud_black_holes']}, retransmitted {stats['packets_retransmitted']}")
+          f"black holes {stats['pmtud_black_holes']}, retransmitted {stats['packets_retransmitted']} "
+          f"(timeouts {stats.get('timeouts')}, tail loss probes {stats.get('tail_loss_probes')}, "
+          f"zero-window probes {stats.get('zero_window_probes')})")
     del ses
     return 0 if rc == 0 else 1
 

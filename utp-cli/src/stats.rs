@@ -20,6 +20,10 @@ pub struct StatsReport {
     pub packets_retransmitted: u64,
     pub timeouts: u64,
     pub fast_retransmits: u64,
+    /// Resends of the newest packet when acks stopped (not congestion).
+    pub tail_loss_probes: u64,
+    /// Probes of a peer's closed receive window.
+    pub zero_window_probes: u64,
     pub duplicates_received: u64,
     /// Smoothed RTT in milliseconds; `null` without a sample.
     pub rtt_ms: Option<f64>,
@@ -65,6 +69,8 @@ impl StatsReport {
             packets_retransmitted: stats.packets_retransmitted,
             timeouts: stats.timeouts,
             fast_retransmits: stats.fast_retransmits,
+            tail_loss_probes: stats.tail_loss_probes,
+            zero_window_probes: stats.zero_window_probes,
             duplicates_received: stats.duplicates_received,
             rtt_ms: stats.rtt.map(|d| d.as_secs_f64() * 1e3),
             max_cwnd_bytes: stats.max_cwnd,
