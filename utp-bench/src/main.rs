@@ -63,6 +63,10 @@ struct Args {
     /// library's, 4 MiB); 212992 gives what most Linux systems cap it at.
     #[arg(long)]
     udp_buffer: Option<usize>,
+    /// Most bytes tokio-utp keeps in flight to one peer, all connections
+    /// together (default: the library's, 2 MiB).
+    #[arg(long)]
+    utp_peer_flight: Option<usize>,
     /// Watchdog per measurement, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -152,6 +156,7 @@ struct UtpTuning {
     payload: Option<usize>,
     buffer: Option<usize>,
     socket_buffer: Option<usize>,
+    peer_flight: Option<usize>,
 }
 
 static UTP_TUNING: std::sync::OnceLock<UtpTuning> = std::sync::OnceLock::new();
@@ -178,6 +183,9 @@ async fn endpoints(stack: Stack, conns: usize) -> Result<(Server, Client, Socket
             }
             if let Some(b) = utp_tuning().socket_buffer {
                 cfg = cfg.socket_buffer(b);
+            }
+            if let Some(f) = utp_tuning().peer_flight {
+                cfg = cfg.max_peer_flight(f);
             }
             // The responder counts a connection as half-open until the
             // initiator's first data; the idle-connection case holds that
@@ -980,6 +988,7 @@ fn main() -> Result<()> {
         payload: args.utp_payload,
         buffer: args.utp_buffer,
         socket_buffer: args.udp_buffer,
+        peer_flight: args.utp_peer_flight,
     });
     let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;
