@@ -16,6 +16,9 @@
 #   3. MTU drop mid-transfer: the 2nd link starts at 1500 and R's side of
 #      it drops to 1280 once a quarter of the data arrived, ICMP dropped:
 #      the connection must detect the black hole, fall back and finish.
+#   4. The same drop with ICMP allowed: the size follows the MTU the
+#      router's "fragmentation needed" names (read from the socket's error
+#      queue), with no black hole.
 #
 # usage: interop/pmtud_netns.sh PATH_TO_UTP [SIZE_MIB]
 set -euo pipefail
@@ -117,6 +120,10 @@ if s:
     tight = size + 20 + 28 + 16 >= 1280
     if not (fits and tight):
         verdict = f"FAIL (payload {size} does not fit 1280 tightly)"
+    elif "ICMP allowed" in name and s["pmtud_black_holes"]:
+        # The router said the size (and the report quotes our packet): no
+        # black hole to find by losses.
+        verdict = "FAIL (a black hole found by losses although ICMP told the size)"
     search = s["pmtud_search_s"]
     rtt = s["rtt_ms"]
     print(f"{'ok  ' if verdict == 'ok' else verdict} {name}: {mib} MiB bit-exact in {secs:.2f} s "
@@ -157,5 +164,11 @@ drop_mtu() {
     done
 }
 run "3 MTU 1500 -> 1280 mid-transfer, ICMP dropped" drop_mtu || FAILED=1
+link_mtu 1500
+icmp allow
+# The same drop with R's ICMP let through: the report reaches the socket's
+# error queue (IP_RECVERR), quoting our packet, and the size drops to the
+# MTU it names at once, without waiting for black-hole evidence.
+run "4 MTU 1500 -> 1280 mid-transfer, ICMP allowed" drop_mtu || FAILED=1
 if [ "$FAILED" -ne 0 ]; then echo "pmtud netns FAILED"; exit 1; fi
 echo "pmtud netns passed"

@@ -1,6 +1,6 @@
 //! An endpoint (listening, with one established connection and data to
-//! send) fed arbitrary datagrams from a few addresses at arbitrary times:
-//! no panic, no endless output, bounded state.
+//! send) fed arbitrary datagrams and ICMP error reports from a few
+//! addresses at arbitrary times: no panic, no endless output, bounded state.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -46,7 +46,19 @@ fuzz_target!(|data: &[u8]| {
         let (dgram, tail) = rest.split_at(take);
         rest = tail;
         now += Duration::from_millis(u64::from(dt) * 4);
-        let _ = ep.handle_datagram(now, addr(from), dgram);
+        // High `from` bytes make the bytes an ICMP error's quote instead
+        // (forged reports are as hostile as datagrams).
+        match from {
+            0xc0.. => {
+                ep.handle_too_big(now, addr(from), dgram, 500 + usize::from(dt) * 8);
+            }
+            0x80.. => {
+                ep.handle_unreachable(now, addr(from), dgram);
+            }
+            _ => {
+                let _ = ep.handle_datagram(now, addr(from), dgram);
+            }
+        }
         ep.handle_timeout(now);
         let mut sent = 0;
         while ep.poll_transmit(now, &mut buf).is_some() {

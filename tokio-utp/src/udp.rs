@@ -101,13 +101,13 @@ impl UdpIo {
     }
 
     /// If the OS flagged reports in the socket's error queue (a flag check,
-    /// no system call), reads them into `out` (see [`read_unreachable`])
+    /// no system call), reads them into `out` (see [`read_error_reports`])
     /// and returns whether the queue is now empty; `None` if nothing was
     /// flagged. The flag stays set while reports are left.
-    pub(crate) fn read_reported(&self, out: &mut Vec<Unreachable>) -> Option<bool> {
+    pub(crate) fn read_reported(&self, out: &mut Vec<ErrorReport>) -> Option<bool> {
         let mut drained = None;
         let _ = self.read.try_io(Interest::ERROR, |sock| {
-            let empty = read_unreachable(sock, out);
+            let empty = read_error_reports(sock, out);
             drained = Some(empty);
             if empty {
                 // Clears the flag, unless a report came in meanwhile.
@@ -120,7 +120,7 @@ impl UdpIo {
     }
 
     /// Resolves once the socket's error queue has something (see
-    /// [`enable_recv_errors`]); read it with [`read_unreachable`] then, and
+    /// [`enable_recv_errors`]); read it with [`read_error_reports`] then, and
     /// ask for a new watch. The OS always reports errors: no registration
     /// beyond the socket's own is needed.
     pub(crate) fn error_watch(&self) -> ErrorWatch {
@@ -255,17 +255,27 @@ const QUOTED: usize = 20;
 /// Most reports read per error event; a flood is read on at the next.
 const MAX_REPORTS_PER_READ: usize = 64;
 
-/// A datagram of ours that found no socket at its destination (ICMP port
-/// unreachable), as the OS reported it: the destination and the start of
-/// the datagram.
+/// What an ICMP error said about a datagram of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// No socket at its destination (port unreachable).
+    Unreachable,
+    /// Too big for a link on the way (fragmentation needed / packet too
+    /// big): at most this many bytes of UDP payload pass.
+    TooBig(usize),
+}
+
+/// An ICMP error about a datagram of ours, as the OS reported it: the
+/// destination, what went wrong, and the start of the datagram.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Unreachable {
+pub(crate) struct ErrorReport {
     pub(crate) peer: SocketAddr,
+    pub(crate) problem: Problem,
     quoted: [u8; QUOTED],
     len: usize,
 }
 
-impl Unreachable {
+impl ErrorReport {
     /// The start of the datagram, as far as the report quoted it.
     pub(crate) fn quoted(&self) -> &[u8] {
         &self.quoted[..self.len]
@@ -275,7 +285,7 @@ impl Unreachable {
 /// Asks the OS to queue the ICMP errors our datagrams cause (and report
 /// them as error events): a connect to a port where nothing listens then
 /// fails at once, as TCP's does, instead of after `connect_timeout`.
-/// Reading the queue is the driver's (`read_unreachable`); unread, it
+/// Reading the queue is the driver's (`read_error_reports`); unread, it
 /// would take room from the receive buffer. With it, the OS also fails the
 /// next send or receive once with the error, whichever peer that is for:
 /// sends are retried once ([`send_again_after_peer_error`]). Failure only
@@ -309,11 +319,11 @@ pub(crate) fn send_again_after_peer_error<T>(
 }
 
 /// Reads the socket's error queue (up to [`MAX_REPORTS_PER_READ`] reports)
-/// and appends the port-unreachable ones to `out`; other reports (local
-/// errors, other ICMP types) are read and dropped. Returns whether the
+/// and appends the ICMP errors we act on to `out` (see `icmp_problem`);
+/// other reports (local errors, other ICMP types) are read and dropped. Returns whether the
 /// queue was found empty (false: reports may be left).
 #[cfg(target_os = "linux")]
-pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreachable>) -> bool {
+pub(crate) fn read_error_reports(sock: &std::net::UdpSocket, out: &mut Vec<ErrorReport>) -> bool {
     use std::os::fd::AsRawFd;
     for _ in 0..MAX_REPORTS_PER_READ {
         // SAFETY: all-zero bytes are a valid sockaddr_storage and msghdr.
@@ -346,7 +356,7 @@ pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreach
             // Empty, or (interrupted) maybe not.
             return e.kind() != io::ErrorKind::Interrupted;
         }
-        let mut refused = false;
+        let mut problem = None;
         // SAFETY: msg's control buffer was filled by the kernel, and the
         // CMSG_* walk stays within msg_controllen; the error is read only
         // from a control message long enough to hold it.
@@ -360,31 +370,51 @@ pub(crate) fn read_unreachable(sock: &std::net::UdpSocket, out: &mut Vec<Unreach
                 if report && (*c).cmsg_len as usize >= libc::CMSG_LEN(size as u32) as usize {
                     let e: libc::sock_extended_err =
                         std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    refused = e.ee_errno == libc::ECONNREFUSED as u32
-                        && matches!(
-                            e.ee_origin,
-                            libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
-                        );
+                    problem = icmp_problem(&e);
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        if !refused {
+        let Some(problem) = problem else {
             continue;
-        }
+        };
         // SAFETY: the kernel filled `name` and set `msg_namelen` to its length.
         let peer = unsafe { socket2::SockAddr::new(name, msg.msg_namelen) }.as_socket();
         if let Some(peer) = peer {
             let len = usize::try_from(n).unwrap_or(0).min(QUOTED);
-            out.push(Unreachable { peer, quoted, len });
+            out.push(ErrorReport {
+                peer,
+                problem,
+                quoted,
+                len,
+            });
         }
     }
     false
 }
 
+/// What an error report from the queue says, if it is an ICMP error we act
+/// on: port unreachable, or too big with the next hop's MTU (an IP packet
+/// size, so the IP and UDP headers of the ICMP's family come off; zero is
+/// an old router's "unknown" and tells nothing). Local errors (our own
+/// EMSGSIZE, already returned by the send) and other ICMP types are not.
+#[cfg(target_os = "linux")]
+fn icmp_problem(e: &libc::sock_extended_err) -> Option<Problem> {
+    let headers = match e.ee_origin {
+        libc::SO_EE_ORIGIN_ICMP => 20 + 8,
+        libc::SO_EE_ORIGIN_ICMP6 => 40 + 8,
+        _ => return None,
+    };
+    if e.ee_errno == libc::ECONNREFUSED as u32 {
+        return Some(Problem::Unreachable);
+    }
+    let mtu = usize::try_from(e.ee_info).unwrap_or(0);
+    (e.ee_errno == libc::EMSGSIZE as u32 && mtu > headers).then(|| Problem::TooBig(mtu - headers))
+}
+
 /// Not supported here: nothing is queued (see [`enable_recv_errors`]).
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn read_unreachable(_sock: &std::net::UdpSocket, _out: &mut Vec<Unreachable>) -> bool {
+pub(crate) fn read_error_reports(_sock: &std::net::UdpSocket, _out: &mut Vec<ErrorReport>) -> bool {
     true
 }
 
@@ -1936,6 +1966,51 @@ mod pmtu_tests {
         assert_eq!(s.recv_buffer_size().unwrap(), 2 * asked);
         assert_eq!(granted, Some(2 * asked), "bind returns what the OS reports");
         assert_eq!(s.send_buffer_size().unwrap(), 2 * asked);
+    }
+
+    /// ICMP errors become problems with the largest datagram that passes
+    /// (the MTU less the IP and UDP headers of the ICMP's family); local
+    /// errors and an MTU the router left out (zero) are not acted on.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn icmp_errors_say_refused_or_the_size_that_passes() {
+        let report = |origin, errno: i32, info| libc::sock_extended_err {
+            ee_errno: errno as u32,
+            ee_origin: origin,
+            ee_type: 3,
+            ee_code: 4,
+            ee_pad: 0,
+            ee_info: info,
+            ee_data: 0,
+        };
+        let icmp = libc::SO_EE_ORIGIN_ICMP;
+        let icmp6 = libc::SO_EE_ORIGIN_ICMP6;
+        let local = libc::SO_EE_ORIGIN_LOCAL;
+        let cases = [
+            (
+                report(icmp, libc::EMSGSIZE, 1280),
+                Some(Problem::TooBig(1252)),
+            ),
+            (
+                report(icmp6, libc::EMSGSIZE, 1280),
+                Some(Problem::TooBig(1232)),
+            ),
+            (
+                report(icmp, libc::ECONNREFUSED, 0),
+                Some(Problem::Unreachable),
+            ),
+            (
+                report(icmp6, libc::ECONNREFUSED, 0),
+                Some(Problem::Unreachable),
+            ),
+            (report(icmp, libc::EMSGSIZE, 0), None),
+            (report(icmp, libc::EMSGSIZE, 20), None),
+            (report(local, libc::EMSGSIZE, 1500), None),
+            (report(icmp, libc::EHOSTUNREACH, 0), None),
+        ];
+        for (e, want) in cases {
+            assert_eq!(icmp_problem(&e), want, "{e:?}");
+        }
     }
 
     /// Non-blocking from its creation, and `bind` tells the receive buffer

@@ -656,6 +656,38 @@ impl Connection {
         self.sync_mss();
     }
 
+    /// A router reported that our packet `seq` did not fit a link: at most
+    /// `max` bytes per datagram pass (see
+    /// [`Endpoint::handle_too_big`](crate::Endpoint::handle_too_big)).
+    /// Taken only if `seq` is unacknowledged and was sent larger than
+    /// `max`; then the size drops to `max` (never below the search's
+    /// minimum) and every packet in flight that is larger is resent now.
+    /// Returns whether the report was taken.
+    pub fn handle_too_big(&mut self, now: Instant, seq: u16, max: usize) -> bool {
+        let front = self.seq_nr.wrapping_sub(self.outstanding.len() as u16);
+        if self.outstanding.is_empty() || seq::lt(seq, front) || !seq::lt(seq, self.seq_nr) {
+            return false;
+        }
+        let Some(p) = self.outstanding.get(seq::ahead(seq, front) as usize) else {
+            return false;
+        };
+        if p.sacked || HEADER_LEN + p.pad.max(p.payload.len()) <= max {
+            return false;
+        }
+        tracing::debug!(
+            recv_id = self.recv_id,
+            seq,
+            max,
+            "packet too big for the path"
+        );
+        self.pmtud.on_too_big(max, now);
+        self.sync_mss();
+        self.resend_oversized();
+        // Their resends would look like a black hole at the new size.
+        self.bh_quiet_until = Some(self.seq_nr);
+        true
+    }
+
     /// The path changed (new route): search again from the base size.
     pub fn reset_path_mtu(&mut self, now: Instant) {
         self.pmtud.reset(now);

@@ -89,6 +89,10 @@ pub struct EndpointStats {
     /// (ICMP port unreachable, see [`Endpoint::handle_unreachable`]),
     /// whether or not they ended a connection attempt.
     pub unreachable_reports: u64,
+    /// Reports that a datagram of ours was too big for a link on its path
+    /// (ICMP "fragmentation needed" / "packet too big", see
+    /// [`Endpoint::handle_too_big`]), whether or not a connection took it.
+    pub too_big_reports: u64,
     /// Packets the connections ignored, by reason, summed over every
     /// connection this endpoint had (live and freed).
     pub connection_drops: DropStats,
@@ -862,6 +866,44 @@ impl Endpoint {
             return false;
         };
         if !self.conns[idx].conn.handle_syn_unreachable(h.seq_nr) {
+            return false;
+        }
+        self.touch(idx);
+        self.after_change(idx, now);
+        true
+    }
+
+    /// A router reports that a datagram we sent to `peer` did not fit a
+    /// link on the way (ICMP "fragmentation needed" / "packet too big"):
+    /// at most `max` bytes of UDP payload pass. `quoted` is the start of
+    /// that datagram, as the report quotes it. The connection that sent it
+    /// lowers its size to `max` at once and resends what it sent larger,
+    /// instead of finding the black hole by losses (RFC 8899 4.6). Such
+    /// reports are not authenticated: one counts only if it quotes a
+    /// packet of that connection that is still unacknowledged and larger
+    /// than `max`, so a forger must know its ids and sequence numbers.
+    /// Returns whether a connection took it.
+    pub fn handle_too_big(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        quoted: &[u8],
+        max: usize,
+    ) -> bool {
+        self.stats.too_big_reports += 1;
+        let Ok(h) = Header::parse_fixed(quoted) else {
+            return false;
+        };
+        // A packet other than a SYN carries its receiver's id, our send id,
+        // which is our receive id plus or minus one (by role).
+        let found = [h.conn_id.wrapping_add(1), h.conn_id.wrapping_sub(1)]
+            .into_iter()
+            .filter_map(|id| self.by_key.get(&(peer, id)).copied())
+            .find(|&idx| self.conns[idx].conn.send_id() == h.conn_id);
+        let Some(idx) = found else {
+            return false;
+        };
+        if !self.conns[idx].conn.handle_too_big(now, h.seq_nr, max) {
             return false;
         }
         self.touch(idx);

@@ -654,3 +654,100 @@ fn a_full_receiver_dropping_resends_is_flow_control_not_a_black_hole() {
     assert_eq!(st.payload_size, 1452);
     assert!(ep.conn(h).error().is_none());
 }
+
+/// An ICMP "fragmentation needed" quoting one of our full-size packets in
+/// flight: the size drops to the MTU it names at once, and everything sent
+/// larger goes again (without DF), with no black hole to find by losses.
+/// Reports that do not quote such a packet of that connection change
+/// nothing: they are not authenticated.
+#[test]
+fn a_too_big_report_quoting_a_packet_in_flight_lowers_the_size_at_once() {
+    let t0 = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), t0, 5);
+    let h = ep.connect(t0, peer()).unwrap();
+    ep.set_max_datagram(h, t0, 1472);
+    let syn = drain(&mut ep, t0).pop().expect("SYN");
+    let r = syn.h.conn_id;
+    let mut now = t0 + Duration::from_millis(10);
+    let synack = hdr(PacketType::State, r, 1000, syn.h.seq_nr);
+    ep.handle_datagram(now, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    ep.with_conn(h, now, |c| c.write(&[7u8; 400_000])).unwrap();
+    let out = drain(&mut ep, now);
+    let acked = out.last().unwrap().h.seq_nr;
+    now += Duration::from_millis(10);
+    let ack = hdr(PacketType::State, r, 1000, acked);
+    ep.handle_datagram(now, peer(), &datagram(&ack, &[], &[]))
+        .unwrap();
+    assert_eq!(ep.conn(h).datagram_size(), 1472, "the probe confirmed");
+    let flight = drain(&mut ep, now);
+    assert!(flight.len() >= 4 && flight.iter().all(|o| o.raw.len() == 1472));
+    let quote = |o: &common::Out| o.raw[..28].to_vec();
+    let q = quote(&flight[1]);
+
+    let mut other_id = q.clone();
+    other_id[2..4].copy_from_slice(&flight[1].h.conn_id.wrapping_add(5).to_be_bytes());
+    let mut future = q.clone();
+    future[16..18].copy_from_slice(
+        &flight
+            .last()
+            .unwrap()
+            .h
+            .seq_nr
+            .wrapping_add(3)
+            .to_be_bytes(),
+    );
+    let mut delivered = q.clone();
+    delivered[16..18].copy_from_slice(&acked.to_be_bytes());
+    for (what, from, q, max) in [
+        ("another connection id", peer(), &other_id[..], 1252),
+        ("a sequence number not sent yet", peer(), &future[..], 1252),
+        (
+            "a packet already acknowledged",
+            peer(),
+            &delivered[..],
+            1252,
+        ),
+        ("a quote cut short", peer(), &q[..12], 1252),
+        ("another peer", common::me(), &q[..], 1252),
+        ("a size the packet fitted", peer(), &q[..], 1472),
+    ] {
+        assert!(!ep.handle_too_big(now, from, q, max), "{what}");
+        assert_eq!(ep.conn(h).datagram_size(), 1472, "{what}");
+    }
+
+    assert!(ep.handle_too_big(now, peer(), &q, 1252));
+    assert_eq!(ep.conn(h).datagram_size(), 1252);
+    assert_eq!(ep.conn(h).stats().payload_size, 1232);
+    assert_eq!(ep.stats().too_big_reports, 7);
+    // Every packet of the flight goes again at once, without DF (its
+    // sequence number fixes its size); new data comes at the new size.
+    let mut buf = vec![0u8; common::BUF];
+    let mut resent = Vec::new();
+    while let Some(t) = ep.poll_transmit(now, &mut buf) {
+        let o = common::Out::parse(t.destination, &buf[..t.len]);
+        if flight.iter().any(|f| f.h.seq_nr == o.h.seq_nr) {
+            assert!(
+                t.fragmentable && t.len == 1472,
+                "{} {}",
+                t.len,
+                t.fragmentable
+            );
+            resent.push(o.h.seq_nr);
+        }
+    }
+    assert_eq!(resent.len(), flight.len(), "{resent:?}");
+    now += Duration::from_millis(10);
+    let ack = hdr(PacketType::State, r, 1000, flight.last().unwrap().h.seq_nr);
+    ep.handle_datagram(now, peer(), &datagram(&ack, &[], &[]))
+        .unwrap();
+    let next = drain(&mut ep, now);
+    assert!(!next.is_empty());
+    assert!(
+        next.iter().all(|o| o.raw.len() <= 1252),
+        "new data at the new size"
+    );
+    let st = ep.conn(h).stats();
+    assert_eq!(st.pmtud_black_holes, 0);
+    assert_eq!(st.timeouts + st.fast_retransmits, 0);
+}
