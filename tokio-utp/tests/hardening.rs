@@ -285,3 +285,67 @@ async fn syn_flood_during_a_transfer_is_bounded_and_does_not_starve_it() {
     // Freed once the flood's half-open connections time out.
     wait_for_no_connections(&listener, Duration::from_secs(15)).await;
 }
+
+/// While a SYN flood holds every half-open slot (its initiators never speak
+/// again, and live long), a real connect still gets in at once: its SYN is
+/// answered with a SYN cookie, and its first data makes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_connect_gets_in_while_a_syn_flood_holds_every_half_open_slot() {
+    let cfg = Config::default()
+        .max_half_open(16)
+        .connect_timeout(Duration::from_secs(60));
+    let listener = UtpListener::bind_with_config("127.0.0.1:0", cfg)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flooder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut syn = [0u8; 20];
+    syn[0] = 0x41; // ST_SYN, version 1
+    for id in 0..200u16 {
+        syn[2..4].copy_from_slice(&(id * 2).to_be_bytes());
+        flooder.send_to(&syn, addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listener.socket().stats().syn_half_open_full < 100 {
+        assert!(Instant::now() < deadline, "{:?}", listener.socket().stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listener.socket().stats().half_open, 16);
+
+    let t0 = Instant::now();
+    let (mut client, driver) = timeout(Duration::from_secs(5), UtpStream::connect(addr))
+        .await
+        .expect("connect stalled by the flood")
+        .unwrap();
+    tokio::spawn(driver);
+    client.write_all(b"hello").await.unwrap();
+    let port = client.local_addr().unwrap().port();
+    // The flood's connections were handed out first; ours follows.
+    let mut server = timeout(Duration::from_secs(5), async {
+        loop {
+            let (s, from) = listener.accept().await.unwrap();
+            if from.port() == port {
+                break s;
+            }
+        }
+    })
+    .await
+    .expect("the connection never came");
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+    server.write_all(b"world").await.unwrap();
+    timeout(Duration::from_secs(5), client.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"world");
+    let st = listener.socket().stats();
+    eprintln!("in {:?} during the flood; {st:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a SYN retry was needed"
+    );
+    assert_eq!(st.syn_cookies_accepted, 1);
+    assert!(st.connections_open <= 17 + 1, "{st:?}");
+}

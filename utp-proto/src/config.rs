@@ -94,10 +94,12 @@ pub struct Config {
     /// and 128 lost SYNs to bursts of 64 parallel connects.
     pub accept_backlog: usize,
     /// Incoming connections whose initiator has not spoken since its SYN
-    /// (half-open, whether or not the application accepted them yet); SYNs
-    /// beyond it are dropped and counted, so a SYN flood holds at most this
-    /// many connections (each freed after [`Config::connect_timeout`]).
-    /// Default 1024.
+    /// (half-open, whether or not the application accepted them yet). SYNs
+    /// beyond it get a SYN cookie and no state: the connection is made
+    /// when the initiator's next packet returns the cookie. So a SYN flood
+    /// from forged addresses holds at most this many connections (each
+    /// freed after [`Config::connect_timeout`]) and real initiators still
+    /// get in. Default 1024.
     pub max_half_open: usize,
     /// RESET replies to packets of unknown connections, per second. Default 100.
     pub reset_rate: u32,

@@ -64,9 +64,13 @@ pub struct EndpointStats {
     pub resets_suppressed: u64,
     /// SYNs dropped because the accept backlog was full.
     pub syn_backlog_full: u64,
-    /// SYNs dropped because [`Config::max_half_open`] connections were
-    /// still waiting for their initiator's first packet after the SYN.
+    /// SYNs that found [`Config::max_half_open`] connections still waiting
+    /// for their initiator's first packet after the SYN: answered with a
+    /// SYN cookie, no state kept (see `syn_cookies_accepted`).
     pub syn_half_open_full: u64,
+    /// Connections made from a packet that returned a SYN cookie: an
+    /// initiator whose SYN came while the half-open limit was reached.
+    pub syn_cookies_accepted: u64,
     /// Half-open incoming connections now (see [`Config::max_half_open`]).
     pub half_open: u64,
     /// SYNs refused (with RESET) because nobody listens.
@@ -156,7 +160,14 @@ pub struct Endpoint {
     /// What connections learned about the path to each peer address (see
     /// `share_path`).
     paths: NetMap<IpAddr, PathShare>,
+    /// Stateless replies: RESETs, and SYN-ACKs carrying a SYN cookie.
     resets: VecDeque<(SocketAddr, Header)>,
+    /// Key of the SYN cookies, drawn from `rng` at the first one (a
+    /// seeded endpoint's ids stay as they were until then).
+    cookie_key: Option<ahash::RandomState>,
+    /// Until when packets for unknown connections may carry a SYN cookie
+    /// (none checked in normal operation).
+    cookies_until: Option<Instant>,
     reset_tokens: f64,
     reset_refill: Instant,
     rng: StdRng,
@@ -261,6 +272,14 @@ struct PathShare {
 /// Most RESET replies queued at once; more are dropped (and counted).
 const MAX_QUEUED_RESETS: usize = 64;
 
+/// Most stateless replies queued at once, SYN cookies included: a flood's
+/// SYNs are answered as fast as they come, a burst beyond this dropped.
+const MAX_QUEUED_REPLIES: usize = 1024;
+
+/// Lifetime of a SYN cookie's time slot: a cookie is good in its slot and
+/// the next, so for one to two of these after the SYN.
+const COOKIE_SLOT_SECS: u64 = 64;
+
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
@@ -305,6 +324,8 @@ impl Endpoint {
             path_queries: VecDeque::new(),
             paths: NetMap::default(),
             resets: VecDeque::new(),
+            cookie_key: None,
+            cookies_until: None,
             reset_refill: now,
             rng,
             stats: EndpointStats::default(),
@@ -960,7 +981,9 @@ impl Endpoint {
                 }
             }
             PacketType::Reset => self.find_reset_target(from, h.conn_id),
-            _ => self.lookup(from, h.conn_id),
+            _ => self
+                .lookup(from, h.conn_id)
+                .or_else(|| self.accept_cookie(now, from, &h)),
         };
         match idx {
             Some(idx) => {
@@ -1035,7 +1058,7 @@ impl Endpoint {
         }
         if self.half_open >= self.cfg.max_half_open {
             self.stats.syn_half_open_full += 1;
-            tracing::debug!(peer = %from, "too many half-open connections, SYN dropped");
+            self.send_syn_cookie(now, from, syn);
             return;
         }
         if self.accept_queue.len() >= self.cfg.accept_backlog {
@@ -1050,6 +1073,89 @@ impl Endpoint {
         self.stats.connections_accepted += 1;
         let h = self.insert(now, from, conn);
         self.accept_queue.push_back(h);
+    }
+
+    /// SYN cookies (a SYN flood): with the half-open limit reached, a SYN
+    /// is answered with a SYN-ACK whose sequence number is a keyed hash of
+    /// the initiator's address, its connection id and sequence number, and
+    /// a time slot, and nothing is kept. The initiator's next packet acks
+    /// that number (`accept_cookie`), and only then is the connection made:
+    /// a flood from forged addresses never sees its SYN-ACKs, so it holds
+    /// no more than `max_half_open` connections, while real initiators
+    /// still get in. The cookie has 16 bits (all a sequence number has): a
+    /// forger needs 65,536 tries per connection on average. The cost: the
+    /// application sees the connection when the initiator first sends,
+    /// not at its SYN (BitTorrent's initiator speaks first).
+    fn send_syn_cookie(&mut self, now: Instant, to: SocketAddr, syn: &Header) {
+        if self.resets.len() >= MAX_QUEUED_REPLIES {
+            return;
+        }
+        let cookie = self.syn_cookie(to, syn.conn_id, syn.seq_nr, self.cookie_slot(now));
+        let micros = now.saturating_duration_since(self.epoch).as_micros() as u32;
+        let h = Header {
+            ty: PacketType::State,
+            conn_id: syn.conn_id,
+            timestamp: micros,
+            timestamp_diff: micros.wrapping_sub(syn.timestamp),
+            wnd_size: u32::try_from(self.cfg.recv_buffer).unwrap_or(u32::MAX),
+            seq_nr: cookie,
+            ack_nr: syn.seq_nr,
+        };
+        self.resets.push_back((to, h));
+        self.cookies_until = Some(now + std::time::Duration::from_secs(2 * COOKIE_SLOT_SECS));
+        tracing::debug!(peer = %to, "too many half-open connections, SYN answered with a cookie");
+    }
+
+    fn cookie_slot(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs() / COOKIE_SLOT_SECS
+    }
+
+    fn syn_cookie(&mut self, from: SocketAddr, syn_id: u16, syn_seq: u16, slot: u64) -> u16 {
+        let rng = &mut self.rng;
+        let key = self.cookie_key.get_or_insert_with(|| {
+            ahash::RandomState::with_seeds(rng.gen(), rng.gen(), rng.gen(), rng.gen())
+        });
+        key.hash_one((from, syn_id, syn_seq, slot)) as u16
+    }
+
+    /// A packet for no connection, while SYN cookies are out: if it is an
+    /// initiator's first packet after our cookie SYN-ACK (its connection
+    /// id and sequence number one past its SYN's, its ack one before the
+    /// cookie, as every stack acks a SYN-ACK), the connection is made now,
+    /// as if from that SYN, and the packet goes to it. Returns it.
+    fn accept_cookie(&mut self, now: Instant, from: SocketAddr, h: &Header) -> Option<usize> {
+        if !matches!(h.ty, PacketType::Data | PacketType::State)
+            || !self.listening
+            || self.cookies_until.is_none_or(|t| now >= t)
+            || self.accept_queue.len() >= self.cfg.accept_backlog
+        {
+            return None;
+        }
+        let syn = Header {
+            ty: PacketType::Syn,
+            conn_id: h.conn_id.wrapping_sub(1),
+            timestamp: h.timestamp,
+            timestamp_diff: 0,
+            wnd_size: h.wnd_size,
+            seq_nr: h.seq_nr.wrapping_sub(1),
+            ack_nr: 0,
+        };
+        let isn = h.ack_nr.wrapping_add(1);
+        let slot = self.cookie_slot(now);
+        let valid = [slot, slot.wrapping_sub(1)]
+            .into_iter()
+            .any(|s| self.syn_cookie(from, syn.conn_id, syn.seq_nr, s) == isn);
+        if !valid {
+            return None;
+        }
+        let mut conn = Connection::accept(self.cfg.clone(), now, self.epoch, &syn, isn);
+        conn.set_shared_limits(self.limits.clone());
+        tracing::debug!(peer = %from, conn_id = syn.conn_id, "incoming connection (SYN cookie)");
+        self.stats.syn_cookies_accepted += 1;
+        self.stats.connections_accepted += 1;
+        let handle = self.insert(now, from, conn);
+        self.accept_queue.push_back(handle);
+        Some(handle.0)
     }
 
     fn queue_reset(&mut self, now: Instant, to: SocketAddr, probe: &Header) {
@@ -1104,7 +1210,9 @@ impl Endpoint {
         split: bool,
     ) -> Option<(Transmit, Option<Bytes>)> {
         if let Some((to, h)) = self.resets.pop_front() {
-            self.stats.resets_sent += 1;
+            if h.ty == PacketType::Reset {
+                self.stats.resets_sent += 1;
+            }
             self.stats.datagrams_sent += 1;
             let len = packet::encode(&h, &[], &[], buf);
             debug_assert_eq!(len, HEADER_LEN);

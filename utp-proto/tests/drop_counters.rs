@@ -296,8 +296,9 @@ fn half_open_connections_are_bounded_even_when_the_application_accepts_them() {
         syn_from(&mut ep, now, port);
         accepted.extend(ep.accept());
     }
+    // Four SYN-ACKs with state, six with a SYN cookie and none.
     let synacks = drain(&mut ep, now);
-    assert_eq!(synacks.len(), 4);
+    assert_eq!(synacks.len(), 10);
     assert_eq!(accepted.len(), 4);
     let st = ep.stats();
     assert_eq!((st.half_open, st.syn_half_open_full), (4, 6));
@@ -323,6 +324,110 @@ fn half_open_connections_are_bounded_even_when_the_application_accepts_them() {
     assert_eq!(ep.stats().half_open, 0);
     syn_from(&mut ep, later, 12);
     assert_eq!(ep.stats().half_open, 1);
+}
+
+/// A SYN flood from forged addresses fills the half-open limit, and a real
+/// initiator still gets in: its SYN is answered with a SYN cookie and no
+/// state, and its first packet after that makes the connection. Packets
+/// that do not return the cookie make nothing.
+#[test]
+fn beyond_the_half_open_limit_a_syn_cookie_lets_a_real_initiator_in() {
+    let now = Instant::now();
+    let cfg = Config::default().max_half_open(4).accept_backlog(100);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 13);
+    ep.set_listening(true);
+    for port in 1..=4 {
+        syn_from(&mut ep, now, port);
+    }
+    drain(&mut ep, now);
+    assert_eq!(ep.stats().half_open, 4);
+
+    let from: SocketAddr = "10.0.7.7:7000".parse().unwrap();
+    let syn = hdr(PacketType::Syn, 700, 9000, 0);
+    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+        .unwrap();
+    let out = drain(&mut ep, now);
+    assert_eq!(out.len(), 1);
+    let synack = &out[0];
+    assert_eq!(synack.to, from);
+    assert_eq!(synack.h.ty, PacketType::State);
+    assert_eq!((synack.h.conn_id, synack.h.ack_nr), (700, 9000));
+    assert_eq!(ep.connection_count(), 4, "no state kept for it");
+    assert_eq!(ep.stats().syn_half_open_full, 1);
+    assert_eq!(ep.stats().resets_sent, 0);
+    // Its SYN again (the SYN-ACK was lost): the same cookie.
+    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+        .unwrap();
+    assert_eq!(drain(&mut ep, now)[0].h.seq_nr, synack.h.seq_nr);
+
+    // Every stack acks a SYN-ACK with its sequence number less one.
+    let cookie = synack.h.seq_nr;
+    let first = |seq: u16, ack: u16| hdr(PacketType::Data, 701, seq, ack);
+    let other: SocketAddr = "10.0.7.8:7000".parse().unwrap();
+    for (what, to, h) in [
+        ("another cookie", from, first(9001, cookie)),
+        (
+            "another address",
+            other,
+            first(9001, cookie.wrapping_sub(1)),
+        ),
+        (
+            "another sequence number",
+            from,
+            first(9003, cookie.wrapping_sub(1)),
+        ),
+        (
+            "a SYN's id",
+            from,
+            hdr(PacketType::Data, 700, 9001, cookie.wrapping_sub(1)),
+        ),
+    ] {
+        ep.handle_datagram(now, to, &datagram(&h, &[], b"x"))
+            .unwrap();
+        assert_eq!(ep.connection_count(), 4, "{what}");
+    }
+    assert_eq!(ep.stats().syn_cookies_accepted, 0);
+
+    let t1 = now + Duration::from_millis(30);
+    let data = datagram(&first(9001, cookie.wrapping_sub(1)), &[], b"hello");
+    ep.handle_datagram(t1, from, &data).unwrap();
+    assert_eq!(ep.stats().syn_cookies_accepted, 1);
+    let accepted: Vec<ConnHandle> = std::iter::from_fn(|| ep.accept()).collect();
+    let h = *accepted
+        .iter()
+        .find(|&&h| ep.peer_addr(h) == from)
+        .expect("the connection, made from the cookie");
+    assert_eq!(ep.conn(h).state(), State::Connected);
+    assert_eq!(ep.stats().half_open, 4, "it is not half-open");
+    let mut buf = [0u8; 16];
+    let n = ep.with_conn(h, t1, |c| c.read(&mut buf)).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    ep.with_conn(h, t1, |c| c.write(b"world")).unwrap();
+    let reply = drain(&mut ep, t1);
+    let d = reply
+        .iter()
+        .find(|o| o.h.ty == PacketType::Data)
+        .expect("our data");
+    // Our stream starts at the cookie, as the SYN-ACK said.
+    assert_eq!((d.h.conn_id, d.h.seq_nr, d.h.ack_nr), (700, cookie, 9001));
+    assert_eq!(d.payload, b"world");
+    // The first packet again (a retransmission) makes nothing new.
+    ep.handle_datagram(t1, from, &data).unwrap();
+    assert_eq!(ep.stats().syn_cookies_accepted, 1);
+
+    // Cookies are good for a minute or two, no longer.
+    let late: SocketAddr = "10.0.7.9:7000".parse().unwrap();
+    ep.handle_datagram(t1, late, &datagram(&syn, &[], &[]))
+        .unwrap();
+    let cookie = drain(&mut ep, t1)[0].h.seq_nr;
+    let t2 = t1 + Duration::from_secs(200);
+    ep.handle_datagram(
+        t2,
+        late,
+        &datagram(&first(9001, cookie.wrapping_sub(1)), &[], b"x"),
+    )
+    .unwrap();
+    assert_eq!(ep.stats().syn_cookies_accepted, 1);
 }
 
 #[test]
