@@ -270,6 +270,9 @@ pub struct Connection {
     /// (this sequence number on) is delivered: their resends crowd the path
     /// and would look like a second black hole at the new size.
     bh_quiet_until: Option<u16>,
+    /// At the base size, no black-hole check before this (see
+    /// `decide_check`).
+    bh_base_rest_until: Option<Instant>,
 
     // Handshake.
     syn_seq: u16,
@@ -428,6 +431,7 @@ impl Connection {
             probing_allowed: true,
             path_query: false,
             bh_check: BlackHoleCheck::Idle,
+            bh_base_rest_until: None,
             bh_quiet_until: None,
             syn_seq: 0,
             syn_send: false,
@@ -1947,7 +1951,7 @@ impl Connection {
         }
         if let Some(t) = self.tlp_deadline {
             if now >= t {
-                self.on_tail_loss_probe();
+                self.on_tail_loss_probe(now);
             }
         }
     }
@@ -1960,7 +1964,7 @@ impl Connection {
             .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
     }
 
-    fn on_tail_loss_probe(&mut self) {
+    fn on_tail_loss_probe(&mut self, now: Instant) {
         self.tlp_deadline = None;
         if self.peer_wnd_known && (self.peer_wnd as usize) < self.mss {
             // Silence behind a closed window is flow control: the persist
@@ -1979,16 +1983,19 @@ impl Connection {
             self.stats.tail_loss_probes += 1;
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
-            self.start_black_hole_check();
+            self.start_black_hole_check(now);
         }
     }
 
     /// A timer (tail loss probe, RTO) fired with packets unacknowledged:
     /// if the oldest is full-size, check for a black hole (see
     /// [`BlackHoleCheck`]). A check still unanswered is replaced.
-    fn start_black_hole_check(&mut self) {
+    fn start_black_hole_check(&mut self, now: Instant) {
         let refused = |p: &Sent| self.window_refuses(HEADER_LEN + p.payload.len());
         if self.state != State::Connected || self.outstanding.front().is_some_and(refused) {
+            return;
+        }
+        if self.bh_base_rest_until.is_some_and(|t| now < t) && self.pmtud.at_base() {
             return;
         }
         let Some(p) = self.outstanding.front_mut() else {
@@ -2076,9 +2083,19 @@ impl Connection {
             self.sync_mss();
             self.resend_oversized();
             self.bh_quiet_until = Some(self.seq_nr);
+        } else if self.pmtud.at_base() {
+            // At the base size the check is padded to the minimum (548
+            // bytes), which a Linux receive buffer charges 1,280 bytes
+            // against a base-size packet's 2,304: a nearly full buffer
+            // takes the check and drops the resend, just as a black hole
+            // would. Against libtorrent under load, checks at once made
+            // three such pieces within a search (a fall to 548 bytes).
+            // Checks at least a minimum RTO apart outlast such an episode;
+            // a real black hole at the base is still found within seconds.
+            self.bh_base_rest_until = Some(now + self.cfg.min_rto);
         } else {
             // Check again at once rather than wait for the next timer.
-            self.start_black_hole_check();
+            self.start_black_hole_check(now);
         }
     }
 
@@ -2170,7 +2187,7 @@ impl Connection {
             return;
         }
         // A shrunk path drops every full-size packet: check for that.
-        self.start_black_hole_check();
+        self.start_black_hole_check(now);
         self.rtt.back_off();
         self.cc.on_timeout(now);
         self.dup_acks = 0;

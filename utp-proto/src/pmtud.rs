@@ -142,6 +142,12 @@ impl Pmtud {
         self.cfg.base
     }
 
+    /// Whether the size is at (or below) the base, so that a black hole
+    /// would fall to the minimum.
+    pub fn at_base(&self) -> bool {
+        self.phase != Phase::Disabled && self.current <= self.cfg.base
+    }
+
     /// Whether a search is running (probes may be asked for).
     pub fn is_searching(&self) -> bool {
         self.phase == Phase::Searching

@@ -510,6 +510,32 @@ fn losses_at_the_base_size_are_not_taken_for_a_black_hole_either() {
     assert_eq!(run.stats.payload_size, 1212);
 }
 
+#[test]
+fn a_path_below_the_base_size_is_found_by_its_black_hole() {
+    // An IPv4 path of 1,000 bytes: even the base size (1,232-byte
+    // datagrams) vanishes. The checks at the base are spaced a minimum RTO
+    // apart, so the fall to 548 bytes takes seconds, not round trips; then
+    // the search finds the path's size.
+    let run = transfer(
+        Config::default(),
+        link(1000),
+        1500 - IP_UDP_OVERHEAD,
+        pattern(MIB, 11),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    assert_eq!(run.stats.pmtud_black_holes, 1);
+    let size = run.stats.payload_size;
+    assert!(size <= fits(1000) && size + 8 >= fits(1000), "{size}");
+    let fell_at = run
+        .sizes
+        .iter()
+        .find(|&&(_, s)| s < 1212)
+        .expect("fell below the base")
+        .0;
+    assert!(fell_at < Duration::from_secs(6), "fell back at {fell_at:?}");
+}
+
 /// The path MTU belongs to the path: a connection opened after another
 /// found the size to the same peer starts with it, without probing.
 #[test]
