@@ -1119,12 +1119,13 @@ impl Endpoint {
     }
 
     /// A packet for no connection, while SYN cookies are out: if it is an
-    /// initiator's first packet after our cookie SYN-ACK (its connection
-    /// id and sequence number one past its SYN's, its ack one before the
-    /// cookie, as every stack acks a SYN-ACK), the connection is made now,
-    /// as if from that SYN, and the packet goes to it. Returns it.
+    /// initiator's first packet after our cookie SYN-ACK (data, an ack, or
+    /// a FIN from one that closes at once; its connection id and sequence
+    /// number one past its SYN's, its ack one before the cookie, as every
+    /// stack acks a SYN-ACK), the connection is made now, as if from that
+    /// SYN, and the packet goes to it. Returns it.
     fn accept_cookie(&mut self, now: Instant, from: SocketAddr, h: &Header) -> Option<usize> {
-        if !matches!(h.ty, PacketType::Data | PacketType::State)
+        if !matches!(h.ty, PacketType::Data | PacketType::State | PacketType::Fin)
             || !self.listening
             || self.cookies_until.is_none_or(|t| now >= t)
             || self.accept_queue.len() >= self.cfg.accept_backlog

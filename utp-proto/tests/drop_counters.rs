@@ -430,6 +430,41 @@ fn beyond_the_half_open_limit_a_syn_cookie_lets_a_real_initiator_in() {
     assert_eq!(ep.stats().syn_cookies_accepted, 1);
 }
 
+/// An initiator that connects and closes without sending anything: its
+/// FIN returns the cookie, so the connection is made, already at EOF.
+#[test]
+fn a_fin_returning_a_syn_cookie_makes_a_connection_at_eof() {
+    let now = Instant::now();
+    let cfg = Config::default().max_half_open(1);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 14);
+    ep.set_listening(true);
+    syn_from(&mut ep, now, 1);
+    let from: SocketAddr = "10.0.7.7:7000".parse().unwrap();
+    let syn = hdr(PacketType::Syn, 300, 40, 0);
+    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+        .unwrap();
+    let cookie = drain(&mut ep, now)
+        .into_iter()
+        .find(|o| o.to == from)
+        .expect("a cookie SYN-ACK")
+        .h
+        .seq_nr;
+    let fin = hdr(PacketType::Fin, 301, 41, cookie.wrapping_sub(1));
+    ep.handle_datagram(now, from, &datagram(&fin, &[], &[]))
+        .unwrap();
+    let accepted: Vec<ConnHandle> = std::iter::from_fn(|| ep.accept()).collect();
+    let h = *accepted
+        .iter()
+        .find(|&&h| ep.peer_addr(h) == from)
+        .expect("made from the FIN");
+    assert!(ep.conn(h).is_eof());
+    let acks = drain(&mut ep, now);
+    assert!(
+        acks.iter().any(|o| o.to == from && o.h.ack_nr == 41),
+        "its FIN acked: {acks:?}"
+    );
+}
+
 #[test]
 fn dead_half_open_connections_do_not_keep_the_backlog_full() {
     let now = Instant::now();
