@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interop tests against the real peers (see interop/README.md):
-#   interop/libutp/run.sh      libutp (npm utp-native 2.5.3) through `utp`, 18 cases
-#   interop/libtorrent/run.py  libtorrent-rasterbar (Debian python3-libtorrent), 14 cases,
+#   interop/libutp/run.sh      libutp (npm utp-native 2.5.3) through `utp`, 19 cases
+#   interop/libtorrent/run.py  libtorrent-rasterbar (Debian python3-libtorrent), 15 cases,
 #                              through the bt_fetch example and through `utp`
 # usage: interop/run.sh PATH_TO_UTP PATH_TO_BT_FETCH
 # Installs what the peers need when it is missing (root, apt and npm); a peer

@@ -570,6 +570,23 @@ def case_f(ctx):
     return out
 
 
+def case_g(ctx):
+    """Our listener answers every SYN with a SYN cookie (--max-half-open 0,
+    what SYNs beyond the half-open limit get in a flood): libtorrent's
+    first packet after the SYN-ACK must return it and make the connection,
+    and the download must complete."""
+    script = os.path.join(HERE, "bt_seed.py")
+    try:
+        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "16", "--max-half-open", "0"],
+                           capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        raise CaseFailed("bt_seed.py did not finish in 180 s")
+    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
+    check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
+    check("SHA-1 verified" in out, f"not verified: {out[-300:]}")
+    return out
+
+
 CASES = [
     ("a bt_fetch connect -> libtorrent seed", case_a),
     ("b libtorrent connect_peer -> bt_fetch listen", case_b),
@@ -591,6 +608,7 @@ CASES = [
     ("e.iii.pause close() after libtorrent's FIN, torrent paused (connect)",
      lambda c: case_e_close_after_lt_fin(c, "connect", "pause")),
     ("f libtorrent downloads from utp listen: path MTU search", case_f),
+    ("g libtorrent connects to utp listen answering with a SYN cookie", case_g),
 ]
 
 

@@ -213,6 +213,11 @@ case1() {
 case2() {
     one_way "2a libutp connect -> utp listen, ${SIZE_MIB} MiB us->libutp" us-listen a.bin empty.bin
     one_way "2b libutp connect -> utp listen, ${SIZE_MIB} MiB libutp->us" us-listen empty.bin a.bin
+    # Every SYN answered with a SYN cookie (what a SYN flood beyond the
+    # half-open limit gets): libutp's first data returns it.
+    US_OPTS=(--max-half-open 0)
+    one_way "2c libutp connect -> utp listen, SYN cookie, ${SIZE_MIB} MiB libutp->us" us-listen empty.bin a.bin
+    US_OPTS=()
 }
 case3() {
     one_way "3a utp connect -> libutp listen, ${BOTH_MIB} MiB each way at once" us-connect both_a.bin both_b.bin

@@ -84,15 +84,23 @@ pub struct ConnOpts {
     /// idle peer. Default: wait for ever, like TCP without keep-alive.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub idle_timeout: Option<std::time::Duration>,
+    /// Incoming connections whose initiator has not spoken since its SYN;
+    /// SYNs beyond get a SYN cookie instead of state (default 1024). With 0
+    /// every SYN gets one, which tries the cookies against a real peer.
+    #[arg(long, value_name = "N")]
+    pub max_half_open: Option<usize>,
 }
 
 impl ConnOpts {
     pub fn config(&self) -> Config {
-        let config = self.payload.apply(Config::default());
-        match self.idle_timeout {
-            Some(t) => config.idle_timeout(Some(t)),
-            None => config,
+        let mut config = self.payload.apply(Config::default());
+        if let Some(t) = self.idle_timeout {
+            config = config.idle_timeout(Some(t));
         }
+        if let Some(n) = self.max_half_open {
+            config = config.max_half_open(n);
+        }
+        config
     }
 }
 
