@@ -326,6 +326,12 @@ fn half_open_connections_are_bounded_even_when_the_application_accepts_them() {
     assert_eq!(ep.stats().half_open, 1);
 }
 
+/// Accepts everything waiting; the connection from `from`, if among it.
+fn accept_from(ep: &mut Endpoint, from: SocketAddr) -> Option<ConnHandle> {
+    let accepted: Vec<ConnHandle> = std::iter::from_fn(|| ep.accept()).collect();
+    accepted.into_iter().find(|&h| ep.peer_addr(h) == from)
+}
+
 /// A SYN flood from forged addresses fills the half-open limit, and a real
 /// initiator still gets in: its SYN is answered with a SYN cookie and no
 /// state, and its first packet after that makes the connection. Packets
@@ -392,11 +398,7 @@ fn beyond_the_half_open_limit_a_syn_cookie_lets_a_real_initiator_in() {
     let data = datagram(&first(9001, cookie.wrapping_sub(1)), &[], b"hello");
     ep.handle_datagram(t1, from, &data).unwrap();
     assert_eq!(ep.stats().syn_cookies_accepted, 1);
-    let accepted: Vec<ConnHandle> = std::iter::from_fn(|| ep.accept()).collect();
-    let h = *accepted
-        .iter()
-        .find(|&&h| ep.peer_addr(h) == from)
-        .expect("the connection, made from the cookie");
+    let h = accept_from(&mut ep, from).expect("the connection, made from the cookie");
     assert_eq!(ep.conn(h).state(), State::Connected);
     assert_eq!(ep.stats().half_open, 4, "it is not half-open");
     let mut buf = [0u8; 16];
@@ -452,11 +454,7 @@ fn a_fin_returning_a_syn_cookie_makes_a_connection_at_eof() {
     let fin = hdr(PacketType::Fin, 301, 41, cookie.wrapping_sub(1));
     ep.handle_datagram(now, from, &datagram(&fin, &[], &[]))
         .unwrap();
-    let accepted: Vec<ConnHandle> = std::iter::from_fn(|| ep.accept()).collect();
-    let h = *accepted
-        .iter()
-        .find(|&&h| ep.peer_addr(h) == from)
-        .expect("made from the FIN");
+    let h = accept_from(&mut ep, from).expect("made from the FIN");
     assert!(ep.conn(h).is_eof());
     let acks = drain(&mut ep, now);
     assert!(
