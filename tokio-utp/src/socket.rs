@@ -857,9 +857,10 @@ impl Driver {
     /// Arms the wait that wakes the driver on a report, while a connect
     /// waits for its SYN-ACK (an idle driver must end it at once when
     /// refused). Otherwise reports are read whenever the driver runs anyway
-    /// (they come from our own sends; a "too big" from a transfer's). A wait kept armed, polled on every driver poll and looked at
-    /// by the reactor on every readiness event of the socket, cost 1.2% of
-    /// a ping-pong message's instructions (12,702 -> 12,850).
+    /// (they come from our own sends; a "too big" from a transfer's). A
+    /// wait kept armed, polled on every driver poll and looked at by the
+    /// reactor on every readiness event of the socket, cost 1.2% of a
+    /// ping-pong message's instructions (12,702 -> 12,850).
     fn arm_errors(&mut self, cx: &mut Context<'_>, waker_changed: bool) {
         let Net::Udp(udp) = &self.shared.net else {
             return;

@@ -320,8 +320,9 @@ pub(crate) fn send_again_after_peer_error<T>(
 
 /// Reads the socket's error queue (up to [`MAX_REPORTS_PER_READ`] reports)
 /// and appends the ICMP errors we act on to `out` (see `icmp_problem`);
-/// other reports (local errors, other ICMP types) are read and dropped. Returns whether the
-/// queue was found empty (false: reports may be left).
+/// other reports (local errors, other ICMP types) are read and dropped.
+/// Returns whether the queue was found empty (false: reports may be
+/// left).
 #[cfg(target_os = "linux")]
 pub(crate) fn read_error_reports(sock: &std::net::UdpSocket, out: &mut Vec<ErrorReport>) -> bool {
     use std::os::fd::AsRawFd;

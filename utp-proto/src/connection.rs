@@ -2049,9 +2049,8 @@ impl Connection {
     /// `size` bytes. A receiver whose buffer is full drops such packets
     /// (libtorrent does, "other end is not honoring our advertised
     /// window") yet acks the black-hole check at once (a duplicate), so
-    /// the missing packet is flow control, not a black hole: against a
-    /// libtorrent leecher whose disk fell behind, three such checks in a
-    /// row made a false black hole and a search stuck at the base size.
+    /// the missing packet is flow control, not a black hole: a scripted
+    /// receiver that stopped reading made a false one in three timeouts.
     fn window_refuses(&self, size: usize) -> bool {
         self.peer_wnd_known && (self.peer_wnd as usize) < size.saturating_sub(HEADER_LEN)
     }

@@ -283,8 +283,7 @@ impl Pmtud {
     pub fn on_packet_acked(&mut self, size: usize) {
         // The same test as the evidence's: at the base size (fall-back to
         // `min`) a base-size packet is both. Clearing only above the base
-        // let evidence at the base add up over a whole connection: three
-        // overflow losses at a timer against libtorrent fell to 548 bytes.
+        // let evidence at the base add up over a whole connection.
         if self.is_large(size) {
             self.large_losses = 0;
         }
