@@ -1115,7 +1115,9 @@ impl Endpoint {
         let key = self.cookie_key.get_or_insert_with(|| {
             ahash::RandomState::with_seeds(rng.gen(), rng.gen(), rng.gen(), rng.gen())
         });
-        key.hash_one((from, syn_id, syn_seq, slot)) as u16
+        // The address's IP and port only: an IPv6 flow label may differ
+        // between the SYN and the packet that returns the cookie.
+        key.hash_one((from.ip(), from.port(), syn_id, syn_seq, slot)) as u16
     }
 
     /// A packet for no connection, while SYN cookies are out: if it is an
