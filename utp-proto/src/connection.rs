@@ -355,6 +355,9 @@ pub struct Connection {
     ack_nr: u16,
     reorder: VecDeque<Option<Bytes>>,
     reorder_bytes: usize,
+    /// Most out-of-order bytes this connection may hold now: its share of
+    /// [`Config::reorder_memory`] left by the others (the endpoint sets it).
+    reorder_room: usize,
     ready: VecDeque<Bytes>,
     /// In-order bytes after `ready`, from small packets (see `push_ready`).
     ready_tail: BytesMut,
@@ -484,6 +487,7 @@ impl Connection {
             ack_nr: 0,
             reorder: VecDeque::new(),
             reorder_bytes: 0,
+            reorder_room: usize::MAX,
             ready: VecDeque::new(),
             ready_tail: BytesMut::new(),
             ready_bytes: 0,
@@ -1607,6 +1611,13 @@ impl Connection {
             }
             return;
         }
+        if offset > 0 && !self.released && self.reorder_bytes + payload.len() > self.reorder_room {
+            // The socket's connections hold all the out-of-order data they
+            // may (Config::reorder_memory): this comes again.
+            self.stats.dropped_out_of_window += 1;
+            self.stats.drops.reorder_memory_full += 1;
+            return;
+        }
         if self.reorder.len() <= offset {
             self.reorder.resize(offset + 1, None);
         }
@@ -2249,6 +2260,17 @@ impl Connection {
     pub(crate) fn set_peer_room(&mut self, room: FlightSize, share: usize) {
         self.peer_room = room;
         self.peer_share = share;
+    }
+
+    /// Out-of-order bytes held (received past a gap).
+    pub(crate) fn reorder_held(&self) -> usize {
+        self.reorder_bytes
+    }
+
+    /// How many out-of-order bytes it may hold (see
+    /// [`Config::reorder_memory`]).
+    pub(crate) fn set_reorder_room(&mut self, room: usize) {
+        self.reorder_room = room;
     }
 
     /// Packets sent and neither acknowledged nor declared lost: their

@@ -32,6 +32,9 @@ pub struct DropStats {
     pub seq_out_of_window: u64,
     /// Data inside the window that did not fit in the receive buffer.
     pub recv_buffer_full: u64,
+    /// Out-of-order data dropped because the socket's connections together
+    /// held [`Config::reorder_memory`](crate::Config::reorder_memory) of it.
+    pub reorder_memory_full: u64,
     /// Data with a sequence number past the peer's FIN.
     pub data_past_fin: u64,
     /// FINs whose sequence number contradicts the peer's earlier FIN.
@@ -49,6 +52,7 @@ impl DropStats {
             sack_beyond_sent,
             seq_out_of_window,
             recv_buffer_full,
+            reorder_memory_full,
             data_past_fin,
             fin_mismatch,
         } = *self;
@@ -59,6 +63,7 @@ impl DropStats {
             + sack_beyond_sent
             + seq_out_of_window
             + recv_buffer_full
+            + reorder_memory_full
             + data_past_fin
             + fin_mismatch
     }
@@ -75,6 +80,7 @@ impl AddAssign<&DropStats> for DropStats {
             sack_beyond_sent,
             seq_out_of_window,
             recv_buffer_full,
+            reorder_memory_full,
             data_past_fin,
             fin_mismatch,
         } = *o;
@@ -85,6 +91,7 @@ impl AddAssign<&DropStats> for DropStats {
         self.sack_beyond_sent += sack_beyond_sent;
         self.seq_out_of_window += seq_out_of_window;
         self.recv_buffer_full += recv_buffer_full;
+        self.reorder_memory_full += reorder_memory_full;
         self.data_past_fin += data_past_fin;
         self.fin_mismatch += fin_mismatch;
     }

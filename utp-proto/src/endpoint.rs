@@ -128,6 +128,8 @@ struct Entry {
     waiting: bool,
     /// Counted in that entry's `sending`.
     sending: bool,
+    /// Its out-of-order bytes as counted in `Endpoint::reorder_held`.
+    held: usize,
 }
 
 /// A map keyed by what peers choose (addresses, connection ids). aHash is
@@ -176,6 +178,9 @@ pub struct Endpoint {
     /// packet from a wrong address apart from one for no connection.
     ids: NetMap<u16, u32>,
     half_open: usize,
+    /// Out-of-order bytes all connections hold (see
+    /// [`Config::reorder_memory`]).
+    reorder_held: usize,
     /// Our connects still waiting for their SYN-ACK.
     connecting: usize,
     /// Drop counters of connections already freed.
@@ -331,6 +336,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             ids: NetMap::default(),
             half_open: 0,
+            reorder_held: 0,
             connecting: 0,
             retired_drops: DropStats::default(),
             flights: Slab::new(),
@@ -481,6 +487,7 @@ impl Endpoint {
             flight: FlightSize::default(),
             waiting: false,
             sending: false,
+            held: 0,
         });
         self.by_key.insert(key, idx);
         self.after_change(idx, now);
@@ -597,6 +604,14 @@ impl Endpoint {
     fn after_change(&mut self, idx: usize, now: Instant) {
         self.count_flight(idx);
         let e = &mut self.conns[idx];
+        let held = if e.conn.is_done() {
+            0
+        } else {
+            e.conn.reorder_held()
+        };
+        debug_assert!(self.reorder_held >= e.held, "out-of-order bytes miscounted");
+        self.reorder_held = self.reorder_held.saturating_sub(e.held) + held;
+        e.held = held;
         if e.half_open && (e.conn.state() != State::SynRecv || e.conn.is_done()) {
             e.half_open = false;
             self.half_open -= 1;
@@ -987,7 +1002,11 @@ impl Endpoint {
         };
         match idx {
             Some(idx) => {
+                // What the other connections leave of the out-of-order limit.
+                let others = self.reorder_held.saturating_sub(self.conns[idx].held);
+                let room = self.cfg.reorder_memory.saturating_sub(others);
                 let e = &mut self.conns[idx];
+                e.conn.set_reorder_room(room);
                 // Everything the connection logs carries its id and peer.
                 let _span = conn_span(&e.conn, e.addr).entered();
                 e.conn.handle_packet_in(now, &pkt, owner);

@@ -526,3 +526,67 @@ fn reset_with_data_unacked_fails_the_connection() {
         Some(utp_proto::ConnectionError::Reset)
     );
 }
+
+/// Out-of-order data is bounded per socket, not only per connection: a
+/// peer with many connections that never fills their gaps holds at most
+/// `reorder_memory` in all. In-order data still gets in, and filling a gap
+/// frees what it held.
+#[test]
+fn out_of_order_data_is_bounded_across_all_connections_of_a_socket() {
+    let now = Instant::now();
+    let cfg = Config::default().reorder_memory(40_000);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 15);
+    ep.set_listening(true);
+    let piece = vec![7u8; 10_000];
+    // Eight connections from one peer, each sent two packets past a gap.
+    let mut conns = Vec::new();
+    for i in 0..8u16 {
+        let from: SocketAddr = format!("10.0.8.1:{}", 9000 + i).parse().unwrap();
+        let syn = hdr(PacketType::Syn, 100 + 2 * i, 1000, 0);
+        ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+            .unwrap();
+        let y = drain(&mut ep, now).pop().expect("SYN-ACK").h.seq_nr;
+        let ack = y.wrapping_sub(1);
+        for seq in [1003u16, 1004] {
+            let h = hdr(PacketType::Data, 101 + 2 * i, seq, ack);
+            ep.handle_datagram(now, from, &datagram(&h, &[], &piece))
+                .unwrap();
+        }
+        conns.push((from, 101 + 2 * i, ack));
+    }
+    let dropped = ep.stats().connection_drops.reorder_memory_full;
+    // 40,000 bytes hold four 10,000-byte pieces; the other twelve wait.
+    assert_eq!(dropped, 12, "{:?}", ep.stats().connection_drops);
+    let hs: Vec<ConnHandle> = std::iter::from_fn(|| ep.accept()).collect();
+    assert_eq!(hs.len(), 8);
+
+    // In-order data is never refused for it: the last connection's next
+    // packet goes straight to its reader.
+    let (from, id, ack) = conns[7];
+    let h = hdr(PacketType::Data, id, 1001, ack);
+    ep.handle_datagram(now, from, &datagram(&h, &[], &piece))
+        .unwrap();
+    assert_eq!(ep.conn(hs[7]).readable_bytes(), 10_000);
+    assert_eq!(ep.stats().connection_drops.reorder_memory_full, 12);
+
+    // The first connection fills its gap: its held data becomes readable
+    // and the room it held goes to the others.
+    let (from, id, ack) = conns[0];
+    for seq in [1001u16, 1002] {
+        let h = hdr(PacketType::Data, id, seq, ack);
+        ep.handle_datagram(now, from, &datagram(&h, &[], &piece))
+            .unwrap();
+    }
+    assert_eq!(ep.conn(hs[0]).readable_bytes(), 40_000);
+    let (from, id, ack) = conns[6];
+    for seq in [1003u16, 1004] {
+        let h = hdr(PacketType::Data, id, seq, ack);
+        ep.handle_datagram(now, from, &datagram(&h, &[], &piece))
+            .unwrap();
+    }
+    assert_eq!(
+        ep.stats().connection_drops.reorder_memory_full,
+        12,
+        "room freed for the retransmissions"
+    );
+}
