@@ -133,7 +133,8 @@ pub struct ConnectionStats {
     /// `drops.ack_beyond_sent`).
     pub invalid_acks: u64,
     /// Data packets dropped: outside the receive window or buffer full
-    /// (`drops.seq_out_of_window` plus `drops.recv_buffer_full`).
+    /// (`drops.seq_out_of_window`, `drops.recv_buffer_full` and
+    /// `drops.reorder_memory_full`).
     pub dropped_out_of_window: u64,
     /// Everything ignored, by reason.
     pub drops: DropStats,
