@@ -930,13 +930,8 @@ impl Endpoint {
         let Ok(h) = Header::parse_fixed(quoted) else {
             return false;
         };
-        // A packet other than a SYN carries its receiver's id, our send id,
-        // which is our receive id plus or minus one (by role).
-        let found = [h.conn_id.wrapping_add(1), h.conn_id.wrapping_sub(1)]
-            .into_iter()
-            .filter_map(|id| self.by_key.get(&(peer, id)).copied())
-            .find(|&idx| self.conns[idx].conn.send_id() == h.conn_id);
-        let Some(idx) = found else {
+        // A packet other than a SYN carries its receiver's id: our send id.
+        let Some(idx) = self.find_by_send_id(peer, h.conn_id) else {
             return false;
         };
         if !self.conns[idx].conn.handle_too_big(now, h.seq_nr, max) {
@@ -1060,6 +1055,12 @@ impl Endpoint {
         if let Some(&idx) = self.by_key.get(&(from, id)) {
             return Some(idx);
         }
+        self.find_by_send_id(from, id)
+    }
+
+    /// The connection to `from` that sends on `id`: its receive id is `id`
+    /// plus or minus one (by role).
+    fn find_by_send_id(&self, from: SocketAddr, id: u16) -> Option<usize> {
         [id.wrapping_sub(1), id.wrapping_add(1)]
             .into_iter()
             .filter_map(|k| self.by_key.get(&(from, k)).copied())
