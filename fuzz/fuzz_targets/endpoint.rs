@@ -18,10 +18,12 @@ fn addr(i: u8) -> SocketAddr {
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     // Two half-open connections at most: more SYNs get SYN cookies, so
-    // packets that return (or forge) them are fuzzed too.
+    // packets that return (or forge) them are fuzzed too. One TIME_WAIT at
+    // most: a second close ends the first early.
     let cfg = Config::default()
         .accept_backlog(4)
         .max_half_open(2)
+        .max_time_wait(1)
         .recv_buffer(64 << 10);
     let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 7);
     ep.set_listening(true);

@@ -91,6 +91,14 @@ pub struct Config {
     /// How long a fully closed connection's id stays reserved, so late
     /// packets (a re-sent FIN) are answered instead of mistaken. Default 10 s.
     pub time_wait: Duration,
+    /// Most connections one endpoint keeps in TIME_WAIT; beyond it the
+    /// oldest ends early (counted in `EndpointStats::time_wait_ended_early`),
+    /// as Linux does past `tcp_max_tw_buckets`. A TIME_WAIT connection
+    /// still costs some kilobytes, and a peer closing connections as fast
+    /// as it opens them would otherwise make memory grow with its rate
+    /// times [`Config::time_wait`]. Default 16,384 (about 80 MiB at most),
+    /// more than a burst of 10,000 closes.
+    pub max_time_wait: usize,
     /// After the application dropped a connection and our FIN is acked, how
     /// long to wait for the peer's FIN while the peer is silent. Default 10 s.
     pub linger: Duration,
@@ -162,6 +170,7 @@ impl Default for Config {
             max_rto: Duration::from_secs(30),
             max_timeouts: 6,
             time_wait: Duration::from_secs(10),
+            max_time_wait: 16_384,
             linger: Duration::from_secs(10),
             max_reorder_packets: 1024,
             accept_backlog: 1024,
@@ -223,6 +232,8 @@ setters! {
     max_timeouts: u32;
     /// Sets [`Config::time_wait`].
     time_wait: Duration;
+    /// Sets [`Config::max_time_wait`].
+    max_time_wait: usize;
     /// Sets [`Config::linger`].
     linger: Duration;
     /// Sets [`Config::max_reorder_packets`].

@@ -1026,6 +1026,16 @@ impl Connection {
         }
     }
 
+    /// Ends TIME_WAIT now (the endpoint holds too many, see
+    /// [`Config::max_time_wait`]); a later packet is then one for no
+    /// connection. Does nothing in any other state.
+    pub fn end_time_wait(&mut self) {
+        if self.state == State::TimeWait {
+            self.time_wait_until = None;
+            self.state = State::Done;
+        }
+    }
+
     /// Whether the endpoint may forget this connection.
     pub fn is_done(&self) -> bool {
         self.released && matches!(self.state, State::Done | State::Failed(_))

@@ -71,6 +71,9 @@ pub struct EndpointStats {
     /// Connections made from a packet that returned a SYN cookie: an
     /// initiator whose SYN came while the half-open limit was reached.
     pub syn_cookies_accepted: u64,
+    /// TIME_WAIT connections ended early to stay within
+    /// [`Config::max_time_wait`].
+    pub time_wait_ended_early: u64,
     /// Half-open incoming connections now (see [`Config::max_half_open`]).
     pub half_open: u64,
     /// SYNs refused (with RESET) because nobody listens.
@@ -116,6 +119,8 @@ struct Entry {
     half_open: bool,
     /// Counted in `Endpoint::connecting`.
     connecting: bool,
+    /// Counted in `Endpoint::time_waits`.
+    time_wait: bool,
     /// Its failure is counted in the stats.
     failure_counted: bool,
     /// The datagram size last shared for it (0: not yet).
@@ -183,6 +188,11 @@ pub struct Endpoint {
     reorder_held: usize,
     /// Our connects still waiting for their SYN-ACK.
     connecting: usize,
+    /// Connections in TIME_WAIT (see [`Config::max_time_wait`]).
+    time_waits: usize,
+    /// The order they entered it in: (index, address, receive id), which
+    /// tells a stale entry (the connection ended, its index reused) apart.
+    time_wait_order: VecDeque<(usize, SocketAddr, u16)>,
     /// Drop counters of connections already freed.
     retired_drops: DropStats,
     /// Data in flight per peer address (see [`Config::max_peer_flight`]),
@@ -338,6 +348,8 @@ impl Endpoint {
             half_open: 0,
             reorder_held: 0,
             connecting: 0,
+            time_waits: 0,
+            time_wait_order: VecDeque::new(),
             retired_drops: DropStats::default(),
             flights: Slab::new(),
             flight_ids: NetMap::default(),
@@ -481,6 +493,7 @@ impl Endpoint {
             deadline: None,
             half_open,
             connecting,
+            time_wait: false,
             failure_counted: false,
             path_size: 0,
             flight_id,
@@ -602,6 +615,46 @@ impl Endpoint {
     }
 
     fn after_change(&mut self, idx: usize, now: Instant) {
+        self.after_change_one(idx, now);
+        if self.time_waits > self.cfg.max_time_wait {
+            self.trim_time_wait(now);
+        }
+        // Entries of connections that left TIME_WAIT stay until they reach
+        // the front; one the peer keeps alive with re-sent FINs would hold
+        // all later ones there, so the queue is pruned when it has more
+        // stale entries than live ones (amortized O(1) per entry).
+        if self.time_wait_order.len() > 2 * self.time_waits + 64 {
+            let order = std::mem::take(&mut self.time_wait_order);
+            self.time_wait_order = order
+                .into_iter()
+                .filter(|&(i, a, id)| self.is_time_wait_entry(i, a, id))
+                .collect();
+        }
+    }
+
+    /// Ends the oldest TIME_WAITs beyond [`Config::max_time_wait`].
+    fn trim_time_wait(&mut self, now: Instant) {
+        while self.time_waits > self.cfg.max_time_wait {
+            let Some((idx, addr, id)) = self.time_wait_order.pop_front() else {
+                debug_assert!(false, "TIME_WAIT count without entries");
+                return;
+            };
+            if !self.is_time_wait_entry(idx, addr, id) {
+                continue;
+            }
+            self.conns[idx].conn.end_time_wait();
+            self.stats.time_wait_ended_early += 1;
+            self.after_change_one(idx, now);
+        }
+    }
+
+    fn is_time_wait_entry(&self, idx: usize, addr: SocketAddr, id: u16) -> bool {
+        self.conns
+            .get(idx)
+            .is_some_and(|e| e.time_wait && e.addr == addr && e.conn.recv_id() == id)
+    }
+
+    fn after_change_one(&mut self, idx: usize, now: Instant) {
         self.count_flight(idx);
         let e = &mut self.conns[idx];
         let held = if e.conn.is_done() {
@@ -619,6 +672,17 @@ impl Endpoint {
         if e.connecting && (e.conn.state() != State::SynSent || e.conn.is_done()) {
             e.connecting = false;
             self.connecting -= 1;
+        }
+        let time_wait = e.conn.state() == State::TimeWait && !e.conn.is_done();
+        if time_wait != e.time_wait {
+            e.time_wait = time_wait;
+            if time_wait {
+                self.time_waits += 1;
+                self.time_wait_order
+                    .push_back((idx, e.addr, e.conn.recv_id()));
+            } else {
+                self.time_waits -= 1;
+            }
         }
         if !e.failure_counted {
             if let Some(err) = e.conn.error() {

@@ -590,3 +590,72 @@ fn out_of_order_data_is_bounded_across_all_connections_of_a_socket() {
         "room freed for the retransmissions"
     );
 }
+
+// ------------------------------------------------------------ TIME_WAIT bound
+
+/// Takes the connection from `port` (SYN id `port`, seq 1) through a
+/// clean close: both FINs sent and acked, so ours is in TIME_WAIT. Returns
+/// it and the ack the peer's FIN carried.
+fn close_from(ep: &mut Endpoint, now: Instant, port: u16) -> (ConnHandle, u16) {
+    let from = SocketAddr::from(([10, 0, 7, 1], port));
+    let send = |ep: &mut Endpoint, ty, seq, ack| {
+        let h = hdr(ty, port.wrapping_add(1), seq, ack);
+        ep.handle_datagram(now, from, &datagram(&h, &[], &[]))
+            .unwrap();
+        drain(ep, now)
+    };
+    let syn = hdr(PacketType::Syn, port, 1, 0);
+    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+        .unwrap();
+    let h = accept_from(ep, from).expect("accepted");
+    let y = drain(ep, now)[0].h.seq_nr;
+    // The SYN-ACK's seq is our first data packet's: it acks `y - 1`.
+    send(ep, PacketType::Fin, 2, y.wrapping_sub(1));
+    ep.release(h, now);
+    let fin = drain(ep, now);
+    let fin = fin
+        .iter()
+        .find(|o| o.h.ty == PacketType::Fin)
+        .expect("our FIN");
+    send(ep, PacketType::State, 3, fin.h.seq_nr);
+    (h, y.wrapping_sub(1))
+}
+
+#[test]
+fn time_wait_is_bounded_and_the_oldest_ends_first() {
+    let now = Instant::now();
+    let cfg = Config::default().max_time_wait(3);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 5);
+    ep.set_listening(true);
+    let handles: Vec<_> = (1..=5)
+        .map(|p| (p * 10, close_from(&mut ep, now, p * 10)))
+        .collect();
+    for &(_, (h, _)) in &handles[2..] {
+        assert_eq!(ep.conn(h).state(), State::TimeWait);
+    }
+    assert_eq!(ep.connection_count(), 3, "two ended early");
+    assert_eq!(ep.stats().time_wait_ended_early, 2);
+    // A re-sent FIN: the newest is answered as before, the oldest is for
+    // no connection any more.
+    for (i, answer) in [(4, PacketType::State), (0, PacketType::Reset)] {
+        let (port, (_, ack)) = handles[i];
+        let from = SocketAddr::from(([10, 0, 7, 1], port));
+        let fin = hdr(PacketType::Fin, port + 1, 2, ack);
+        ep.handle_datagram(now, from, &datagram(&fin, &[], &[]))
+            .unwrap();
+        let out = drain(&mut ep, now);
+        assert!(
+            !out.is_empty() && out.iter().all(|o| o.h.ty == answer),
+            "{port}: {out:?}"
+        );
+    }
+    // Ended normally, they leave no bookkeeping behind: the next closes
+    // end none early.
+    ep.handle_timeout(now + Config::default().time_wait);
+    assert_eq!(ep.connection_count(), 0);
+    for p in 6..=8 {
+        close_from(&mut ep, now + Config::default().time_wait, p * 10);
+    }
+    assert_eq!(ep.connection_count(), 3);
+    assert_eq!(ep.stats().time_wait_ended_early, 2);
+}
