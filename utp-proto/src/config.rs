@@ -91,7 +91,8 @@ pub struct Config {
     /// How long a fully closed connection's id stays reserved, so late
     /// packets (a re-sent FIN) are answered instead of mistaken. Default 10 s.
     pub time_wait: Duration,
-    /// Most connections one endpoint keeps in TIME_WAIT; beyond it the
+    /// Most connections one endpoint keeps in TIME_WAIT after the
+    /// application let go of them (dropped its stream); beyond it the
     /// oldest ends early (counted in `EndpointStats::time_wait_ended_early`),
     /// as Linux does past `tcp_max_tw_buckets`. A TIME_WAIT connection
     /// still costs some kilobytes, and a peer closing connections as fast

@@ -1026,6 +1026,11 @@ impl Connection {
         }
     }
 
+    /// Whether the application let go of it ([`Connection::release`]).
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
+
     /// Ends TIME_WAIT now (the endpoint holds too many, see
     /// [`Config::max_time_wait`]); a later packet is then one for no
     /// connection. Does nothing in any other state.

@@ -188,7 +188,7 @@ pub struct Endpoint {
     reorder_held: usize,
     /// Our connects still waiting for their SYN-ACK.
     connecting: usize,
-    /// Connections in TIME_WAIT (see [`Config::max_time_wait`]).
+    /// Released connections in TIME_WAIT (see [`Config::max_time_wait`]).
     time_waits: usize,
     /// The order they entered it in: (index, address, receive id), which
     /// tells a stale entry (the connection ended, its index reused) apart.
@@ -673,7 +673,9 @@ impl Endpoint {
             e.connecting = false;
             self.connecting -= 1;
         }
-        let time_wait = e.conn.state() == State::TimeWait && !e.conn.is_done();
+        // Only those the application let go of: ending the others early
+        // would free nothing while it holds them.
+        let time_wait = e.conn.state() == State::TimeWait && e.conn.is_released();
         if time_wait != e.time_wait {
             e.time_wait = time_wait;
             if time_wait {

@@ -595,8 +595,9 @@ fn out_of_order_data_is_bounded_across_all_connections_of_a_socket() {
 
 /// Takes the connection from `port` (SYN id `port`, seq 1) through a
 /// clean close: both FINs sent and acked, so ours is in TIME_WAIT. Returns
-/// it and the ack the peer's FIN carried.
-fn close_from(ep: &mut Endpoint, now: Instant, port: u16) -> (ConnHandle, u16) {
+/// it and the ack the peer's FIN carried. `release`: the application lets
+/// go of it (else it only closes it).
+fn close_from(ep: &mut Endpoint, now: Instant, port: u16, release: bool) -> (ConnHandle, u16) {
     let from = SocketAddr::from(([10, 0, 7, 1], port));
     let send = |ep: &mut Endpoint, ty, seq, ack| {
         let h = hdr(ty, port.wrapping_add(1), seq, ack);
@@ -611,7 +612,11 @@ fn close_from(ep: &mut Endpoint, now: Instant, port: u16) -> (ConnHandle, u16) {
     let y = drain(ep, now)[0].h.seq_nr;
     // The SYN-ACK's seq is our first data packet's: it acks `y - 1`.
     send(ep, PacketType::Fin, 2, y.wrapping_sub(1));
-    ep.release(h, now);
+    if release {
+        ep.release(h, now);
+    } else {
+        ep.with_conn(h, now, |c| c.close());
+    }
     let fin = drain(ep, now);
     let fin = fin
         .iter()
@@ -627,13 +632,16 @@ fn time_wait_is_bounded_and_the_oldest_ends_first() {
     let cfg = Config::default().max_time_wait(3);
     let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 5);
     ep.set_listening(true);
+    // One the application still holds: not counted, never ended early.
+    let (held, _) = close_from(&mut ep, now, 1, false);
     let handles: Vec<_> = (1..=5)
-        .map(|p| (p * 10, close_from(&mut ep, now, p * 10)))
+        .map(|p| (p * 10, close_from(&mut ep, now, p * 10, true)))
         .collect();
     for &(_, (h, _)) in &handles[2..] {
         assert_eq!(ep.conn(h).state(), State::TimeWait);
     }
-    assert_eq!(ep.connection_count(), 3, "two ended early");
+    assert_eq!(ep.conn(held).state(), State::TimeWait);
+    assert_eq!(ep.connection_count(), 4, "two ended early");
     assert_eq!(ep.stats().time_wait_ended_early, 2);
     // A re-sent FIN: the newest is answered as before, the oldest is for
     // no connection any more.
@@ -652,9 +660,10 @@ fn time_wait_is_bounded_and_the_oldest_ends_first() {
     // Ended normally, they leave no bookkeeping behind: the next closes
     // end none early.
     ep.handle_timeout(now + Config::default().time_wait);
+    ep.release(held, now + Config::default().time_wait);
     assert_eq!(ep.connection_count(), 0);
     for p in 6..=8 {
-        close_from(&mut ep, now + Config::default().time_wait, p * 10);
+        close_from(&mut ep, now + Config::default().time_wait, p * 10, true);
     }
     assert_eq!(ep.connection_count(), 3);
     assert_eq!(ep.stats().time_wait_ended_early, 2);
