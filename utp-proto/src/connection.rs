@@ -689,12 +689,29 @@ impl Connection {
             max,
             "packet too big for the path"
         );
+        self.lower_for_too_big(now, max);
+        true
+    }
+
+    /// Another connection to the same peer address took a "packet too big"
+    /// report (see [`Connection::handle_too_big`]): the path is the same,
+    /// so this one drops to `max` too if it is larger, rather than wait for
+    /// a report of its own (routers rate-limit them) or find a black hole
+    /// by losses. Returns whether it changed anything.
+    pub(crate) fn path_too_big(&mut self, now: Instant, max: usize) -> bool {
+        if self.datagram_size() <= max || !matches!(self.state, State::Connected) {
+            return false;
+        }
+        self.lower_for_too_big(now, max);
+        true
+    }
+
+    fn lower_for_too_big(&mut self, now: Instant, max: usize) {
         self.pmtud.on_too_big(max, now);
         self.sync_mss();
         self.resend_oversized();
         // Their resends would look like a black hole at the new size.
         self.bh_quiet_until = Some(self.seq_nr);
-        true
     }
 
     /// The path changed (new route): search again from the base size.

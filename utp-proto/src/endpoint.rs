@@ -980,7 +980,8 @@ impl Endpoint {
     /// at most `max` bytes of UDP payload pass. `quoted` is the start of
     /// that datagram, as the report quotes it. The connection that sent it
     /// lowers its size to `max` at once and resends what it sent larger,
-    /// instead of finding the black hole by losses (RFC 8899 4.6). Such
+    /// instead of finding the black hole by losses (RFC 8899 4.6), and so
+    /// do the other connections to the same address that are larger. Such
     /// reports are not authenticated: one counts only if it quotes a
     /// packet of that connection that is still unacknowledged and larger
     /// than `max`, so a forger must know its ids and sequence numbers.
@@ -1005,6 +1006,22 @@ impl Endpoint {
         }
         self.touch(idx);
         self.after_change(idx, now);
+        // The report names the path to the peer's address, which all its
+        // connections share (as the OS's route cache does); this one quoted
+        // a packet in flight, so it is no forgery by someone off the path.
+        let ip = peer.ip();
+        let others: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|&(j, e)| j != idx && e.addr.ip() == ip && e.conn.datagram_size() > max)
+            .map(|(j, _)| j)
+            .collect();
+        for j in others {
+            if self.conns[j].conn.path_too_big(now, max) {
+                self.touch(j);
+                self.after_change(j, now);
+            }
+        }
         true
     }
 

@@ -777,3 +777,71 @@ fn a_too_big_report_quoting_a_packet_in_flight_lowers_the_size_at_once() {
     assert_eq!(st.pmtud_black_holes, 0);
     assert_eq!(st.timeouts + st.fast_retransmits, 0);
 }
+
+/// A connection to `peer()` that confirmed 1472-byte datagrams (or took
+/// them from one that did) and has a flight of them out: its handle and
+/// that flight.
+fn at_1472_with_flight(ep: &mut Endpoint, now: &mut Instant) -> (ConnHandle, Vec<common::Out>) {
+    let h = ep.connect(*now, peer()).unwrap();
+    ep.set_max_datagram(h, *now, 1472);
+    let syn = drain(ep, *now).pop().expect("SYN");
+    let r = syn.h.conn_id;
+    *now += Duration::from_millis(10);
+    let synack = hdr(PacketType::State, r, 1000, syn.h.seq_nr);
+    ep.handle_datagram(*now, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    ep.with_conn(h, *now, |c| c.write(&[7u8; 400_000])).unwrap();
+    let mut flight = drain(ep, *now);
+    if ep.conn(h).datagram_size() < 1472 {
+        // The first confirms the size with a probe: ack it all.
+        *now += Duration::from_millis(10);
+        let ack = hdr(PacketType::State, r, 1000, flight.last().unwrap().h.seq_nr);
+        ep.handle_datagram(*now, peer(), &datagram(&ack, &[], &[]))
+            .unwrap();
+        flight = drain(ep, *now);
+    }
+    assert_eq!(ep.conn(h).datagram_size(), 1472);
+    // Data carries the peer's receive id: ours plus one.
+    let flight: Vec<_> = flight
+        .into_iter()
+        .filter(|o| o.h.conn_id == r.wrapping_add(1))
+        .collect();
+    assert!(flight.len() >= 4 && flight.iter().all(|o| o.raw.len() == 1472));
+    (h, flight)
+}
+
+/// A too-big report taken by one connection lowers every connection to the
+/// same peer address: they share the path, and routers rate-limit their
+/// reports, so the others might get none and find a black hole by losses.
+#[test]
+fn a_too_big_report_lowers_every_connection_to_that_peer() {
+    let mut now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 6);
+    let (a, flight_a) = at_1472_with_flight(&mut ep, &mut now);
+    let (b, flight_b) = at_1472_with_flight(&mut ep, &mut now);
+    // One elsewhere keeps its size.
+    let far: std::net::SocketAddr = "10.9.9.9:4000".parse().unwrap();
+    let c = ep.connect(now, far).unwrap();
+    assert_ne!(ep.conn(c).datagram_size(), 1252);
+
+    assert!(ep.handle_too_big(now, peer(), &flight_a[1].raw[..28], 1252));
+    assert_eq!(ep.conn(a).datagram_size(), 1252);
+    assert_eq!(ep.conn(b).datagram_size(), 1252, "the other connection");
+    // b's flight goes again (without DF), as a's does.
+    let mut buf = vec![0u8; common::BUF];
+    let mut resent_b = 0;
+    while let Some(t) = ep.poll_transmit(now, &mut buf) {
+        let o = common::Out::parse(t.destination, &buf[..t.len]);
+        if flight_b
+            .iter()
+            .any(|f| f.h.conn_id == o.h.conn_id && f.h.seq_nr == o.h.seq_nr)
+        {
+            assert!(t.fragmentable);
+            resent_b += 1;
+        }
+    }
+    // As far as the peer's shared flight allows now (a's resends share it);
+    // the rest is queued for resending, not left to a timeout.
+    assert!(resent_b > 0);
+    assert_eq!(ep.conn(b).stats().pmtud_black_holes, 0);
+}
