@@ -1048,14 +1048,22 @@ impl Connection {
         self.released
     }
 
-    /// Ends TIME_WAIT now (the endpoint holds too many, see
-    /// [`Config::max_time_wait`]); a later packet is then one for no
-    /// connection. Does nothing in any other state.
-    pub fn end_time_wait(&mut self) {
-        if self.state == State::TimeWait {
-            self.time_wait_until = None;
-            self.state = State::Done;
+    /// What the endpoint keeps of a connection in TIME_WAIT that the
+    /// application let go of, to answer late packets without the rest of
+    /// it: (send id, next sequence number, ack number, window, end of
+    /// TIME_WAIT). `None` in any other case.
+    pub(crate) fn time_wait_record(&self) -> Option<(u16, u16, u16, u32, Instant)> {
+        if self.state != State::TimeWait || !self.released {
+            return None;
         }
+        let until = self.time_wait_until?;
+        Some((
+            self.send_id,
+            self.seq_nr,
+            self.ack_nr,
+            self.recv_window(),
+            until,
+        ))
     }
 
     /// Whether the endpoint may forget this connection.

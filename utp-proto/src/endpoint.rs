@@ -74,6 +74,9 @@ pub struct EndpointStats {
     /// TIME_WAIT connections ended early to stay within
     /// [`Config::max_time_wait`].
     pub time_wait_ended_early: u64,
+    /// Connections the application let go of that are in TIME_WAIT now,
+    /// kept as compact records (not in `connections_open`).
+    pub time_wait: u64,
     /// Half-open incoming connections now (see [`Config::max_half_open`]).
     pub half_open: u64,
     /// SYNs refused (with RESET) because nobody listens.
@@ -119,8 +122,6 @@ struct Entry {
     half_open: bool,
     /// Counted in `Endpoint::connecting`.
     connecting: bool,
-    /// Counted in `Endpoint::time_waits`.
-    time_wait: bool,
     /// Its failure is counted in the stats.
     failure_counted: bool,
     /// The datagram size last shared for it (0: not yet).
@@ -188,11 +189,13 @@ pub struct Endpoint {
     reorder_held: usize,
     /// Our connects still waiting for their SYN-ACK.
     connecting: usize,
-    /// Released connections in TIME_WAIT (see [`Config::max_time_wait`]).
-    time_waits: usize,
-    /// The order they entered it in: (index, address, receive id), which
-    /// tells a stale entry (the connection ended, its index reused) apart.
-    time_wait_order: VecDeque<(usize, SocketAddr, u16)>,
+    /// Connections in TIME_WAIT that the application let go of, reduced
+    /// to what answering a late packet takes, by (address, receive id).
+    time_wait: NetMap<(SocketAddr, u16), TimeWait>,
+    /// When they end, in the order that was set: (end, address, receive
+    /// id). An entry whose record is gone or ends later (its TIME_WAIT
+    /// started over) is stale.
+    time_wait_order: VecDeque<(Instant, SocketAddr, u16)>,
     /// Drop counters of connections already freed.
     retired_drops: DropStats,
     /// Data in flight per peer address (see [`Config::max_peer_flight`]),
@@ -284,6 +287,20 @@ struct PathShare {
     conns: usize,
 }
 
+/// A connection in TIME_WAIT that the application let go of, reduced to
+/// what answering late packets takes (some 20 bytes instead of the
+/// connection's kilobytes).
+#[derive(Debug, Clone, Copy)]
+struct TimeWait {
+    send_id: u16,
+    /// Our next sequence number: our FIN's plus one.
+    seq_nr: u16,
+    /// The peer's FIN.
+    ack_nr: u16,
+    wnd: u32,
+    until: Instant,
+}
+
 /// Most RESET replies queued at once; more are dropped (and counted).
 const MAX_QUEUED_RESETS: usize = 64;
 
@@ -348,7 +365,7 @@ impl Endpoint {
             half_open: 0,
             reorder_held: 0,
             connecting: 0,
-            time_waits: 0,
+            time_wait: NetMap::default(),
             time_wait_order: VecDeque::new(),
             retired_drops: DropStats::default(),
             flights: Slab::new(),
@@ -415,6 +432,7 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         let mut s = self.stats.clone();
         s.connections_open = self.conns.len() as u64;
+        s.time_wait = self.time_wait.len() as u64;
         s.half_open = self.half_open as u64;
         s.connection_drops = self.retired_drops;
         for (_, e) in &self.conns {
@@ -423,9 +441,10 @@ impl Endpoint {
         s
     }
 
-    /// Number of connections tracked (including closing ones).
+    /// Number of connections tracked (including closing ones, and those
+    /// in TIME_WAIT).
     pub fn connection_count(&self) -> usize {
-        self.conns.len()
+        self.conns.len() + self.time_wait.len()
     }
 
     /// Opens a connection to `addr`; the SYN goes out on the next
@@ -450,7 +469,10 @@ impl Endpoint {
         let start: u16 = self.rng.gen();
         let recv_id = (0..=u16::MAX)
             .map(|i| start.wrapping_add(i))
-            .find(|id| !self.by_key.contains_key(&(addr, *id)))
+            .find(|id| {
+                !self.by_key.contains_key(&(addr, *id))
+                    && !self.time_wait.contains_key(&(addr, *id))
+            })
             .ok_or(NoFreeIds)?;
         let isn = self.rng.gen();
         let mut conn = Connection::connect(cfg, now, self.epoch, recv_id, isn);
@@ -493,7 +515,6 @@ impl Endpoint {
             deadline: None,
             half_open,
             connecting,
-            time_wait: false,
             failure_counted: false,
             path_size: 0,
             flight_id,
@@ -615,46 +636,6 @@ impl Endpoint {
     }
 
     fn after_change(&mut self, idx: usize, now: Instant) {
-        self.after_change_one(idx, now);
-        if self.time_waits > self.cfg.max_time_wait {
-            self.trim_time_wait(now);
-        }
-        // Entries of connections that left TIME_WAIT stay until they reach
-        // the front; one the peer keeps alive with re-sent FINs would hold
-        // all later ones there, so the queue is pruned when it has more
-        // stale entries than live ones (amortized O(1) per entry).
-        if self.time_wait_order.len() > 2 * self.time_waits + 64 {
-            let order = std::mem::take(&mut self.time_wait_order);
-            self.time_wait_order = order
-                .into_iter()
-                .filter(|&(i, a, id)| self.is_time_wait_entry(i, a, id))
-                .collect();
-        }
-    }
-
-    /// Ends the oldest TIME_WAITs beyond [`Config::max_time_wait`].
-    fn trim_time_wait(&mut self, now: Instant) {
-        while self.time_waits > self.cfg.max_time_wait {
-            let Some((idx, addr, id)) = self.time_wait_order.pop_front() else {
-                debug_assert!(false, "TIME_WAIT count without entries");
-                return;
-            };
-            if !self.is_time_wait_entry(idx, addr, id) {
-                continue;
-            }
-            self.conns[idx].conn.end_time_wait();
-            self.stats.time_wait_ended_early += 1;
-            self.after_change_one(idx, now);
-        }
-    }
-
-    fn is_time_wait_entry(&self, idx: usize, addr: SocketAddr, id: u16) -> bool {
-        self.conns
-            .get(idx)
-            .is_some_and(|e| e.time_wait && e.addr == addr && e.conn.recv_id() == id)
-    }
-
-    fn after_change_one(&mut self, idx: usize, now: Instant) {
         self.count_flight(idx);
         let e = &mut self.conns[idx];
         let held = if e.conn.is_done() {
@@ -673,19 +654,6 @@ impl Endpoint {
             e.connecting = false;
             self.connecting -= 1;
         }
-        // Only those the application let go of: ending the others early
-        // would free nothing while it holds them.
-        let time_wait = e.conn.state() == State::TimeWait && e.conn.is_released();
-        if time_wait != e.time_wait {
-            e.time_wait = time_wait;
-            if time_wait {
-                self.time_waits += 1;
-                self.time_wait_order
-                    .push_back((idx, e.addr, e.conn.recv_id()));
-            } else {
-                self.time_waits -= 1;
-            }
-        }
         if !e.failure_counted {
             if let Some(err) = e.conn.error() {
                 e.failure_counted = true;
@@ -696,7 +664,14 @@ impl Endpoint {
                 }
             }
         }
-        if e.conn.is_done() {
+        // A released connection in TIME_WAIT with nothing left to send (the
+        // ack of the peer's FIN went out) becomes a compact record.
+        let record = if e.conn.wants_transmit() {
+            None
+        } else {
+            e.conn.time_wait_record()
+        };
+        if e.conn.is_done() || record.is_some() {
             let key = (e.addr, e.conn.recv_id());
             if self.by_key.get(&key) == Some(&idx) {
                 self.by_key.remove(&key);
@@ -724,6 +699,9 @@ impl Endpoint {
                 }
             }
             self.conns.remove(idx);
+            if let Some(r) = record {
+                self.add_time_wait(key, r);
+            }
             return;
         }
         e.conn.refresh(now);
@@ -740,6 +718,125 @@ impl Endpoint {
             self.dirty.push_back(idx);
         }
         self.schedule(idx);
+    }
+
+    /// Keeps a released connection's TIME_WAIT as a record; beyond
+    /// [`Config::max_time_wait`] the oldest record ends early.
+    fn add_time_wait(&mut self, key: (SocketAddr, u16), r: (u16, u16, u16, u32, Instant)) {
+        let (send_id, seq_nr, ack_nr, wnd, until) = r;
+        while self.time_wait.len() >= self.cfg.max_time_wait {
+            let Some((t, addr, id)) = self.time_wait_order.pop_front() else {
+                break;
+            };
+            if self.time_wait_ends(t, addr, id) {
+                self.time_wait.remove(&(addr, id));
+                self.stats.time_wait_ended_early += 1;
+            }
+        }
+        if self.cfg.max_time_wait == 0 {
+            self.stats.time_wait_ended_early += 1;
+            return;
+        }
+        let record = TimeWait {
+            send_id,
+            seq_nr,
+            ack_nr,
+            wnd,
+            until,
+        };
+        self.time_wait.insert(key, record);
+        self.time_wait_end_at(until, key);
+    }
+
+    /// Whether `(t, addr, id)` of `time_wait_order` is its record's end.
+    fn time_wait_ends(&self, t: Instant, addr: SocketAddr, id: u16) -> bool {
+        self.time_wait
+            .get(&(addr, id))
+            .is_some_and(|r| r.until == t)
+    }
+
+    /// Records that the record `key` ends at `until`.
+    fn time_wait_end_at(&mut self, until: Instant, key: (SocketAddr, u16)) {
+        self.time_wait_order.push_back((until, key.0, key.1));
+        self.new_timer = Some(self.new_timer.map_or(until, |n| n.min(until)));
+        // Stale entries leave at the front, behind which a record kept in
+        // TIME_WAIT by re-sent FINs could hold them: pruned when they
+        // outnumber the live ones (amortized O(1) per entry).
+        if self.time_wait_order.len() > 2 * self.time_wait.len() + 64 {
+            let order = std::mem::take(&mut self.time_wait_order);
+            self.time_wait_order = order
+                .into_iter()
+                .filter(|&(t, a, id)| self.time_wait_ends(t, a, id))
+                .collect();
+        }
+    }
+
+    /// The end of the first record in `time_wait_order` (stale entries
+    /// before it are dropped). Records released late may end a little
+    /// before an earlier entry: they then last at most `time_wait` longer.
+    fn next_time_wait_end(&mut self) -> Option<Instant> {
+        while let Some(&(t, addr, id)) = self.time_wait_order.front() {
+            if self.time_wait_ends(t, addr, id) {
+                return Some(t);
+            }
+            self.time_wait_order.pop_front();
+        }
+        None
+    }
+
+    /// Ends the records whose TIME_WAIT is over.
+    fn expire_time_wait(&mut self, now: Instant) {
+        while let Some(t) = self.next_time_wait_end() {
+            if t > now {
+                break;
+            }
+            let (_, addr, id) = self.time_wait_order.pop_front().expect("just seen");
+            self.time_wait.remove(&(addr, id));
+        }
+    }
+
+    /// A packet for a record in TIME_WAIT gets the connection's answers: a
+    /// re-sent FIN (our ack was lost) or data its ack pair, and a FIN
+    /// starts TIME_WAIT over (RFC 793 restarts TIME-WAIT too). Returns
+    /// whether `h` was for such a record.
+    fn answer_time_wait(&mut self, now: Instant, from: SocketAddr, h: &Header) -> bool {
+        let key = (from, h.conn_id);
+        let Some(r) = self.time_wait.get_mut(&key) else {
+            return false;
+        };
+        if !matches!(h.ty, PacketType::Fin | PacketType::Data) {
+            return true;
+        }
+        let r = if h.ty == PacketType::Fin {
+            r.until = now + self.cfg.time_wait;
+            let r = *r;
+            self.time_wait_end_at(r.until, key);
+            r
+        } else {
+            *r
+        };
+        if self.resets.len() + 2 > MAX_QUEUED_REPLIES {
+            return true;
+        }
+        let ts = now.saturating_duration_since(self.epoch).as_micros() as u32;
+        let ack = Header {
+            ty: PacketType::State,
+            conn_id: r.send_id,
+            timestamp: ts,
+            timestamp_diff: ts.wrapping_sub(h.timestamp),
+            wnd_size: r.wnd,
+            seq_nr: r.seq_nr,
+            ack_nr: r.ack_nr,
+        };
+        // As after our FIN (see `Connection::poll_transmit`): libutp takes
+        // an ack with seq = FIN + 1, libtorrent one with seq <= FIN.
+        self.resets.push_back((from, ack));
+        let echo = Header {
+            seq_nr: r.seq_nr.wrapping_sub(1),
+            ..ack
+        };
+        self.resets.push_back((from, echo));
+        true
     }
 
     /// Tells connection `idx` what it may add to the data in flight to its
@@ -922,11 +1019,16 @@ impl Endpoint {
 
     /// The earliest moment [`Endpoint::handle_timeout`] needs to run.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.next_timer().map(|(t, _)| t)
+        let conn = self.next_timer().map(|(t, _)| t);
+        match (conn, self.next_time_wait_end()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_time_wait(now);
         while let Some((t, idx)) = self.next_timer() {
             if t > now {
                 break;
@@ -1066,17 +1168,25 @@ impl Endpoint {
         let h = pkt.header;
         let idx = match h.ty {
             PacketType::Syn => {
-                if let Some(&idx) = self.by_key.get(&(from, h.conn_id.wrapping_add(1))) {
+                let key = (from, h.conn_id.wrapping_add(1));
+                if let Some(&idx) = self.by_key.get(&key) {
                     Some(idx)
+                } else if self.time_wait.contains_key(&key) {
+                    // An old duplicate of a closed connection's SYN: what
+                    // TIME_WAIT keeps the id reserved for.
+                    self.retired_drops.unexpected_syn += 1;
+                    return Ok(());
                 } else {
                     self.new_incoming(now, from, &h);
                     return Ok(());
                 }
             }
             PacketType::Reset => self.find_reset_target(from, h.conn_id),
-            _ => self
-                .lookup(from, h.conn_id)
-                .or_else(|| self.accept_cookie(now, from, &h)),
+            _ => match self.lookup(from, h.conn_id) {
+                Some(idx) => Some(idx),
+                None if self.answer_time_wait(now, from, &h) => return Ok(()),
+                None => self.accept_cookie(now, from, &h),
+            },
         };
         match idx {
             Some(idx) => {
@@ -1408,7 +1518,7 @@ impl Endpoint {
 
     /// Whether no connection is tracked at all.
     pub fn is_idle(&self) -> bool {
-        self.conns.is_empty()
+        self.conns.is_empty() && self.time_wait.is_empty()
     }
 
     /// Whether every connection has finished both ways (TIME_WAIT) or
