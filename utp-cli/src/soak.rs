@@ -571,14 +571,18 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
         violations.push("streams still running 120 s after the end".to_string());
     }
     let _ = garbage_task.await;
-    // Every connection must be forgotten once closed (TIME_WAIT is 10 s).
+    // Every connection must be forgotten once closed (TIME_WAIT is 10 s),
+    // its TIME_WAIT record included.
     let settle = Instant::now() + Duration::from_secs(40);
-    let server_open = || server_sock.stats().connections_open;
-    while (client_sock.stats().connections_open > 0 || server_open() > 0) && Instant::now() < settle
-    {
+    let tracked = |s: &UtpSocket| {
+        let st = s.stats();
+        st.connections_open + st.time_wait
+    };
+    let server_open = || tracked(&server_sock);
+    while (tracked(&client_sock) > 0 || server_open() > 0) && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (cs, so) = (client_sock.stats(), server_open());
+    let (cs, co, so) = (client_sock.stats(), tracked(&client_sock), server_open());
     line(start.elapsed(), rss_kib());
     let overflows = relay_overflows(&c);
     relay_task.abort();
@@ -608,10 +612,7 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
     }
     println!("  client endpoint    {cs:?}");
     println!("  server endpoint    {:?}", server_sock.stats());
-    println!(
-        "  connections left   client {} server {}",
-        cs.connections_open, so
-    );
+    println!("  connections left   client {co} server {so} (TIME_WAIT included)");
     if c.corrupted.load(Relaxed) > 0 {
         violations.push("corrupted bytes".into());
     }
@@ -621,11 +622,8 @@ pub async fn run(args: &SoakArgs) -> Result<()> {
     if c.panics.load(Relaxed) > 0 {
         violations.push("panicked tasks".into());
     }
-    if cs.connections_open > 0 || so > 0 {
-        violations.push(format!(
-            "connections left open: client {} server {so}",
-            cs.connections_open
-        ));
+    if co > 0 || so > 0 {
+        violations.push(format!("connections left open: client {co} server {so}"));
     }
     if verified == 0 {
         violations.push("nothing was transferred".into());
