@@ -45,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
 
     // Input: [addr byte, delay byte, len byte, datagram bytes...]*
     let mut now = t0;
+    // Whether the application still holds `h`, and how many connections
+    // it let go of (they close, and may end as TIME_WAIT records).
+    let (mut held, mut released) = (true, 0usize);
     let mut rest = data;
     while rest.len() >= 3 {
         let (from, dt, len) = (rest[0], rest[1], rest[2] as usize);
@@ -59,6 +62,19 @@ fuzz_target!(|data: &[u8]| {
             0xc0.. => {
                 ep.handle_too_big(now, addr(from), dgram, 500 + usize::from(dt) * 8);
             }
+            0xb0.. => {
+                // The application lets go: of `h`, and of whatever waits
+                // to be accepted (accepted and dropped at once).
+                if std::mem::take(&mut held) {
+                    ep.release(h, now);
+                    released += 1;
+                }
+                while let Some(a) = ep.accept() {
+                    ep.release(a, now);
+                    released += 1;
+                }
+                let _ = ep.handle_datagram(now, addr(from), dgram);
+            }
             0x80.. => {
                 ep.handle_unreachable(now, addr(from), dgram);
             }
@@ -72,8 +88,10 @@ fuzz_target!(|data: &[u8]| {
             sent += 1;
             assert!(sent < 10_000, "endless transmit");
         }
-        assert!(ep.connection_count() <= 1 + 4, "backlog bound");
-        if ep.connection_count() > 0 && ep.accept_queue_len() == 0 {
+        // The backlog, the ones let go of (closing, or one TIME_WAIT record).
+        assert!(ep.connection_count() <= 1 + 4 + released, "backlog bound");
+        assert!(ep.stats().time_wait <= 1, "TIME_WAIT bound");
+        if held && ep.connection_count() > 0 && ep.accept_queue_len() == 0 {
             let c = ep.conn(h);
             assert!(c.readable_bytes() <= 64 << 10, "receive buffer bound");
         }
