@@ -36,9 +36,7 @@ fuzz_target!(|data: &[u8]| {
         Some(b) if b & 1 == 1 => (33_000usize, 256usize << 10),
         _ => (64, 32 << 10),
     };
-    let cfg = Config::default()
-        .recv_buffer(recv)
-        .send_buffer(32 << 10);
+    let cfg = Config::default().recv_buffer(recv).send_buffer(32 << 10);
     let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 3);
     ep.set_listening(true);
     let mut buf = vec![0u8; 70_000];

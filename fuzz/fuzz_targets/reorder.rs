@@ -112,7 +112,11 @@ fuzz_target!(|data: &[u8]| {
                     .map(|j| byte_at(usize::from(k) * PAYLOAD + j))
                     .collect();
                 let ack = isn.wrapping_sub(1).wrapping_add(m.acked_count);
-                let hd = header(PacketType::Data, PEER_ISN.wrapping_add(1).wrapping_add(k), ack);
+                let hd = header(
+                    PacketType::Data,
+                    PEER_ISN.wrapping_add(1).wrapping_add(k),
+                    ack,
+                );
                 let n = encode(&hd, &[], &payload, &mut buf);
                 ep.handle_datagram(now, peer(), &buf[..n]).unwrap();
                 expect_ack = true;
@@ -245,8 +249,15 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let st = c.stats();
-        assert_eq!(st.drops.ack_beyond_sent, ack_beyond, "acks beyond what was sent");
-        assert_eq!(st.bytes_unacked, m.written - m.cum_acked_bytes, "unacked bytes");
+        assert_eq!(
+            st.drops.ack_beyond_sent, ack_beyond,
+            "acks beyond what was sent"
+        );
+        assert_eq!(
+            st.bytes_unacked,
+            m.written - m.cum_acked_bytes,
+            "unacked bytes"
+        );
         assert_eq!(
             m.read + c.readable_bytes(),
             usize::from(m.next) * PAYLOAD,
