@@ -288,8 +288,9 @@ struct PathShare {
 }
 
 /// A connection in TIME_WAIT that the application let go of, reduced to
-/// what answering late packets takes (some 20 bytes instead of the
-/// connection's kilobytes).
+/// what answering late packets takes: with its key and bookkeeping 272
+/// bytes of heap, against 2,670 for the whole connection
+/// (`tests/resource_bounds.rs`).
 #[derive(Debug, Clone, Copy)]
 struct TimeWait {
     send_id: u16,
