@@ -796,6 +796,30 @@ impl Endpoint {
         }
     }
 
+    /// A STATE header sent with no connection behind it (a SYN cookie's
+    /// SYN-ACK, a TIME_WAIT record's ack), timed as a connection's: its
+    /// timestamp difference is measured from `answered`.
+    fn stateless_state(
+        &self,
+        now: Instant,
+        answered: &Header,
+        conn_id: u16,
+        wnd_size: u32,
+        seq_nr: u16,
+        ack_nr: u16,
+    ) -> Header {
+        let micros = now.saturating_duration_since(self.epoch).as_micros() as u32;
+        Header {
+            ty: PacketType::State,
+            conn_id,
+            timestamp: micros,
+            timestamp_diff: micros.wrapping_sub(answered.timestamp),
+            wnd_size,
+            seq_nr,
+            ack_nr,
+        }
+    }
+
     /// A packet for a record in TIME_WAIT gets the connection's answers: a
     /// re-sent FIN (our ack was lost) or data its ack pair, and a FIN
     /// starts TIME_WAIT over (RFC 793 restarts TIME-WAIT too). Returns
@@ -819,16 +843,7 @@ impl Endpoint {
         if self.resets.len() + 2 > MAX_QUEUED_REPLIES {
             return true;
         }
-        let ts = now.saturating_duration_since(self.epoch).as_micros() as u32;
-        let ack = Header {
-            ty: PacketType::State,
-            conn_id: r.send_id,
-            timestamp: ts,
-            timestamp_diff: ts.wrapping_sub(h.timestamp),
-            wnd_size: r.wnd,
-            seq_nr: r.seq_nr,
-            ack_nr: r.ack_nr,
-        };
+        let ack = self.stateless_state(now, h, r.send_id, r.wnd, r.seq_nr, r.ack_nr);
         // As after our FIN (see `Connection::poll_transmit`): libutp takes
         // an ack with seq = FIN + 1, libtorrent one with seq <= FIN.
         self.resets.push_back((from, ack));
@@ -1305,16 +1320,8 @@ impl Endpoint {
             return;
         }
         let cookie = self.syn_cookie(to, syn.conn_id, syn.seq_nr, self.cookie_slot(now));
-        let micros = now.saturating_duration_since(self.epoch).as_micros() as u32;
-        let h = Header {
-            ty: PacketType::State,
-            conn_id: syn.conn_id,
-            timestamp: micros,
-            timestamp_diff: micros.wrapping_sub(syn.timestamp),
-            wnd_size: u32::try_from(self.cfg.recv_buffer).unwrap_or(u32::MAX),
-            seq_nr: cookie,
-            ack_nr: syn.seq_nr,
-        };
+        let wnd = u32::try_from(self.cfg.recv_buffer).unwrap_or(u32::MAX);
+        let h = self.stateless_state(now, syn, syn.conn_id, wnd, cookie, syn.seq_nr);
         self.resets.push_back((to, h));
         self.cookies_until = Some(now + std::time::Duration::from_secs(2 * COOKIE_SLOT_SECS));
         tracing::debug!(peer = %to, "too many half-open connections, SYN answered with a cookie");

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{datagram, drain, hdr, peer, sack_of};
+use common::{close_from, datagram, drain, hdr, peer, sack_of};
 use utp_proto::packet::PacketType;
 use utp_proto::{Config, ConnHandle, DropStats, Endpoint, State};
 
@@ -592,39 +592,6 @@ fn out_of_order_data_is_bounded_across_all_connections_of_a_socket() {
 }
 
 // ------------------------------------------------------------ TIME_WAIT bound
-
-/// Takes the connection from `port` (SYN id `port`, seq 1) through a
-/// clean close: both FINs sent and acked, so ours is in TIME_WAIT. Returns
-/// it and the ack the peer's FIN carried. `release`: the application lets
-/// go of it (else it only closes it).
-fn close_from(ep: &mut Endpoint, now: Instant, port: u16, release: bool) -> (ConnHandle, u16) {
-    let from = SocketAddr::from(([10, 0, 7, 1], port));
-    let send = |ep: &mut Endpoint, ty, seq, ack| {
-        let h = hdr(ty, port.wrapping_add(1), seq, ack);
-        ep.handle_datagram(now, from, &datagram(&h, &[], &[]))
-            .unwrap();
-        drain(ep, now)
-    };
-    let syn = hdr(PacketType::Syn, port, 1, 0);
-    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
-        .unwrap();
-    let h = accept_from(ep, from).expect("accepted");
-    let y = drain(ep, now)[0].h.seq_nr;
-    // The SYN-ACK's seq is our first data packet's: it acks `y - 1`.
-    send(ep, PacketType::Fin, 2, y.wrapping_sub(1));
-    if release {
-        ep.release(h, now);
-    } else {
-        ep.with_conn(h, now, |c| c.close());
-    }
-    let fin = drain(ep, now);
-    let fin = fin
-        .iter()
-        .find(|o| o.h.ty == PacketType::Fin)
-        .expect("our FIN");
-    send(ep, PacketType::State, 3, fin.h.seq_nr);
-    (h, y.wrapping_sub(1))
-}
 
 #[test]
 fn time_wait_is_bounded_and_the_oldest_ends_first() {

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{datagram, drain, hdr, peer, Out};
+use common::{close_from, datagram, drain, hdr, peer, Out};
 use utp_proto::packet::PacketType;
 use utp_proto::{Config, ConnHandle, Endpoint, State};
 
@@ -449,7 +449,6 @@ fn idle_and_time_wait_connections_release_their_buffers() {
 /// test).
 #[test]
 fn time_wait_keeps_a_compact_record_per_connection() {
-    use std::net::SocketAddr;
     let now = Instant::now();
     let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 5);
     ep.set_listening(true);
@@ -460,24 +459,7 @@ fn time_wait_keeps_a_compact_record_per_connection() {
             // The endpoint's own tables have their working size.
             base = live() - utp_proto::pooled_send_memory() as isize;
         }
-        let from = SocketAddr::from(([10, 0, 7, 1], port));
-        let send = move |ep: &mut Endpoint, ty, seq, ack| {
-            let h = hdr(ty, port.wrapping_add(1), seq, ack);
-            ep.handle_datagram(now, from, &datagram(&h, &[], &[]))
-                .unwrap();
-            drain(ep, now)
-        };
-        let syn = hdr(PacketType::Syn, port, 1, 0);
-        ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
-            .unwrap();
-        let h = ep.accept().unwrap();
-        let y = drain(&mut ep, now)[0].h.seq_nr;
-        // The peer's FIN, our FIN, the peer's ack of it.
-        send(&mut ep, PacketType::Fin, 2, y.wrapping_sub(1));
-        ep.release(h, now);
-        let out = drain(&mut ep, now);
-        let fin = out.iter().find(|o| o.h.ty == PacketType::Fin).unwrap();
-        send(&mut ep, PacketType::State, 3, fin.h.seq_nr);
+        let (h, _) = close_from(&mut ep, now, port, true);
         assert!(ep.get(h).is_none(), "a record, not a connection");
     }
     let per = (live() - utp_proto::pooled_send_memory() as isize - base) / (n - warm + 1) as isize;

@@ -89,6 +89,41 @@ pub fn drain(ep: &mut Endpoint, now: Instant) -> Vec<Out> {
     out
 }
 
+/// An initiator at 10.0.7.1:`port` (SYN id `port`, seq 1) connects to the
+/// listening `ep` and the two close cleanly: its FIN, ours, its ack of
+/// ours, so our side is in TIME_WAIT. `release`: the application lets go
+/// of it (else it only closes it). Returns our handle and the ack the
+/// peer's FIN carried.
+pub fn close_from(ep: &mut Endpoint, now: Instant, port: u16, release: bool) -> (ConnHandle, u16) {
+    let from = SocketAddr::from(([10, 0, 7, 1], port));
+    let send = |ep: &mut Endpoint, ty, seq, ack| {
+        let h = hdr(ty, port.wrapping_add(1), seq, ack);
+        ep.handle_datagram(now, from, &datagram(&h, &[], &[]))
+            .unwrap();
+        drain(ep, now)
+    };
+    let syn = hdr(PacketType::Syn, port, 1, 0);
+    ep.handle_datagram(now, from, &datagram(&syn, &[], &[]))
+        .unwrap();
+    let h = ep.accept().expect("accepted");
+    assert_eq!(ep.peer_addr(h), from);
+    let y = drain(ep, now)[0].h.seq_nr;
+    // The SYN-ACK's seq is our first data packet's: it acks `y - 1`.
+    send(ep, PacketType::Fin, 2, y.wrapping_sub(1));
+    if release {
+        ep.release(h, now);
+    } else {
+        ep.with_conn(h, now, |c| c.close());
+    }
+    let out = drain(ep, now);
+    let fin = out
+        .iter()
+        .find(|o| o.h.ty == PacketType::Fin)
+        .expect("our FIN");
+    send(ep, PacketType::State, 3, fin.h.seq_nr);
+    (h, y.wrapping_sub(1))
+}
+
 /// A header with the given fields, a 1 MiB window and zero timestamps.
 pub fn hdr(ty: PacketType, conn_id: u16, seq_nr: u16, ack_nr: u16) -> Header {
     Header {
