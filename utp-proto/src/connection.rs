@@ -1043,11 +1043,6 @@ impl Connection {
         }
     }
 
-    /// Whether the application let go of it ([`Connection::release`]).
-    pub fn is_released(&self) -> bool {
-        self.released
-    }
-
     /// What the endpoint keeps of a connection in TIME_WAIT that the
     /// application let go of, to answer late packets without the rest of
     /// it: (send id, next sequence number, ack number, window, end of
