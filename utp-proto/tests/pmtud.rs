@@ -688,26 +688,14 @@ fn a_full_receiver_dropping_resends_is_flow_control_not_a_black_hole() {
 /// nothing: they are not authenticated.
 #[test]
 fn a_too_big_report_quoting_a_packet_in_flight_lowers_the_size_at_once() {
-    let t0 = Instant::now();
-    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), t0, 5);
-    let h = ep.connect(t0, peer()).unwrap();
-    ep.set_max_datagram(h, t0, 1472);
-    let syn = drain(&mut ep, t0).pop().expect("SYN");
-    let r = syn.h.conn_id;
-    let mut now = t0 + Duration::from_millis(10);
-    let synack = hdr(PacketType::State, r, 1000, syn.h.seq_nr);
-    ep.handle_datagram(now, peer(), &datagram(&synack, &[], &[]))
-        .unwrap();
-    ep.with_conn(h, now, |c| c.write(&[7u8; 400_000])).unwrap();
-    let out = drain(&mut ep, now);
-    let acked = out.last().unwrap().h.seq_nr;
-    now += Duration::from_millis(10);
-    let ack = hdr(PacketType::State, r, 1000, acked);
-    ep.handle_datagram(now, peer(), &datagram(&ack, &[], &[]))
-        .unwrap();
-    assert_eq!(ep.conn(h).datagram_size(), 1472, "the probe confirmed");
-    let flight = drain(&mut ep, now);
-    assert!(flight.len() >= 4 && flight.iter().all(|o| o.raw.len() == 1472));
+    let mut now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 5);
+    let At1472 {
+        h,
+        r,
+        acked,
+        flight,
+    } = at_1472_with_flight(&mut ep, &mut now);
     let quote = |o: &common::Out| o.raw[..28].to_vec();
     let q = quote(&flight[1]);
 
@@ -779,9 +767,18 @@ fn a_too_big_report_quoting_a_packet_in_flight_lowers_the_size_at_once() {
 }
 
 /// A connection to `peer()` that confirmed 1472-byte datagrams (or took
-/// them from one that did) and has a flight of them out: its handle and
-/// that flight.
-fn at_1472_with_flight(ep: &mut Endpoint, now: &mut Instant) -> (ConnHandle, Vec<common::Out>) {
+/// them from one that did) and has a flight of them out.
+struct At1472 {
+    h: ConnHandle,
+    /// Our receive id (the id of the peer's packets).
+    r: u16,
+    /// The last of our sequence numbers the peer acknowledged.
+    acked: u16,
+    /// The flight of 1472-byte datagrams out now.
+    flight: Vec<common::Out>,
+}
+
+fn at_1472_with_flight(ep: &mut Endpoint, now: &mut Instant) -> At1472 {
     let h = ep.connect(*now, peer()).unwrap();
     ep.set_max_datagram(h, *now, 1472);
     let syn = drain(ep, *now).pop().expect("SYN");
@@ -792,22 +789,33 @@ fn at_1472_with_flight(ep: &mut Endpoint, now: &mut Instant) -> (ConnHandle, Vec
         .unwrap();
     ep.with_conn(h, *now, |c| c.write(&[7u8; 400_000])).unwrap();
     let mut flight = drain(ep, *now);
+    let mut acked = syn.h.seq_nr;
     if ep.conn(h).datagram_size() < 1472 {
         // The first confirms the size with a probe: ack it all.
+        acked = flight.last().unwrap().h.seq_nr;
         *now += Duration::from_millis(10);
-        let ack = hdr(PacketType::State, r, 1000, flight.last().unwrap().h.seq_nr);
+        let ack = hdr(PacketType::State, r, 1000, acked);
         ep.handle_datagram(*now, peer(), &datagram(&ack, &[], &[]))
             .unwrap();
         flight = drain(ep, *now);
     }
-    assert_eq!(ep.conn(h).datagram_size(), 1472);
+    assert_eq!(
+        ep.conn(h).datagram_size(),
+        1472,
+        "confirmed by a probe, or taken from a connection that did"
+    );
     // Data carries the peer's receive id: ours plus one.
     let flight: Vec<_> = flight
         .into_iter()
         .filter(|o| o.h.conn_id == r.wrapping_add(1))
         .collect();
     assert!(flight.len() >= 4 && flight.iter().all(|o| o.raw.len() == 1472));
-    (h, flight)
+    At1472 {
+        h,
+        r,
+        acked,
+        flight,
+    }
 }
 
 /// A too-big report taken by one connection lowers every connection to the
@@ -817,8 +825,16 @@ fn at_1472_with_flight(ep: &mut Endpoint, now: &mut Instant) -> (ConnHandle, Vec
 fn a_too_big_report_lowers_every_connection_to_that_peer() {
     let mut now = Instant::now();
     let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 6);
-    let (a, flight_a) = at_1472_with_flight(&mut ep, &mut now);
-    let (b, flight_b) = at_1472_with_flight(&mut ep, &mut now);
+    let At1472 {
+        h: a,
+        flight: flight_a,
+        ..
+    } = at_1472_with_flight(&mut ep, &mut now);
+    let At1472 {
+        h: b,
+        flight: flight_b,
+        ..
+    } = at_1472_with_flight(&mut ep, &mut now);
     // One elsewhere keeps its size.
     let far: std::net::SocketAddr = "10.9.9.9:4000".parse().unwrap();
     let c = ep.connect(now, far).unwrap();
