@@ -1045,20 +1045,18 @@ impl Connection {
 
     /// What the endpoint keeps of a connection in TIME_WAIT that the
     /// application let go of, to answer late packets without the rest of
-    /// it: (send id, next sequence number, ack number, window, end of
-    /// TIME_WAIT). `None` in any other case.
-    pub(crate) fn time_wait_record(&self) -> Option<(u16, u16, u16, u32, Instant)> {
+    /// it. `None` in any other case.
+    pub(crate) fn time_wait_record(&self) -> Option<crate::endpoint::TimeWait> {
         if self.state != State::TimeWait || !self.released {
             return None;
         }
-        let until = self.time_wait_until?;
-        Some((
-            self.send_id,
-            self.seq_nr,
-            self.ack_nr,
-            self.recv_window(),
-            until,
-        ))
+        Some(crate::endpoint::TimeWait {
+            send_id: self.send_id,
+            seq_nr: self.seq_nr,
+            ack_nr: self.ack_nr,
+            wnd: self.recv_window(),
+            until: self.time_wait_until?,
+        })
     }
 
     /// Whether the endpoint may forget this connection.

@@ -292,14 +292,14 @@ struct PathShare {
 /// bytes of heap, against 2,670 for the whole connection
 /// (`tests/resource_bounds.rs`).
 #[derive(Debug, Clone, Copy)]
-struct TimeWait {
-    send_id: u16,
+pub(crate) struct TimeWait {
+    pub(crate) send_id: u16,
     /// Our next sequence number: our FIN's plus one.
-    seq_nr: u16,
+    pub(crate) seq_nr: u16,
     /// The peer's FIN.
-    ack_nr: u16,
-    wnd: u32,
-    until: Instant,
+    pub(crate) ack_nr: u16,
+    pub(crate) wnd: u32,
+    pub(crate) until: Instant,
 }
 
 /// Most RESET replies queued at once; more are dropped (and counted).
@@ -723,8 +723,7 @@ impl Endpoint {
 
     /// Keeps a released connection's TIME_WAIT as a record; beyond
     /// [`Config::max_time_wait`] the oldest record ends early.
-    fn add_time_wait(&mut self, key: (SocketAddr, u16), r: (u16, u16, u16, u32, Instant)) {
-        let (send_id, seq_nr, ack_nr, wnd, until) = r;
+    fn add_time_wait(&mut self, key: (SocketAddr, u16), record: TimeWait) {
         while self.time_wait.len() >= self.cfg.max_time_wait {
             let Some((t, addr, id)) = self.time_wait_order.pop_front() else {
                 break;
@@ -738,15 +737,8 @@ impl Endpoint {
             self.stats.time_wait_ended_early += 1;
             return;
         }
-        let record = TimeWait {
-            send_id,
-            seq_nr,
-            ack_nr,
-            wnd,
-            until,
-        };
         self.time_wait.insert(key, record);
-        self.time_wait_end_at(until, key);
+        self.time_wait_end_at(record.until, key);
     }
 
     /// Whether `(t, addr, id)` of `time_wait_order` is its record's end.
