@@ -70,6 +70,11 @@ struct Args {
     /// Watchdog per measurement, in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Run everything on tokio's current-thread runtime (as under
+    /// `#[tokio::main(flavor = "current_thread")]`) instead of the
+    /// multi-threaded one.
+    #[arg(long)]
+    current_thread: bool,
 }
 
 /// A transport under test.
@@ -388,7 +393,7 @@ struct Sample {
 }
 
 /// Runs `f` for each stack under the watchdog, `runs` rounds, and reports
-/// each stack's median. Rounds interleave the stacks (A B C, A B C, ...):
+/// each stack's median. Rounds interleave the stacks (A B C, B C A, ...):
 /// this machine's speed drifts over seconds (TCP's loopback rate has moved
 /// between 1.7 and 5.5 GB/s within minutes), and back-to-back blocks per
 /// stack would turn that drift into a difference between stacks. A stack
@@ -416,7 +421,13 @@ where
     let mut samples: Vec<Vec<Sample>> = stacks.iter().map(|_| Vec::new()).collect();
     let mut status: Vec<String> = stacks.iter().map(|_| "ok".to_string()).collect();
     for round in 0..runs + usize::from(warmup) {
-        for (i, &stack) in stacks.iter().enumerate() {
+        // Each round starts one stack further on (A B C, B C A, C A B):
+        // a stack's place in the round mattered on its own (ping-pong
+        // latency after another stack's run can sit in a different CPU
+        // idle state than after a pause).
+        for k in 0..stacks.len() {
+            let i = (round + k) % stacks.len();
+            let stack = stacks[i];
             if status[i] != "ok" {
                 continue;
             }
@@ -641,48 +652,164 @@ async fn concurrent(
     })
 }
 
-/// `rounds` 64-byte request/response exchanges on one connection.
-async fn pingpong(stack: Stack, rounds: usize) -> Result<Sample> {
-    let (server, client, addr) = endpoints(stack, 1).await?;
-    let echo = tokio::spawn(async move {
-        let mut c = server.accept().await?;
-        let mut buf = [0u8; 64];
-        loop {
-            match c.read_exact(&mut buf).await {
-                Ok(_) => c.write_all(&buf).await?,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e.into()),
+/// One connection with a 64-byte echo server behind it, for ping-pong.
+struct Pinger {
+    conn: Conn,
+    echo: tokio::task::JoinHandle<Result<()>>,
+    /// The connecting side's socket, kept open while the connection is.
+    _client: Client,
+    round: u64,
+}
+
+impl Pinger {
+    async fn new(stack: Stack) -> Result<Self> {
+        let (server, client, addr) = endpoints(stack, 1).await?;
+        let echo = tokio::spawn(async move {
+            let mut c = server.accept().await?;
+            let mut buf = [0u8; 64];
+            loop {
+                match c.read_exact(&mut buf).await {
+                    Ok(_) => c.write_all(&buf).await?,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            c.shutdown().await?;
+            anyhow::Ok(())
+        });
+        let conn = client.connect(addr).await?;
+        Ok(Pinger {
+            conn,
+            echo,
+            _client: client,
+            round: 0,
+        })
+    }
+
+    /// `n` exchanges, their round-trip times appended to `rtts`.
+    async fn rounds(&mut self, n: usize, rtts: &mut Vec<Duration>) -> Result<()> {
+        let mut msg = [0u8; 64];
+        let mut back = [0u8; 64];
+        for _ in 0..n {
+            msg[..8].copy_from_slice(&self.round.to_le_bytes());
+            let t = Instant::now();
+            self.conn.write_all(&msg).await?;
+            self.conn.read_exact(&mut back).await?;
+            rtts.push(t.elapsed());
+            ensure!(back == msg, "echo differs in round {}", self.round);
+            self.round += 1;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        self.conn.shutdown().await?;
+        self.echo.await?
+    }
+}
+
+/// Round trips per block in `pingpong`.
+const PING_BLOCK: usize = 50;
+
+/// 64-byte request/response exchanges, one connection per stack, `rounds`
+/// per stack and run. The stacks take turns in blocks of [`PING_BLOCK`]
+/// within each run rather than whole runs. On this machine a round trip is
+/// bimodal for every stack: about 16 us when the kernel's scheduler runs
+/// the client thread and the echoing worker on one CPU, about 55-60 us when
+/// it puts them on different CPUs (waking the other, halted virtual CPU
+/// costs some 20 us a hop). Which one it picks stays the same for stretches
+/// of a second or so, so medians of whole runs per stack compared those
+/// stretches more than the stacks. Each run's figure is the median round
+/// trip of that run; the detail gives the share of slow round trips.
+async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Duration) -> Vec<Row> {
+    settle().await;
+    let n = stacks.len();
+    let mut status: Vec<String> = stacks.iter().map(|_| "ok".to_string()).collect();
+    let mut pingers: Vec<Option<Pinger>> = Vec::with_capacity(n);
+    let mut samples: Vec<Vec<Sample>> = stacks.iter().map(|_| Vec::new()).collect();
+    let failed = |status: &mut String, r: Result<Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => {
+            *status = format!("error: {e:#}");
+            true
+        }
+        Err(_) => {
+            *status = format!("stall (no result within {} s)", watchdog.as_secs());
+            true
+        }
+    };
+    for (i, &stack) in stacks.iter().enumerate() {
+        // A few untimed rounds first: the first ones pay for wakeups and
+        // caches.
+        let setup = async {
+            let mut p = Pinger::new(stack).await?;
+            p.rounds(20, &mut Vec::new()).await?;
+            anyhow::Ok(p)
+        };
+        pingers.push(match tokio::time::timeout(watchdog, setup).await {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                status[i] = format!("error: {e:#}");
+                None
+            }
+            Err(_) => {
+                status[i] = format!("stall (no result within {} s)", watchdog.as_secs());
+                None
+            }
+        });
+    }
+    for _ in 0..runs {
+        let mut rtts: Vec<Vec<Duration>> = stacks.iter().map(|_| Vec::new()).collect();
+        for block in 0..rounds.div_ceil(PING_BLOCK) {
+            for k in 0..n {
+                let i = (block + k) % n;
+                let Some(p) = pingers[i].as_mut() else {
+                    continue;
+                };
+                let r = tokio::time::timeout(watchdog, p.rounds(PING_BLOCK, &mut rtts[i])).await;
+                if failed(&mut status[i], r) {
+                    pingers[i] = None;
+                }
             }
         }
-        c.shutdown().await?;
-        anyhow::Ok(())
-    });
-    let mut c = client.connect(addr).await?;
-    let mut rtts = Vec::with_capacity(rounds);
-    let mut msg = [0u8; 64];
-    let mut back = [0u8; 64];
-    // A few untimed rounds first: the first ones pay for wakeups and caches.
-    for i in 0..rounds + 20 {
-        msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let t = Instant::now();
-        c.write_all(&msg).await?;
-        c.read_exact(&mut back).await?;
-        let rtt = t.elapsed();
-        ensure!(back == msg, "echo differs in round {i}");
-        if i >= 20 {
-            rtts.push(rtt);
+        for (i, mut rtts) in rtts.into_iter().enumerate() {
+            if pingers[i].is_none() || rtts.is_empty() {
+                continue;
+            }
+            rtts.sort();
+            let q = |f: f64| rtts[((rtts.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e6;
+            // The share of round trips in the slow mode (see above): more
+            // than twice the fastest tenth's.
+            let slow = rtts
+                .iter()
+                .filter(|r| r.as_secs_f64() * 1e6 > 2.0 * q(0.1))
+                .count();
+            samples[i].push(Sample {
+                value: q(0.5),
+                cpu: Duration::ZERO,
+                bytes: 0,
+                detail: format!(
+                    "p99 {:.0} us, max {:.0} us, {:.0}% slow",
+                    q(0.99),
+                    q(1.0),
+                    100.0 * slow as f64 / rtts.len() as f64
+                ),
+            });
         }
     }
-    c.shutdown().await?;
-    echo.await??;
-    rtts.sort();
-    let q = |f: f64| rtts[((rtts.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e6;
-    Ok(Sample {
-        value: q(0.5),
-        cpu: Duration::ZERO,
-        bytes: 0,
-        detail: format!("p99 {:.0} us, max {:.0} us", q(0.99), q(1.0)),
-    })
+    for (i, p) in pingers.into_iter().enumerate() {
+        if let Some(p) = p {
+            let r = tokio::time::timeout(watchdog, p.finish()).await;
+            failed(&mut status[i], r);
+        }
+    }
+    stacks
+        .iter()
+        .zip(samples.into_iter().zip(status))
+        .map(|(&stack, (samples, status))| {
+            summarize("pingpong", stack, "us median", samples, status)
+        })
+        .collect()
 }
 
 /// `n` sequential connects, each closed right after.
@@ -909,16 +1036,7 @@ async fn run(args: Args) -> Result<Vec<Row>> {
     }
     if want_case("pingpong") {
         let rounds = if quick { 1_000 } else { 5_000 };
-        let rs = measure(
-            "pingpong",
-            &connected,
-            "us median",
-            (runs, false),
-            watchdog,
-            |s| pingpong(s, rounds),
-        )
-        .await;
-        record(rs);
+        record(pingpong(&connected, rounds, runs, watchdog).await);
     }
     if want_case("connects") {
         let n = if quick { 300 } else { 1_000 };
@@ -992,9 +1110,15 @@ fn main() -> Result<()> {
     });
     let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     let rows = rt.block_on(run(args))?;
     // Background tasks (closing connections) are not waited for.
     rt.shutdown_background();
