@@ -5,13 +5,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::ToSocketAddrs;
-use utp_proto::{Config, ConnHandle, ConnectionError, ConnectionStats, WriteError};
+use utp_proto::{Config, ConnHandle, Connection, ConnectionError, ConnectionStats, WriteError};
 
 use crate::socket::{Driver, Inner, SharedRef, UtpSocket};
 
@@ -101,13 +101,63 @@ impl StreamInner {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let mut inner = self.shared.lock();
-        let h = self.handle;
         // A large read takes pieces of the receive buffers under the lock
         // and copies them after it (see `poll_write_unlocked`); a small one
         // copies at once (and makes no array of pieces to drop, which cost
         // a request/response message about 200 instructions).
         let unlocked = buf.remaining() > COPY_UNLOCKED;
+        let taken = ready!(self.poll_take(cx, |c| {
+            if unlocked {
+                let mut pieces: [Bytes; READ_PIECES] = Default::default();
+                let (n, k) = c.read_pieces(buf.remaining(), &mut pieces)?;
+                Ok((n, Some((pieces, k))))
+            } else {
+                let n = c.read(buf.initialize_unfilled())?;
+                buf.advance(n);
+                Ok((n, None))
+            }
+        }));
+        if let Some(Some((pieces, k))) = taken? {
+            for p in &pieces[..k] {
+                buf.put_slice(p);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The next in-order bytes, at most `max` of them, as they are in the
+    /// receive buffers (no copy); `None` at end of stream.
+    fn poll_read_chunk(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        if max == 0 {
+            return Poll::Ready(Ok(Some(Bytes::new())));
+        }
+        self.poll_take(cx, |c| {
+            let mut piece = [Bytes::new()];
+            let (n, _) = c.read_pieces(max, &mut piece)?;
+            let [piece] = piece;
+            Ok((n, piece))
+        })
+    }
+
+    async fn write_chunk(&self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            poll_fn(|cx| self.poll_write_chunk(cx, &mut data)).await?;
+        }
+        Ok(())
+    }
+
+    /// What every read shares: waits until `take` has something to take
+    /// (bytes, end of stream or an error), runs it under the lock and
+    /// returns what it took after letting go of the lock; `None` at end of
+    /// stream. `take` returns how many bytes it took with what it made of
+    /// them.
+    fn poll_take<T>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut Connection) -> Result<(usize, T), ConnectionError>,
+    ) -> Poll<io::Result<Option<T>>> {
+        let mut inner = self.shared.lock();
+        let h = self.handle;
         // Nothing to read, no end of stream and no error: a read would change
         // nothing, and a reader usually polls once before its data arrives.
         // Skipping it spares the connection's bookkeeping after every call
@@ -120,16 +170,8 @@ impl StreamInner {
             return Poll::Pending;
         }
         let r = inner.endpoint.with_conn(h, Instant::now(), |c| {
-            let (n, pieces) = if unlocked {
-                let mut pieces: [Bytes; READ_PIECES] = Default::default();
-                let (n, k) = c.read_pieces(buf.remaining(), &mut pieces)?;
-                (n, Some((pieces, k)))
-            } else {
-                let n = c.read(buf.initialize_unfilled())?;
-                buf.advance(n);
-                (n, None)
-            };
-            Ok((n, pieces, c.is_eof()))
+            let (n, taken) = take(c)?;
+            Ok((n, taken, c.is_eof()))
         });
         match r {
             Ok((0, _, true)) => {
@@ -138,7 +180,7 @@ impl StreamInner {
                 // driver another turn, and the peer would resend its FIN to
                 // a closed port.
                 self.shared.send_direct(&mut inner);
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(None))
             }
             Ok((0, _, false)) => {
                 if let Some(kind) = inner.driver_gone {
@@ -149,15 +191,9 @@ impl StreamInner {
                 inner.wake_driver_if_needed();
                 Poll::Pending
             }
-            Ok((_, pieces, _)) => {
+            Ok((_, taken, _)) => {
                 inner.wake_driver_if_needed();
-                drop(inner);
-                if let Some((pieces, k)) = pieces {
-                    for p in &pieces[..k] {
-                        buf.put_slice(p);
-                    }
-                }
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(Some(taken)))
             }
             Err(e) => Poll::Ready(Err(io_error(e))),
         }
@@ -167,18 +203,35 @@ impl StreamInner {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let mut inner = self.shared.lock();
+        let inner = self.shared.lock();
+        if data.len() > COPY_UNLOCKED && inner.driver_gone.is_none() {
+            return self.poll_write_unlocked(cx, inner, data);
+        }
+        self.poll_queue(cx, inner, |c| c.write(data))
+    }
+
+    /// Queues a prefix of `data` without copying it (split off `data`).
+    fn poll_write_chunk(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let inner = self.shared.lock();
+        self.poll_queue(cx, inner, |c| c.write_bytes(data))
+    }
+
+    /// What every write shares: queues what `write` queues, or waits for
+    /// room, and gets the bytes going.
+    fn poll_queue(
+        &self,
+        cx: &mut Context<'_>,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        write: impl FnOnce(&mut Connection) -> Result<usize, WriteError>,
+    ) -> Poll<io::Result<usize>> {
         let h = self.handle;
         if let Some(kind) = inner.driver_gone {
             return Poll::Ready(Err(driver_gone(kind)));
         }
-        if data.len() > COPY_UNLOCKED {
-            return self.poll_write_unlocked(cx, inner, data);
-        }
-        match inner
-            .endpoint
-            .with_conn(h, Instant::now(), |c| c.write(data))
-        {
+        match inner.endpoint.with_conn(h, Instant::now(), write) {
             Ok(0) => {
                 register(&mut inner, h, cx, false);
                 Poll::Pending
@@ -445,6 +498,27 @@ impl UtpStream {
             .with_conn(|c| c.set_download_limit(bytes_per_sec));
     }
 
+    /// Reads the next in-order bytes, at most `max` of them, without
+    /// copying: they are handed over as they sit in the receive buffers
+    /// (on loopback, whole 64 KiB datagrams' payloads). `None` at end of
+    /// stream; a `max` of 0 returns no bytes at once. An alternative to
+    /// [`AsyncRead`] that saves its copy; the two can be mixed. The bytes
+    /// share the memory of the datagram they came in: a small piece kept
+    /// for long keeps its whole datagram (up to 64 KiB) alive.
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        poll_fn(|cx| self.inner.poll_read_chunk(cx, max)).await
+    }
+
+    /// Writes all of `data` without copying it, waiting for room in the send
+    /// buffer as [`AsyncWrite`] writes do: packets are cut from `data`'s
+    /// memory itself, which is held until the peer acknowledged them.
+    /// (Pieces under 4 KiB are copied, as a write's bytes.) For data that is
+    /// in [`Bytes`] already, such as file blocks read into them; can be
+    /// mixed with [`AsyncWrite`] writes.
+    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.inner.write_chunk(data).await
+    }
+
     /// Splits into owned halves that can move to different tasks. Dropping the
     /// write half sends FIN; the connection is released when both are gone.
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
@@ -514,6 +588,13 @@ impl OwnedReadHalf {
     }
 }
 
+impl OwnedReadHalf {
+    /// See [`UtpStream::read_chunk`].
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        poll_fn(|cx| self.inner.poll_read_chunk(cx, max)).await
+    }
+}
+
 impl AsyncRead for OwnedReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -547,6 +628,13 @@ impl OwnedWriteHalf {
     /// Counters of the connection.
     pub fn stats(&self) -> ConnectionStats {
         self.inner.stats()
+    }
+}
+
+impl OwnedWriteHalf {
+    /// See [`UtpStream::write_chunk`].
+    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.inner.write_chunk(data).await
     }
 }
 

@@ -41,8 +41,8 @@ struct Args {
     /// bulk1400, conc100 and connects run one more, unmeasured, first.
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these cases (comma-separated): bulk, bulk1400, conc100, conc10k,
-    /// scaling, loss, pingpong, connects, connects-own.
+    /// Only these cases (comma-separated): bulk, bulk-chunks, bulk1400,
+    /// conc100, conc10k, scaling, loss, pingpong, connects, connects-own.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Only these stacks (comma-separated): utp, tcp, rqbit, udp1, udpgso.
@@ -272,14 +272,14 @@ impl Client {
 /// The byte stream every sender sends: a random block repeated. Its odd
 /// length keeps block boundaries off packet boundaries.
 #[derive(Clone)]
-pub(crate) struct Pattern(Arc<Vec<u8>>);
+pub(crate) struct Pattern(bytes::Bytes);
 
 impl Pattern {
     fn new() -> Self {
         use rand::{RngCore, SeedableRng};
         let mut v = vec![0u8; (1 << 20) + 7];
         rand::rngs::SmallRng::seed_from_u64(0x5eed).fill_bytes(&mut v);
-        Self(Arc::new(v))
+        Self(bytes::Bytes::from(v))
     }
 
     /// The longest slice of the stream starting at `offset`, at most `max`.
@@ -287,6 +287,13 @@ impl Pattern {
         let start = (offset % self.0.len() as u64) as usize;
         let end = (start + max).min(self.0.len());
         &self.0[start..end]
+    }
+
+    /// [`Pattern::at`] as a share of the pattern's memory (no copy).
+    fn chunk(&self, offset: u64, max: usize) -> bytes::Bytes {
+        let start = (offset % self.0.len() as u64) as usize;
+        let end = (start + max).min(self.0.len());
+        self.0.slice(start..end)
     }
 
     /// Whether `data` is the stream's bytes at `offset`.
@@ -523,6 +530,47 @@ async fn bulk(stack: Stack, pat: Pattern, size: u64) -> Result<Sample> {
         cpu,
         bytes: size,
         detail: format!("{:.2} s", dt.as_secs_f64()),
+    })
+}
+
+/// [`bulk`] over tokio-utp's calls that do not copy: the sender hands
+/// over shares of the pattern's memory (`write_chunk`), the receiver
+/// checks the receive buffers' bytes where they are (`read_chunk`). What
+/// an application whose data is in `Bytes` already (file blocks, say) can
+/// get; TCP, with its `&[u8]` calls only, has no such thing.
+async fn bulk_chunks(pat: Pattern, size: u64) -> Result<Sample> {
+    let (Server::Utp(server), Client::Utp(client), addr) = endpoints(Stack::Utp(None), 1).await?
+    else {
+        bail!("tokio-utp endpoints expected");
+    };
+    let p = pat.clone();
+    let rx = tokio::spawn(async move {
+        let (mut c, _) = server.accept().await?;
+        let mut got = 0u64;
+        while let Some(chunk) = c.read_chunk(usize::MAX).await.context("read")? {
+            ensure!(p.matches(got, &chunk), "corrupt data at byte {got}");
+            got += chunk.len() as u64;
+            ensure!(got <= size, "more bytes than sent");
+        }
+        ensure!(got == size, "stream ended after {got} of {size} bytes");
+        anyhow::Ok(())
+    });
+    let mut c = client.connect(addr).await?;
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    let mut sent = 0u64;
+    while sent < size {
+        let chunk = pat.chunk(sent, (size - sent).min(256 * 1024) as usize);
+        sent += chunk.len() as u64;
+        c.write_chunk(chunk).await.context("write")?;
+    }
+    c.shutdown().await.context("shutdown")?;
+    rx.await??;
+    let (dt, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    Ok(Sample {
+        value: size as f64 / dt.as_secs_f64() / 1e6,
+        cpu,
+        bytes: size,
+        detail: format!("{:.2} s, write_chunk/read_chunk", dt.as_secs_f64()),
     })
 }
 
@@ -940,6 +988,30 @@ async fn run(args: Args) -> Result<Vec<Row>> {
         let rs = measure("bulk", &stacks, "MB/s", (runs, true), watchdog, |s| {
             bulk(s, pat.clone(), size)
         })
+        .await;
+        record(rs);
+    }
+    if want_case("bulk-chunks") {
+        let stacks: Vec<Stack> = [Stack::Utp(None), Stack::Tcp]
+            .into_iter()
+            .filter(|&s| want(s))
+            .collect();
+        let rs = measure(
+            "bulk-chunks",
+            &stacks,
+            "MB/s",
+            (runs, true),
+            watchdog,
+            |s| {
+                let pat = pat.clone();
+                async move {
+                    match s {
+                        Stack::Utp(_) => bulk_chunks(pat, size).await,
+                        _ => bulk(s, pat, size).await,
+                    }
+                }
+            },
+        )
         .await;
         record(rs);
     }

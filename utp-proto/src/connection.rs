@@ -791,6 +791,21 @@ impl Connection {
         Ok(n)
     }
 
+    /// Like [`Connection::write`], without copying: queues as much of
+    /// `data` as there is room for, split off its front (`data` keeps the
+    /// rest), and returns how much that was. Packets are cut from those
+    /// bytes themselves and hold them until acknowledged. (Pieces under
+    /// 4 KiB are copied: one chunk per few bytes would cost more.)
+    pub fn write_bytes(&mut self, data: &mut Bytes) -> Result<usize, WriteError> {
+        self.check_writable()?;
+        let room = self.send_limit().saturating_sub(self.queued_bytes());
+        let n = room.min(data.len());
+        if n > 0 {
+            self.pending.push_lent(data.split_to(n));
+        }
+        Ok(n)
+    }
+
     /// [`Connection::write`] in two steps, for a caller that copies outside
     /// a lock (the copy, and the page faults of fresh memory, then do not
     /// hold up everybody else): returns room for at most `max` bytes and how

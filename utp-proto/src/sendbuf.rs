@@ -7,7 +7,9 @@
 //! bounded size instead, and a packet is split off a chunk without copying.
 //! A large packet that would span two chunks ends at the first one's end
 //! instead (one shorter packet per chunk); only a small one is assembled
-//! by a copy.
+//! by a copy. Bytes the application hands over as `Bytes`
+//! ([`SendQueue::push_lent`]) are a chunk of their own, and packets are
+//! split off them the same way: they are never copied.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -121,7 +123,7 @@ fn pool() -> std::sync::MutexGuard<'static, ChunkPool> {
 pub(crate) struct SendQueue {
     /// Each chunk with the size it was allocated with (a `BytesMut` split
     /// down to nothing reports no capacity).
-    chunks: VecDeque<(usize, BytesMut)>,
+    chunks: VecDeque<(usize, Buf)>,
     len: usize,
     /// Drained chunks whose allocations in-flight packets may still share.
     /// Once they are acknowledged one is reused for the next chunk instead
@@ -129,6 +131,78 @@ pub(crate) struct SendQueue {
     spares: Vec<(usize, BytesMut)>,
     /// What `reserve` handed out, until `commit`.
     checked_out: Checkout,
+}
+
+/// A chunk's bytes: memory of the queue's own that writes are copied
+/// into, or bytes the application handed over, sent from where they are.
+#[derive(Debug)]
+enum Buf {
+    Own(BytesMut),
+    /// No room for writes: its capacity is its length.
+    Lent(Bytes),
+}
+
+impl Buf {
+    fn len(&self) -> usize {
+        match self {
+            Buf::Own(b) => b.len(),
+            Buf::Lent(b) => b.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its bytes plus the room for writes after them.
+    fn capacity(&self) -> usize {
+        match self {
+            Buf::Own(b) => b.capacity(),
+            Buf::Lent(b) => b.len(),
+        }
+    }
+
+    #[cfg(test)]
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            Buf::Own(b) => b.as_ptr(),
+            Buf::Lent(b) => b.as_ptr(),
+        }
+    }
+
+    /// The first `n` bytes, without a copy.
+    fn split_to(&mut self, n: usize) -> Bytes {
+        match self {
+            Buf::Own(b) => b.split_to(n).freeze(),
+            Buf::Lent(b) => b.split_to(n),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Buf::Own(b) => b.clear(),
+            Buf::Lent(b) => b.clear(),
+        }
+    }
+
+    /// The memory writes are copied into, if it is the queue's own.
+    fn own_mut(&mut self) -> Option<&mut BytesMut> {
+        match self {
+            Buf::Own(b) => Some(b),
+            Buf::Lent(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Own(b) => b,
+            Buf::Lent(b) => b,
+        }
+    }
 }
 
 /// Where the region handed out by [`SendQueue::reserve`] came from.
@@ -175,7 +249,11 @@ impl SendQueue {
             VecDeque::new()
         };
         if !chunks.is_empty() || !self.spares.is_empty() {
-            pool().give(chunks.into_iter().chain(std::mem::take(&mut self.spares)));
+            let own = chunks.into_iter().filter_map(|(size, c)| match c {
+                Buf::Own(c) => Some((size, c)),
+                Buf::Lent(_) => None,
+            });
+            pool().give(own.chain(std::mem::take(&mut self.spares)));
         }
     }
 
@@ -212,7 +290,11 @@ impl SendQueue {
 
     /// Keeps a drained chunk as a spare, a few at most (a send buffer's
     /// worth of chunks cycles through them).
-    fn retire(&mut self, (size, mut chunk): (usize, BytesMut)) {
+    fn retire(&mut self, (size, chunk): (usize, Buf)) {
+        // Lent bytes go back to the application (they are only dropped).
+        let Buf::Own(mut chunk) = chunk else {
+            return;
+        };
         let kept: usize = self.spares.iter().map(|(s, _)| s).sum();
         if self.spares.len() < MAX_SPARES && kept + size <= MAX_SPARE_BYTES {
             chunk.clear();
@@ -231,15 +313,32 @@ impl SendQueue {
                 .map_or(0, |(_, c)| c.capacity() - c.len());
             if room == 0 {
                 let cap = data.len().max(self.len).clamp(MIN_CHUNK, MAX_CHUNK);
-                let chunk = self.new_chunk(cap, 0);
-                self.chunks.push_back(chunk);
+                let (size, chunk) = self.new_chunk(cap, 0);
+                self.chunks.push_back((size, Buf::Own(chunk)));
                 continue;
             }
             let n = room.min(data.len());
-            let (_, last) = self.chunks.back_mut().expect("room > 0 means a chunk");
+            let last = self
+                .chunks
+                .back_mut()
+                .and_then(|(_, c)| c.own_mut())
+                .expect("room > 0 means a chunk of our own");
             last.extend_from_slice(&data[..n]);
             data = &data[n..];
         }
+    }
+
+    /// Appends `data` without copying it: packets are split off it as off
+    /// the queue's own chunks, and it is dropped once they all are. Below
+    /// [`MIN_CHUNK`] it is copied instead, as a write: packets spanning
+    /// small chunks would be assembled by copies anyway.
+    pub(crate) fn push_lent(&mut self, data: Bytes) {
+        if data.len() < MIN_CHUNK {
+            self.push(&data);
+            return;
+        }
+        self.len += data.len();
+        self.chunks.push_back((data.len(), Buf::Lent(data)));
     }
 
     /// Hands out room for at most `n` more bytes (at least one), to fill
@@ -259,10 +358,13 @@ impl SendQueue {
             // A few bytes of room would split the write, and the packet
             // across the boundary ends there (see `take`): a large write
             // skips them.
-            if room > 0 && (room >= n || room >= MIN_TAIL) {
+            if let Some(own) = back
+                .own_mut()
+                .filter(|_| room > 0 && (room >= n || room >= MIN_TAIL))
+            {
                 self.checked_out = Checkout::Tail;
-                let at = back.len();
-                return back.split_off(at);
+                let at = own.len();
+                return own.split_off(at);
             }
             // A few unsent bytes at its end move to the new chunk's front
             // (a small copy), so they leave with the new bytes rather than
@@ -285,10 +387,10 @@ impl SendQueue {
             self.retire(drained);
         }
         if carry > 0 {
-            self.chunks.push_back((size, chunk));
+            let tail = chunk.split_off(carry);
+            self.chunks.push_back((size, Buf::Own(chunk)));
             self.checked_out = Checkout::Tail;
-            let (_, back) = self.chunks.back_mut().expect("just pushed");
-            return back.split_off(carry);
+            return tail;
         }
         self.checked_out = Checkout::Chunk(size);
         chunk
@@ -302,14 +404,14 @@ impl SendQueue {
             // Back where it was split off: no copy. (Should the chunk have
             // been drained and retired meanwhile, the region is a chunk of
             // its own.)
-            Checkout::Tail => match self.chunks.back_mut() {
-                Some((_, back)) => back.unsplit(data),
-                None => self.chunks.push_back((data.capacity(), data)),
+            Checkout::Tail => match self.chunks.back_mut().and_then(|(_, c)| c.own_mut()) {
+                Some(back) => back.unsplit(data),
+                None => self.chunks.push_back((data.capacity(), Buf::Own(data))),
             },
-            Checkout::Chunk(size) => self.chunks.push_back((size, data)),
+            Checkout::Chunk(size) => self.chunks.push_back((size, Buf::Own(data))),
             Checkout::None => {
                 debug_assert!(false, "commit without reserve");
-                self.chunks.push_back((data.capacity(), data));
+                self.chunks.push_back((data.capacity(), Buf::Own(data)));
             }
         }
     }
@@ -339,7 +441,7 @@ impl SendQueue {
             return Bytes::new();
         };
         if front.len() >= n {
-            let out = front.split_to(n).freeze();
+            let out = front.split_to(n);
             if front.is_empty() && (several || front.capacity() == 0) {
                 // Drained and no longer the chunk writes go to.
                 let chunk = self.chunks.pop_front().expect("front exists");
@@ -350,7 +452,7 @@ impl SendQueue {
         if n > ASSEMBLE_MAX && !front.is_empty() {
             // A copy into a fresh allocation costs more than the shorter
             // packet (with many connections, a page fault per 4 KiB).
-            let out = front.split_to(front.len()).freeze();
+            let out = front.split_to(front.len());
             self.len += n - out.len();
             if several || front.capacity() == 0 {
                 let chunk = self.chunks.pop_front().expect("front exists");
@@ -590,6 +692,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Push(usize),
+        /// Bytes handed over whole (`push_lent`).
+        Lent(usize),
         Reserve(usize),
         Take(usize),
         /// Lets the oldest packet still held go (its chunk can be reused).
@@ -607,6 +711,7 @@ mod tests {
         ];
         prop_oneof![
             size.clone().prop_map(Op::Push),
+            size.clone().prop_map(Op::Lent),
             size.clone().prop_map(Op::Reserve),
             size.prop_map(Op::Take),
             Just(Op::Release),
@@ -633,6 +738,10 @@ mod tests {
                 match op {
                     Op::Push(n) => {
                         q.push(&fill(n));
+                        written += n;
+                    }
+                    Op::Lent(n) => {
+                        q.push_lent(Bytes::from(fill(n)));
                         written += n;
                     }
                     Op::Reserve(n) => {
@@ -750,6 +859,31 @@ mod tests {
         assert_eq!(q.chunks.len(), 2);
         assert_eq!(q.take(65_000).len(), 8000);
         assert_eq!(q.take(65_000).len(), 60_000);
+    }
+
+    #[test]
+    fn lent_bytes_go_out_without_a_copy_between_copied_writes() {
+        let mut q = SendQueue::default();
+        q.push(&[1; 100]);
+        let lent = Bytes::from(vec![2u8; 100_000]);
+        q.push_lent(lent.clone());
+        q.push(&[3; 100]);
+        // A small piece is copied like a write, into the chunk before it.
+        q.push_lent(Bytes::from(vec![4u8; 10]));
+        assert_eq!(q.len(), 100_210);
+        assert_eq!(&q.take(65_000)[..], &[1; 100][..], "ends at its chunk");
+        let a = q.take(65_000);
+        let b = q.take(65_000);
+        assert_eq!(a.as_ptr(), lent.as_ptr(), "the lent bytes themselves");
+        assert_eq!(b.as_ptr(), lent[65_000..].as_ptr());
+        assert_eq!(a.len() + b.len(), 100_000);
+        let rest = q.take(65_000);
+        assert_eq!(&rest[..100], &[3; 100][..]);
+        assert_eq!(&rest[100..], &[4; 10][..]);
+        assert!(q.is_empty());
+        // Nothing of the lent bytes stays with the queue once sent.
+        drop((a, b));
+        assert!(lent.is_unique());
     }
 
     #[test]
