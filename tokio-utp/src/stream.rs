@@ -514,7 +514,9 @@ impl UtpStream {
     /// memory itself, which is held until the peer acknowledged them.
     /// (Pieces under 4 KiB are copied, as a write's bytes.) For data that is
     /// in [`Bytes`] already, such as file blocks read into them; can be
-    /// mixed with [`AsyncWrite`] writes.
+    /// mixed with [`AsyncWrite`] writes. A packet over 4 KiB (64 KiB ones
+    /// on loopback) ends where a chunk ends rather than being assembled by
+    /// a copy, so chunks far smaller than that make more, smaller packets.
     pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
         self.inner.write_chunk(data).await
     }
