@@ -185,6 +185,10 @@ impl Buf {
         }
     }
 
+    fn is_lent(&self) -> bool {
+        matches!(self, Buf::Lent(_))
+    }
+
     /// The memory writes are copied into, if it is the queue's own.
     fn own_mut(&mut self) -> Option<&mut BytesMut> {
         match self {
@@ -449,7 +453,13 @@ impl SendQueue {
             }
             return out;
         }
-        if n > ASSEMBLE_MAX && !front.is_empty() {
+        // The last few bytes of lent ones are the exception: the
+        // application picks their sizes, and a 256 KiB chunk of 64 KiB
+        // packets left a packet of 100 bytes at every chunk's end (a
+        // fifth more packets, a fifth less throughput on loopback), where
+        // copying one packet per chunk costs little.
+        let lent_tail = several && front.is_lent() && front.len() < n / 4;
+        if n > ASSEMBLE_MAX && !front.is_empty() && !lent_tail {
             // A copy into a fresh allocation costs more than the shorter
             // packet (with many connections, a page fault per 4 KiB).
             let out = front.split_to(front.len());
@@ -884,6 +894,44 @@ mod tests {
         // Nothing of the lent bytes stays with the queue once sent.
         drop((a, b));
         assert!(lent.is_unique());
+    }
+
+    #[test]
+    fn a_lent_chunks_last_few_bytes_join_the_next_chunks_packet() {
+        let mut q = SendQueue::default();
+        let a = Bytes::from((0..262_244u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let b = Bytes::from(vec![9u8; 262_144]);
+        q.push_lent(a.clone());
+        q.push_lent(b.clone());
+        let packets: Vec<Bytes> = std::iter::from_fn(|| Some(q.take(65_000)))
+            .take_while(|p| !p.is_empty())
+            .collect();
+        let sizes: Vec<usize> = packets.iter().map(|p| p.len()).collect();
+        // 2,244 bytes left of the first chunk: with the second's first
+        // bytes, one full packet rather than a packet of their own.
+        assert_eq!(
+            sizes,
+            [65_000; 8].into_iter().chain([4388]).collect::<Vec<_>>()
+        );
+        assert_eq!(packets[0].as_ptr(), a.as_ptr(), "no copy within a chunk");
+        let joined = &packets[4];
+        assert_eq!(&joined[..2244], &a[260_000..]);
+        assert!(joined[2244..].iter().all(|&x| x == 9));
+        assert_eq!(
+            packets[5].as_ptr(),
+            b[62_756..].as_ptr(),
+            "the second chunk's own bytes"
+        );
+        // A large remainder still ends its packet, uncopied.
+        let mut q = SendQueue::default();
+        q.push_lent(Bytes::from(vec![1u8; 100_000]));
+        q.push_lent(Bytes::from(vec![2u8; 100_000]));
+        assert_eq!(q.take(65_000).len(), 65_000);
+        assert_eq!(
+            q.take(65_000).len(),
+            35_000,
+            "over a quarter packet: its own"
+        );
     }
 
     #[test]
