@@ -524,13 +524,19 @@ async fn bulk(stack: Stack, pat: Pattern, size: u64) -> Result<Sample> {
     let (t0, cpu0) = (Instant::now(), cpu_time());
     send_pattern(&mut c, &pat, size).await?;
     rx.await??;
+    Ok(transfer_sample(size, t0, cpu0, ""))
+}
+
+/// A transfer's sample: `bytes` moved since `t0`, with the CPU used since
+/// `cpu0`; `note` goes after the duration in the detail.
+fn transfer_sample(bytes: u64, t0: Instant, cpu0: Duration, note: &str) -> Sample {
     let (dt, cpu) = (t0.elapsed(), cpu_time() - cpu0);
-    Ok(Sample {
-        value: size as f64 / dt.as_secs_f64() / 1e6,
+    Sample {
+        value: bytes as f64 / dt.as_secs_f64() / 1e6,
         cpu,
-        bytes: size,
-        detail: format!("{:.2} s", dt.as_secs_f64()),
-    })
+        bytes,
+        detail: format!("{:.2} s{note}", dt.as_secs_f64()),
+    }
 }
 
 /// [`bulk`] over tokio-utp's calls that do not copy: the sender hands
@@ -565,13 +571,7 @@ async fn bulk_chunks(pat: Pattern, size: u64) -> Result<Sample> {
     }
     c.shutdown().await.context("shutdown")?;
     rx.await??;
-    let (dt, cpu) = (t0.elapsed(), cpu_time() - cpu0);
-    Ok(Sample {
-        value: size as f64 / dt.as_secs_f64() / 1e6,
-        cpu,
-        bytes: size,
-        detail: format!("{:.2} s, write_chunk/read_chunk", dt.as_secs_f64()),
-    })
+    Ok(transfer_sample(size, t0, cpu0, ", write_chunk/read_chunk"))
 }
 
 /// A raw UDP stack's transfer of `size` bytes; `None` for the others.
