@@ -1,4 +1,6 @@
 //! Receive one file over uTP from `send_file` and write it to a path.
+//! `read_chunk` hands over the received bytes as they sit in the receive
+//! buffers, without copying them into a buffer of ours first.
 //!
 //! ```text
 //! cargo run -p tokio-utp --release --example recv_file -- 127.0.0.1:4000 copy.bin
@@ -8,7 +10,7 @@
 use std::io;
 use std::time::Instant;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio_utp::UtpListener;
 
 #[tokio::main]
@@ -21,14 +23,17 @@ async fn main() -> io::Result<()> {
 
     let listener = UtpListener::bind(addr.as_str()).await?;
     println!("waiting for a sender on {}", listener.local_addr()?);
-    let (stream, peer) = listener.accept().await?;
+    let (mut stream, peer) = listener.accept().await?;
     drop(listener);
 
     let mut file = tokio::fs::File::create(path).await?;
-    let mut stream = BufReader::with_capacity(256 * 1024, stream);
     let start = Instant::now();
     // Everything up to the sender's FIN.
-    let bytes = tokio::io::copy_buf(&mut stream, &mut file).await?;
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.read_chunk(usize::MAX).await? {
+        bytes += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
     file.flush().await?;
     file.sync_all().await?;
     let secs = start.elapsed().as_secs_f64();

@@ -1,4 +1,6 @@
-//! Send a file over uTP to `recv_file`.
+//! Send a file over uTP to `recv_file`. The file is read in blocks into
+//! `Bytes` that `write_chunk` queues as they are: the stack sends from
+//! them without copying.
 //!
 //! ```text
 //! cargo run -p tokio-utp --release --example recv_file -- 127.0.0.1:4000 copy.bin
@@ -8,8 +10,12 @@
 use std::io;
 use std::time::Instant;
 
-use tokio::io::BufReader;
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio_utp::UtpStream;
+
+/// Bytes read from the file per chunk: a few 64 KiB packets each.
+const BLOCK: usize = 256 * 1024;
 
 #[tokio::main]
 async fn main() -> io::Result<()> {
@@ -19,13 +25,25 @@ async fn main() -> io::Result<()> {
         std::process::exit(2);
     };
 
-    let file = tokio::fs::File::open(path).await?;
-    let mut file = BufReader::with_capacity(256 * 1024, file);
+    let mut file = tokio::fs::File::open(path).await?;
 
     let (mut stream, driver) = UtpStream::connect(addr.as_str()).await?;
     tokio::spawn(driver);
     let start = Instant::now();
-    let bytes = tokio::io::copy_buf(&mut file, &mut stream).await?;
+    let mut bytes = 0u64;
+    loop {
+        let mut block = BytesMut::with_capacity(BLOCK);
+        while block.len() < BLOCK {
+            if file.read_buf(&mut block).await? == 0 {
+                break;
+            }
+        }
+        if block.is_empty() {
+            break;
+        }
+        bytes += block.len() as u64;
+        stream.write_chunk(block.freeze()).await?;
+    }
     // FIN, and wait until the receiver has acknowledged everything.
     let stats = stream.stats();
     stream.close().await?;
