@@ -581,6 +581,11 @@ impl std::fmt::Debug for OwnedReadHalf {
 }
 
 impl OwnedReadHalf {
+    /// See [`UtpStream::read_chunk`].
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        poll_fn(|cx| self.inner.poll_read_chunk(cx, max)).await
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.inner.peer)
@@ -589,13 +594,6 @@ impl OwnedReadHalf {
     /// Counters of the connection.
     pub fn stats(&self) -> ConnectionStats {
         self.inner.stats()
-    }
-}
-
-impl OwnedReadHalf {
-    /// See [`UtpStream::read_chunk`].
-    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
-        poll_fn(|cx| self.inner.poll_read_chunk(cx, max)).await
     }
 }
 
@@ -624,6 +622,11 @@ impl std::fmt::Debug for OwnedWriteHalf {
 }
 
 impl OwnedWriteHalf {
+    /// See [`UtpStream::write_chunk`].
+    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.inner.write_chunk(data).await
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.inner.peer)
@@ -632,13 +635,6 @@ impl OwnedWriteHalf {
     /// Counters of the connection.
     pub fn stats(&self) -> ConnectionStats {
         self.inner.stats()
-    }
-}
-
-impl OwnedWriteHalf {
-    /// See [`UtpStream::write_chunk`].
-    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
-        self.inner.write_chunk(data).await
     }
 }
 

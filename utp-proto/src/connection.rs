@@ -784,9 +784,7 @@ impl Connection {
     /// send buffer is full). Fails once the connection failed or was closed.
     pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
         self.check_writable()?;
-        let queued = self.queued_bytes();
-        let room = self.send_limit().saturating_sub(queued);
-        let n = room.min(data.len());
+        let n = self.write_room().min(data.len());
         self.pending.push(&data[..n]);
         Ok(n)
     }
@@ -798,8 +796,7 @@ impl Connection {
     /// 4 KiB are copied: one chunk per few bytes would cost more.)
     pub fn write_bytes(&mut self, data: &mut Bytes) -> Result<usize, WriteError> {
         self.check_writable()?;
-        let room = self.send_limit().saturating_sub(self.queued_bytes());
-        let n = room.min(data.len());
+        let n = self.write_room().min(data.len());
         if n > 0 {
             self.pending.push_lent(data.split_to(n));
         }
@@ -814,8 +811,7 @@ impl Connection {
     /// [`Connection::write_commit`]. One reservation at a time.
     pub fn write_reserve(&mut self, max: usize) -> Result<Option<(BytesMut, usize)>, WriteError> {
         self.check_writable()?;
-        let room = self.send_limit().saturating_sub(self.queued_bytes());
-        let n = room.min(max);
+        let n = self.write_room().min(max);
         if n == 0 {
             return Ok(None);
         }
@@ -847,6 +843,11 @@ impl Connection {
             return Err(WriteError::Closed);
         }
         Ok(())
+    }
+
+    /// How many more bytes a write may queue now.
+    fn write_room(&self) -> usize {
+        self.send_limit().saturating_sub(self.queued_bytes())
     }
 
     /// Bytes the application wrote that the peer has not acknowledged yet.
