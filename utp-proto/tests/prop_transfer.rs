@@ -128,12 +128,21 @@ fn transfer(script: Script, delay_ms: u64, c2s: usize, s2c: usize, seed: u64) ->
             }
             while s.written < s.send.len() {
                 let rest = &s.send[s.written..];
-                // Side 1 writes in two steps, as the async layer does for
-                // large writes (room reserved, filled, committed).
+                // Side 0 copies some stretches in and lends others as
+                // `Bytes` of various sizes (`write_bytes`, the stream's
+                // `write_chunk`); side 1 writes in two steps, as the async
+                // layer does for large writes (room reserved, filled,
+                // committed).
+                let lend = (s.written / 5000) % 2 == 1;
                 let n = ep
                     .with_conn(h, now, |c| {
+                        if i == 0 && lend {
+                            let len = rest.len().min(4000 + s.written % 9000);
+                            let mut chunk = bytes::Bytes::copy_from_slice(&rest[..len]);
+                            return c.write_bytes(&mut chunk);
+                        }
                         if i == 0 {
-                            return c.write(rest);
+                            return c.write(&rest[..rest.len().min(6000)]);
                         }
                         match c.write_reserve(rest.len())? {
                             None => Ok(0),
