@@ -759,16 +759,28 @@ impl Pinger {
 /// Round trips per block in `pingpong`.
 const PING_BLOCK: usize = 50;
 
+/// Quiet time before each block in `pingpong`: longer than tokio-utp's
+/// delayed ack (1 ms), so that no stack's timers fire during another's
+/// turn. Without it the stacks steered each other's thread placement:
+/// the idle tokio-utp connection's ack timer, firing during TCP's turn,
+/// left TCP's round trips mostly fast (36% slow against our 54-64%); with
+/// a 50 ms ack delay TCP's went 80-84% slow instead, and with a gap both
+/// stay fast (1-4% slow). What is slow then is a block's first round
+/// trips, after idle CPUs: TCP's first (in 13-47% of blocks), tokio-utp's
+/// first three (in 83-94%, 36-50% and 19-31%).
+const PING_GAP: Duration = Duration::from_millis(3);
+
 /// 64-byte request/response exchanges, one connection per stack, `rounds`
 /// per stack and run. The stacks take turns in blocks of [`PING_BLOCK`]
-/// within each run rather than whole runs. On this machine a round trip is
-/// bimodal for every stack: about 16 us when the kernel's scheduler runs
-/// the client thread and the echoing worker on one CPU, about 55-60 us when
-/// it puts them on different CPUs (waking the other, halted virtual CPU
-/// costs some 20 us a hop). Which one it picks stays the same for stretches
-/// of a second or so, so medians of whole runs per stack compared those
-/// stretches more than the stacks. Each run's figure is the median round
-/// trip of that run; the detail gives the share of slow round trips.
+/// within each run, each after a quiet [`PING_GAP`], rather than whole
+/// runs. On this machine a round trip is bimodal for every stack: about
+/// 16 us when the kernel's scheduler runs the client thread and the
+/// echoing worker on one CPU, about 55-60 us when it puts them on
+/// different CPUs (waking the other, halted virtual CPU costs some 20 us
+/// a hop). Which one it picks stays the same for stretches of a second or
+/// so, so medians of whole runs per stack compared those stretches more
+/// than the stacks. Each run's figure is the median round trip of that
+/// run; the detail gives the share of slow round trips.
 async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Duration) -> Vec<Row> {
     settle().await;
     let n = stacks.len();
@@ -814,6 +826,7 @@ async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Durati
                 let Some(p) = pingers[i].as_mut() else {
                     continue;
                 };
+                tokio::time::sleep(PING_GAP).await;
                 let r = tokio::time::timeout(watchdog, p.rounds(PING_BLOCK, &mut rtts[i])).await;
                 if failed(&mut status[i], r) {
                     pingers[i] = None;
