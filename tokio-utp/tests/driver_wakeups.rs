@@ -1,7 +1,7 @@
 //! The driver wakes for every timer an application call arms, and exits when the last handle is gone.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
@@ -489,5 +489,62 @@ async fn many_connects_refused_at_once_each_get_their_own_report() {
     accept.await.unwrap().unwrap();
     for r in refused {
         r.await.expect("refused in time");
+    }
+}
+
+/// The first message after a pause arms a tail-loss probe earlier than
+/// the driver's timer. The writing task moves the driver's timer instead
+/// of waking the driver (see `Inner::driver_sleep`); the probe and the
+/// retransmissions must still go out when nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_after_a_pause_is_resent_when_the_peer_goes_silent() {
+    let (server, server_driver) = UtpSocket::bind_with_driver("127.0.0.1:0", Config::default())
+        .await
+        .unwrap();
+    let server_driver = tokio::spawn(server_driver);
+    let listener = server.listen().unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let mut s = listener.accept().await.unwrap().0;
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(&b).await.unwrap();
+        // Held, so that the connection is not closed while the peer waits.
+        (listener, s)
+    });
+    let client = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = client.connect(addr).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).await.unwrap();
+    let _held = accept.await.unwrap();
+    // A pause past the delayed ack: the client's driver is left with only
+    // far timers (keep-alive, idle).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The peer stops answering (its driver is gone; its socket stays open).
+    server_driver.abort();
+    let _ = server_driver.await;
+    let before = c.stats();
+    let sent = Instant::now();
+    c.write_all(b"again").await.unwrap();
+    // A tail-loss probe after about 10 ms. Had the driver's timer not
+    // moved, the probe would wait for the next timer the driver knew of:
+    // here the idle connection's release of spare buffers, 200 ms on.
+    loop {
+        let s = c.stats();
+        assert!(
+            sent.elapsed() < Duration::from_millis(100),
+            "no tail-loss probe: {s:?}"
+        );
+        if s.tail_loss_probes > before.tail_loss_probes {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Then retransmission timeouts, from 500 ms.
+    let deadline = sent + Duration::from_secs(3);
+    while c.stats().packets_retransmitted <= before.packets_retransmitted + 1 {
+        assert!(Instant::now() < deadline, "no retransmission timeout");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
