@@ -766,8 +766,9 @@ const PING_BLOCK: usize = 50;
 /// left TCP's round trips mostly fast (36% slow against our 54-64%); with
 /// a 50 ms ack delay TCP's went 80-84% slow instead, and with a gap both
 /// stay fast (1-4% slow). What is slow then is a block's first round
-/// trips, after idle CPUs: TCP's first (in 13-47% of blocks), tokio-utp's
-/// first three (in 83-94%, 36-50% and 19-31%).
+/// trip after idle CPUs (in 17-38% of blocks, either stack; tokio-utp's
+/// next two as well until its first message after a pause stopped waking
+/// the driver, see `Inner::driver_sleep` in tokio-utp).
 const PING_GAP: Duration = Duration::from_millis(3);
 
 /// 64-byte request/response exchanges, one connection per stack, `rounds`
