@@ -399,6 +399,16 @@ struct Sample {
     detail: String,
 }
 
+/// Runs `fut` under the watchdog; a failure comes back as the row status
+/// it gives: "error: ..." or "stall (...)".
+async fn watched<T>(watchdog: Duration, fut: impl Future<Output = Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(watchdog, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("error: {e:#}")),
+        Err(_) => Err(format!("stall (no result within {} s)", watchdog.as_secs())),
+    }
+}
+
 /// Runs `f` for each stack under the watchdog, `runs` rounds, and reports
 /// each stack's median. Rounds interleave the stacks (A B C, B C A, ...):
 /// this machine's speed drifts over seconds (TCP's loopback rate has moved
@@ -438,11 +448,10 @@ where
             if status[i] != "ok" {
                 continue;
             }
-            match tokio::time::timeout(watchdog, f(stack)).await {
-                Ok(Ok(_)) if warmup && round == 0 => {}
-                Ok(Ok(s)) => samples[i].push(s),
-                Ok(Err(e)) => status[i] = format!("error: {e:#}"),
-                Err(_) => status[i] = format!("stall (no result within {} s)", watchdog.as_secs()),
+            match watched(watchdog, f(stack)).await {
+                Ok(_) if warmup && round == 0 => {}
+                Ok(s) => samples[i].push(s),
+                Err(e) => status[i] = e,
             }
         }
     }
@@ -788,17 +797,6 @@ async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Durati
     let mut status: Vec<String> = stacks.iter().map(|_| "ok".to_string()).collect();
     let mut pingers: Vec<Option<Pinger>> = Vec::with_capacity(n);
     let mut samples: Vec<Vec<Sample>> = stacks.iter().map(|_| Vec::new()).collect();
-    let failed = |status: &mut String, r: Result<Result<()>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(())) => false,
-        Ok(Err(e)) => {
-            *status = format!("error: {e:#}");
-            true
-        }
-        Err(_) => {
-            *status = format!("stall (no result within {} s)", watchdog.as_secs());
-            true
-        }
-    };
     for (i, &stack) in stacks.iter().enumerate() {
         // A few untimed rounds first: the first ones pay for wakeups and
         // caches.
@@ -807,14 +805,10 @@ async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Durati
             p.rounds(20, &mut Vec::new()).await?;
             anyhow::Ok(p)
         };
-        pingers.push(match tokio::time::timeout(watchdog, setup).await {
-            Ok(Ok(p)) => Some(p),
-            Ok(Err(e)) => {
-                status[i] = format!("error: {e:#}");
-                None
-            }
-            Err(_) => {
-                status[i] = format!("stall (no result within {} s)", watchdog.as_secs());
+        pingers.push(match watched(watchdog, setup).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                status[i] = e;
                 None
             }
         });
@@ -828,8 +822,8 @@ async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Durati
                     continue;
                 };
                 tokio::time::sleep(PING_GAP).await;
-                let r = tokio::time::timeout(watchdog, p.rounds(PING_BLOCK, &mut rtts[i])).await;
-                if failed(&mut status[i], r) {
+                if let Err(e) = watched(watchdog, p.rounds(PING_BLOCK, &mut rtts[i])).await {
+                    status[i] = e;
                     pingers[i] = None;
                 }
             }
@@ -861,8 +855,9 @@ async fn pingpong(stacks: &[Stack], rounds: usize, runs: usize, watchdog: Durati
     }
     for (i, p) in pingers.into_iter().enumerate() {
         if let Some(p) = p {
-            let r = tokio::time::timeout(watchdog, p.finish()).await;
-            failed(&mut status[i], r);
+            if let Err(e) = watched(watchdog, p.finish()).await {
+                status[i] = e;
+            }
         }
     }
     stacks
