@@ -63,8 +63,6 @@ pub(crate) struct Inner {
     pub(crate) listening: bool,
     /// Set when the driver stopped; handles fail instead of waiting forever.
     pub(crate) driver_gone: Option<io::ErrorKind>,
-    /// When the driver's timer fires next (None: no timer).
-    driver_timer: Option<Instant>,
     /// The driver's timer. It lives here, not in the driver, so that a task
     /// arming an earlier connection timer (the first message after a pause
     /// arms a tail-loss probe) moves it under the lock it holds instead of
@@ -131,28 +129,24 @@ impl Inner {
         }
     }
 
-    /// Wakes the driver if the endpoint has datagrams to send or an
-    /// application call armed a timer earlier than the driver's (a persist
-    /// probe, a linger deadline after release). Only timers that came up
-    /// since the driver last looked can be earlier (see `Driver::step`).
+    /// Wakes the driver if the endpoint has datagrams to send. A timer an
+    /// application call armed (a tail-loss probe, a persist probe, a linger
+    /// deadline after release) that is earlier than the driver's moves the
+    /// driver's timer instead; the driver is woken for it only while its
+    /// timer is not armed. Only timers that came up since the driver last
+    /// looked can be earlier (see `Driver::step`).
     pub(crate) fn wake_driver_if_needed(&mut self) {
-        let earlier = match (self.endpoint.take_new_timer(), self.driver_timer) {
-            (Some(t), Some(d)) if t < d => Some(t),
-            (Some(t), None) => Some(t),
-            _ => None,
-        };
         let mut wake = self.endpoint.has_transmit();
-        if let Some(t) = earlier {
+        if let Some(t) = self.endpoint.take_new_timer() {
+            let t = tokio::time::Instant::from_std(t);
             match self
                 .driver_sleep
                 .as_mut()
                 .filter(|_| self.driver_sleep_armed)
             {
                 // The driver's waker stays with the timer; it fires earlier.
-                Some(sleep) => {
-                    sleep.as_mut().reset(tokio::time::Instant::from_std(t));
-                    self.driver_timer = Some(t);
-                }
+                Some(sleep) if t < sleep.deadline() => sleep.as_mut().reset(t),
+                Some(_) => {}
                 None => wake = true,
             }
         }
@@ -542,7 +536,6 @@ impl UtpSocket {
                 accept_waker: None,
                 listening: false,
                 driver_gone: None,
-                driver_timer: None,
                 driver_sleep: None,
                 driver_sleep_armed: false,
                 other: OtherQueue::default(),
@@ -1145,7 +1138,7 @@ impl Driver {
         let full = self.collect(&mut inner, now);
         // The timer is armed under this lock: the poll ends without taking
         // it again. A task that arms an earlier one later compares with
-        // `driver_timer` and moves the timer (see `Inner::driver_sleep`).
+        // the timer's deadline and moves it (see `Inner::driver_sleep`).
         inner.endpoint.take_new_timer();
         self.connecting = inner.endpoint.is_connecting();
         self.next_timer = inner.endpoint.poll_timeout();
@@ -1174,7 +1167,6 @@ impl Driver {
 
     /// Arms the driver's timer for `next_timer`, under the lock.
     fn arm_timer(&mut self, inner: &mut Inner, cx: &mut Context<'_>) {
-        inner.driver_timer = self.next_timer;
         inner.driver_sleep_armed = false;
         let Some(t) = self.next_timer else {
             // Left as it is: should it fire, one poll finds nothing due.
