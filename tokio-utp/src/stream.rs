@@ -89,6 +89,11 @@ impl Drop for StreamInner {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         inner.wakers.remove(&self.handle);
+        // Room left by a burst of connections goes back.
+        let w = &mut inner.wakers;
+        if let Some(to) = utp_proto::trimmed(w.capacity(), w.len(), 0) {
+            w.shrink_to(to);
+        }
         inner.endpoint.release(self.handle, Instant::now());
         // The FIN (or the ack of the peer's) goes out from here: a program
         // that drops its stream and exits may not give the driver a turn.

@@ -206,6 +206,53 @@ pub struct Endpoint {
     /// The receive buffer the OS granted our socket, when known (see
     /// [`Endpoint::set_socket_receive_buffer`]).
     socket_rcvbuf: Option<usize>,
+    /// When `conns` and `flights` next try to give back spare room.
+    conns_trim: SlabTrim,
+    flights_trim: SlabTrim,
+}
+
+/// Tables with room for fewer entries than this keep it: below it, giving
+/// room back and growing again would cost more than the memory is worth.
+const TRIM_MIN: usize = 256;
+
+/// Whether a table of `cap` entries holding `len` should shrink, and to
+/// what: at under a quarter full, to twice its length (so a table must
+/// lose half its entries again before the next shrink: amortized O(1) per
+/// removal). `floor` is room it keeps whatever its length. Tables of up
+/// to 256 entries keep their room.
+pub fn trimmed(cap: usize, len: usize, floor: usize) -> Option<usize> {
+    (cap > TRIM_MIN.max(4 * floor) && len * 4 < cap).then(|| (2 * len).max(floor))
+}
+
+/// When a slab next tries to give back spare room. Its slots cannot move
+/// (they are the connections' handles), so `Slab::shrink_to_fit` frees
+/// only the vacant slots after the last taken one, and costs O(capacity)
+/// even when it frees nothing: it is tried at a quarter full, then each
+/// time the length halves again, until the slab grows anew.
+#[derive(Debug, Default)]
+struct SlabTrim {
+    /// The capacity `below` was set for.
+    cap: usize,
+    /// Try when the length is at most this.
+    below: usize,
+}
+
+impl SlabTrim {
+    fn trim<T>(&mut self, slab: &mut Slab<T>) {
+        if slab.capacity() != self.cap {
+            self.cap = slab.capacity();
+            self.below = self.cap / 4;
+        }
+        if self.cap <= TRIM_MIN || slab.len() > self.below {
+            return;
+        }
+        slab.shrink_to_fit();
+        self.below = slab.len() / 2;
+        if slab.capacity() != self.cap {
+            self.cap = slab.capacity();
+            self.below = self.below.min(self.cap / 4);
+        }
+    }
 }
 
 /// The data in flight to one peer address, and the connections waiting
@@ -372,6 +419,8 @@ impl Endpoint {
             flights: Slab::new(),
             flight_ids: NetMap::default(),
             socket_rcvbuf: None,
+            conns_trim: SlabTrim::default(),
+            flights_trim: SlabTrim::default(),
         }
     }
 
@@ -703,6 +752,7 @@ impl Endpoint {
             if let Some(r) = record {
                 self.add_time_wait(key, r);
             }
+            self.trim_tables();
             return;
         }
         e.conn.refresh(now);
@@ -786,6 +836,37 @@ impl Endpoint {
             let (_, addr, id) = self.time_wait_order.pop_front().expect("just seen");
             self.time_wait.remove(&(addr, id));
         }
+    }
+
+    /// Gives back the room a burst of connections left in the endpoint's
+    /// tables: a server that once held 10,000 connections would otherwise
+    /// keep about 2 KiB of table per connection of its largest burst for
+    /// the rest of its life. Called after connections and records end,
+    /// and after timers fire (stale timers of ended connections leave the
+    /// heap only as they come due); O(1) unless a table shrinks.
+    fn trim_tables(&mut self) {
+        self.conns_trim.trim(&mut self.conns);
+        self.flights_trim.trim(&mut self.flights);
+        let live = self.conns.len();
+        // Timers of ended or rescheduled connections wait in the heap
+        // until due: pruned once they outnumber the live ones.
+        if self.timers.len() > 2 * live + TRIM_MIN {
+            let conns = &self.conns;
+            self.timers
+                .retain(|Reverse((t, i))| conns.get(*i).is_some_and(|e| e.scheduled == Some(*t)));
+        }
+        macro_rules! trim {
+            ($($t:ident),* ; floor $floor:expr) => {$(
+                if let Some(to) = trimmed(self.$t.capacity(), self.$t.len(), $floor) {
+                    self.$t.shrink_to(to);
+                }
+            )*};
+        }
+        // Tables that hold an entry per connection, peer or record.
+        trim!(by_key, ids, time_wait, time_wait_order, flight_ids, paths, accept_queue; floor 0);
+        // Working queues that take an entry per live connection in every
+        // busy moment keep room for all of them.
+        trim!(timers, dirty, touched, path_queries; floor live);
     }
 
     /// A STATE header sent with no connection behind it (a SYN cookie's
@@ -1049,6 +1130,7 @@ impl Endpoint {
             self.touch(idx);
             self.after_change(idx, now);
         }
+        self.trim_tables();
     }
 
     /// Whether a connect of ours still waits for its SYN-ACK (the only

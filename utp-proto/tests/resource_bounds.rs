@@ -467,3 +467,71 @@ fn time_wait_keeps_a_compact_record_per_connection() {
     assert_eq!(ep.stats().time_wait, u64::from(n));
     assert!(per < 600, "{per} bytes per connection in TIME_WAIT");
 }
+
+/// The endpoint's tables give their memory back after a burst of
+/// connections has ended: a server that once held thousands of
+/// connections must not keep their slots for the rest of its life (the
+/// connection table alone kept 1.7 KiB per connection of the largest
+/// burst before, 7 MiB after this test's).
+#[test]
+fn tables_give_their_memory_back_after_a_burst() {
+    let mut now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 5);
+    ep.set_listening(true);
+    // Tables at their working size for a few connections at a time.
+    for port in 1..=50 {
+        close_from(&mut ep, now, port, true);
+    }
+    now += Duration::from_secs(60);
+    ep.handle_timeout(now);
+    let base = live() - utp_proto::pooled_send_memory() as isize;
+    let n = 4000u16;
+    let from = |port: u16| std::net::SocketAddr::from(([10, 0, 8, 1], port));
+    let mut open = Vec::new();
+    for port in 1..=n {
+        let syn = hdr(PacketType::Syn, port, 1, 0);
+        ep.handle_datagram(now, from(port), &datagram(&syn, &[], &[]))
+            .unwrap();
+        let h = ep.accept().expect("accepted");
+        let y = drain(&mut ep, now)[0].h.seq_nr;
+        // Established: no longer half-open.
+        let ack = hdr(
+            PacketType::State,
+            port.wrapping_add(1),
+            2,
+            y.wrapping_sub(1),
+        );
+        ep.handle_datagram(now, from(port), &datagram(&ack, &[], &[]))
+            .unwrap();
+        open.push((port, h, y));
+    }
+    assert_eq!(ep.connection_count(), usize::from(n));
+    let busy = live() - utp_proto::pooled_send_memory() as isize - base;
+    for (port, h, y) in open {
+        // The peer closes, we let go, the peer acks our FIN: TIME_WAIT.
+        let fin = hdr(PacketType::Fin, port.wrapping_add(1), 2, y.wrapping_sub(1));
+        ep.handle_datagram(now, from(port), &datagram(&fin, &[], &[]))
+            .unwrap();
+        ep.release(h, now);
+        let ours = drain(&mut ep, now);
+        let ours = ours
+            .iter()
+            .find(|o| o.h.ty == PacketType::Fin)
+            .expect("our FIN");
+        let ack = hdr(PacketType::State, port.wrapping_add(1), 3, ours.h.seq_nr);
+        ep.handle_datagram(now, from(port), &datagram(&ack, &[], &[]))
+            .unwrap();
+        // As the socket's driver does after each datagram.
+        ep.drain_touched();
+    }
+    assert_eq!(ep.stats().time_wait, u64::from(n), "all in TIME_WAIT");
+    // TIME_WAIT ends.
+    now += Duration::from_secs(60);
+    ep.handle_timeout(now);
+    drain(&mut ep, now);
+    assert_eq!(ep.connection_count(), 0);
+    let after = live() - utp_proto::pooled_send_memory() as isize - base;
+    eprintln!("{busy} bytes with {n} connections, {after} after they ended");
+    assert!(busy > 1 << 20, "the burst itself took memory: {busy}");
+    assert!(after < 64 << 10, "{after} bytes kept after the burst ended");
+}
