@@ -75,6 +75,46 @@ struct Args {
     /// multi-threaded one.
     #[arg(long)]
     current_thread: bool,
+    /// Keep this many busy-looping processes at the lowest priority (nice
+    /// 19) running throughout, as a desktop's background work would: they
+    /// take hardly any CPU time from the stacks, but no CPU is ever idle,
+    /// so a thread that sleeps waits for the scheduler to hand its CPU
+    /// back. Their CPU time is not counted.
+    #[arg(long, default_value_t = 0)]
+    background_load: usize,
+}
+
+/// Busy-looping processes at nice 19, killed when dropped; each also ends
+/// once the benchmark is gone (interrupted, say).
+struct BackgroundLoad(Vec<std::process::Child>);
+
+impl BackgroundLoad {
+    fn start(n: usize) -> Result<Self> {
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let child = std::process::Command::new("nice")
+                .args([
+                    "-n",
+                    "19",
+                    "sh",
+                    "-c",
+                    "while kill -0 $PPID 2>/dev/null; do :; done",
+                ])
+                .spawn()
+                .context("starting a background load process (nice, sh)")?;
+            children.push(child);
+        }
+        Ok(Self(children))
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A transport under test.
@@ -1191,6 +1231,7 @@ fn main() -> Result<()> {
     });
     let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;
+    let load = BackgroundLoad::start(args.background_load)?;
     let rt = if args.current_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1203,6 +1244,7 @@ fn main() -> Result<()> {
     let rows = rt.block_on(run(args))?;
     // Background tasks (closing connections) are not waited for.
     rt.shutdown_background();
+    drop(load);
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
