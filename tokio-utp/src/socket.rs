@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -157,7 +157,7 @@ impl Inner {
 }
 
 pub(crate) struct Shared {
-    inner: Mutex<Inner>,
+    inner: SocketLock<Inner>,
     pub(crate) net: Net,
     pub(crate) local_addr: SocketAddr,
     /// Set (under the lock) while the driver holds datagrams it collected
@@ -203,23 +203,14 @@ pub(crate) enum Net {
 /// Datagrams per receive or send step over a user transport.
 const CUSTOM_BATCH: usize = 64;
 
-/// How long [`lock_spinning`] spins on a held lock before sleeping on it: a
-/// holder preempted mid-step (the longest waits) costs at most this.
+/// How long [`SocketLock::lock`] spins on a held lock before sleeping on
+/// it: a holder preempted mid-step (the longest waits) costs at most this.
 const LOCK_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Spin-loop hints between two attempts at the lock (about a microsecond),
 /// so the spinning thread does not keep taking the lock's cache line away
 /// from the holder.
 const LOCK_SPIN_BURST: usize = 32;
-
-/// How long [`lock_spinning`] spins before it yields the CPU between
-/// attempts instead. The holder may be waiting for this very CPU: a socket
-/// wakeup puts the woken thread on the waker's CPU, and it can preempt the
-/// waker while that still holds the lock. Spinning on then only burnt the
-/// holder's time; in ping-pong that was a 100 us stall a few times every
-/// thousand round trips (their slowest ones). With nothing else to run
-/// here, a yield returns at once and the loop still spins.
-const LOCK_SPIN_YIELD_AFTER: std::time::Duration = std::time::Duration::from_micros(5);
 
 /// Whether spinning on a held lock can end before the holder's time slice
 /// does: only where another CPU can run the holder meanwhile.
@@ -228,34 +219,75 @@ pub(crate) fn spin_pays() -> bool {
     *MULTI_CPU.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
-/// Locks `m`, spinning a while first if it is held (see [`LOCK_SPIN`]).
+/// The socket's lock, which knows the CPU its latest holder took it on.
 ///
-/// The socket's lock is held by the driver or a stream on another thread
-/// for a few microseconds at a time (0.1-8 us on average per call site; at
-/// most a small write's direct send makes a system call under it).
-/// Sleeping on it costs a futex wait, a wakeup and an idle CPU in between,
-/// and on a virtual machine that was more than the wait: 100 connections
-/// on 2 CPUs found it held 400-700 times a run (100 MiB) and slept on it
-/// some 80 times. A panic while holding it leaves consistent-enough state
-/// for the remaining handles to fail cleanly, so a poisoned lock is used
-/// as is.
-fn lock_spinning<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Read only once the lock was found held: the uncontended path reads no
-    // clock.
-    let mut spinning_since = None;
-    loop {
-        match m.try_lock() {
-            Ok(g) => return g,
-            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-            Err(TryLockError::WouldBlock) => {}
+/// It is held by the driver or a stream on another thread for a few
+/// microseconds at a time (0.1-8 us on average per call site; at most a
+/// small write's direct send makes a system call under it). Sleeping on
+/// it costs a futex wait, a wakeup and an idle CPU in between, and on a
+/// virtual machine that was more than the wait: 100 connections on 2 CPUs
+/// found it held 400-700 times a run (100 MiB) and slept on it some 80
+/// times. So a waiter spins a while (see [`LOCK_SPIN`]), unless the holder
+/// took it on the waiter's own CPU: then the holder is not running (the
+/// waiter is), most likely preempted by the waiter itself (a socket wakeup
+/// puts the woken thread on the waker's CPU), and spinning would only burn
+/// the time the holder needs; in ping-pong that was a 100 us stall a few
+/// times every thousand round trips. Such a waiter sleeps on the lock at
+/// once, which hands the CPU to the holder.
+///
+/// (It used to yield the CPU instead, after 5 us of spinning. With nothing
+/// else to run a yield returns at once, but with anything else runnable,
+/// even a busy loop at the lowest priority, the yield handed that the CPU
+/// for a whole time slice: 100 connections on 2 CPUs then ran at 0.55-0.76x
+/// TCP's rate, against 0.78-0.94x spinning on.)
+///
+/// A panic while holding it leaves consistent-enough state for the
+/// remaining handles to fail cleanly, so a poisoned lock is used as is.
+#[derive(Debug, Default)]
+pub(crate) struct SocketLock<T> {
+    m: Mutex<T>,
+    holder_cpu: AtomicI32,
+}
+
+impl<T> SocketLock<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            m: Mutex::new(value),
+            holder_cpu: AtomicI32::new(-1),
         }
-        let spun = spinning_since.get_or_insert_with(Instant::now).elapsed();
-        if !spin_pays() || spun > LOCK_SPIN {
-            return m.lock().unwrap_or_else(PoisonError::into_inner);
-        }
-        if spun > LOCK_SPIN_YIELD_AFTER {
-            std::thread::yield_now();
-        } else {
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        let cpu = udp::current_cpu();
+        let g = self.acquire(cpu);
+        // Relaxed: a stale value only makes a waiter spin or sleep when
+        // the other would have paid off.
+        self.holder_cpu.store(cpu, Ordering::Relaxed);
+        g
+    }
+
+    /// Whether a waiter on `cpu` that has spun for `spun` should sleep on
+    /// the lock now.
+    fn waiter_sleeps(&self, cpu: i32, spun: std::time::Duration) -> bool {
+        let holder_here = cpu >= 0 && self.holder_cpu.load(Ordering::Relaxed) == cpu;
+        !spin_pays() || holder_here || spun > LOCK_SPIN
+    }
+
+    fn acquire(&self, cpu: i32) -> MutexGuard<'_, T> {
+        let m = &self.m;
+        // Read only once the lock was found held: the uncontended path reads
+        // no clock.
+        let mut spinning_since = None;
+        loop {
+            match m.try_lock() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            let spun = spinning_since.get_or_insert_with(Instant::now).elapsed();
+            if self.waiter_sleeps(cpu, spun) {
+                return m.lock().unwrap_or_else(PoisonError::into_inner);
+            }
             for _ in 0..LOCK_SPIN_BURST {
                 std::hint::spin_loop();
             }
@@ -301,7 +333,7 @@ impl Shared {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        lock_spinning(&self.inner)
+        self.inner.lock()
     }
 
     /// Sends the endpoint's next few datagrams from the calling task, then
@@ -529,7 +561,7 @@ impl UtpSocket {
             endpoint.set_socket_receive_buffer(bytes);
         }
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
+            inner: SocketLock::new(Inner {
                 endpoint,
                 wakers: rustc_hash::FxHashMap::default(),
                 driver_waker: None,
@@ -1285,12 +1317,12 @@ mod tests {
 
     #[test]
     fn a_lock_held_past_the_spin_is_still_taken_and_exclusive() {
-        let m = Arc::new(Mutex::new(0u64));
+        let m = Arc::new(SocketLock::new(0u64));
         let held = Arc::new(std::sync::Barrier::new(2));
         let holder = {
             let (m, held) = (m.clone(), held.clone());
             std::thread::spawn(move || {
-                let mut g = m.lock().expect("not poisoned");
+                let mut g = m.lock();
                 held.wait();
                 // Far past LOCK_SPIN: the waiter spins, then sleeps on it.
                 std::thread::sleep(Duration::from_millis(20));
@@ -1299,24 +1331,24 @@ mod tests {
         };
         held.wait();
         let t = Instant::now();
-        let mut g = lock_spinning(&m);
+        let mut g = m.lock();
         assert!(t.elapsed() >= Duration::from_millis(10), "taken while held");
         assert_eq!(*g, 1, "the holder's change is seen");
         *g += 1;
         drop(g);
         holder.join().expect("holder");
-        assert_eq!(*lock_spinning(&m), 2);
+        assert_eq!(*m.lock(), 2);
     }
 
     #[test]
     fn a_lock_released_during_the_spin_is_taken_and_contention_keeps_counts() {
-        let m = Arc::new(Mutex::new(0u64));
+        let m = Arc::new(SocketLock::new(0u64));
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 let m = m.clone();
                 std::thread::spawn(move || {
                     for _ in 0..20_000 {
-                        *lock_spinning(&m) += 1;
+                        *m.lock() += 1;
                     }
                 })
             })
@@ -1324,20 +1356,46 @@ mod tests {
         for w in workers {
             w.join().expect("worker");
         }
-        assert_eq!(*lock_spinning(&m), 80_000);
+        assert_eq!(*m.lock(), 80_000);
+    }
+
+    /// A holder that took the lock on the waiter's CPU is not running while
+    /// the waiter is: the waiter sleeps on the lock at once instead of
+    /// spinning (for up to `LOCK_SPIN`) on the CPU the holder needs. A
+    /// waiter elsewhere spins first, where another CPU can run the holder.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_waiter_on_the_holders_cpu_sleeps_at_once_others_spin_first() {
+        let m = Arc::new(SocketLock::new(0u64));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                udp::pin_to_cpu(0).expect("pinned");
+                *m.lock() += 1;
+            });
+        });
+        assert_eq!(m.holder_cpu.load(Ordering::Relaxed), 0, "the holder's CPU");
+        let zero = Duration::ZERO;
+        assert!(m.waiter_sleeps(0, zero), "a waiter on the holder's CPU");
+        assert!(m.waiter_sleeps(1, LOCK_SPIN * 2), "a waiter past the spin");
+        assert_eq!(
+            m.waiter_sleeps(1, zero),
+            !spin_pays(),
+            "a waiter on another CPU"
+        );
+        assert_eq!(*m.lock(), 1);
     }
 
     #[test]
     fn a_poisoned_lock_is_used_as_is() {
-        let m = Arc::new(Mutex::new(7u64));
+        let m = Arc::new(SocketLock::new(7u64));
         let m2 = m.clone();
         let _ = std::thread::spawn(move || {
-            let _g = m2.lock().expect("not poisoned yet");
+            let _g = m2.lock();
             panic!("a panic while holding the lock");
         })
         .join();
-        assert!(m.is_poisoned());
-        assert_eq!(*lock_spinning(&m), 7);
+        assert!(m.m.is_poisoned());
+        assert_eq!(*m.lock(), 7);
     }
 
     /// A socket per connection: once only TIME_WAIT is left (10 s), the

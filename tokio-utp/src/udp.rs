@@ -829,6 +829,36 @@ pub(crate) fn is_peer_error(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(90) // EMSGSIZE
 }
 
+/// The CPU the calling thread runs on (`-1` where unknown). glibc reads it
+/// from the thread's rseq area: about 2 ns.
+#[cfg(target_os = "linux")]
+pub(crate) fn current_cpu() -> i32 {
+    // SAFETY: no arguments, no memory effects.
+    unsafe { libc::sched_getcpu() }
+}
+
+/// See the Linux version.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn current_cpu() -> i32 {
+    -1
+}
+
+/// Test support: keeps the calling thread on `cpu`.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below the set's capacity (CPU_SETSIZE, 1024) here.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the set outlives the call.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Receive buffers and what the last call put in them.
 ///
 /// A buffer holding large datagrams is lent out as [`Bytes`] while they are
