@@ -63,6 +63,9 @@ impl UtpListener {
             if let Some(max) = shared.route_max_datagram(peer) {
                 inner.endpoint.set_max_datagram(h, Instant::now(), max);
             }
+            // A peer held up by the backlog's smaller window is told of
+            // the whole one (see `Config::backlog_recv_buffer`).
+            inner.wake_driver_if_needed();
             drop(inner);
             let stream = UtpStream::new(shared.clone(), h);
             let peer = stream.peer_addr()?;

@@ -152,3 +152,40 @@ async fn a_burst_of_connects_waits_in_the_default_backlog() {
     assert_eq!(st.syn_backlog_full, 0, "{st:?}");
     assert_eq!(st.connections_accepted, n as u64);
 }
+
+/// A connection waiting to be accepted takes only the backlog's buffer
+/// (`Config::backlog_recv_buffer`, 64 KiB) of what its peer sends; once
+/// accepted, the peer learns of the whole buffer (at the accept, and at
+/// the first read) and the rest follows at once, not after a persist
+/// timer's probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sent_before_the_accept_waits_for_it_then_flows() {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = client.connect(addr).await.unwrap();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        c.write_all(&sent).await.unwrap();
+        c.shutdown().await.unwrap();
+    });
+    // The peer sends what the backlog's window lets it, then waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut s, _) = listener.accept().await.unwrap();
+    let waiting = s.stats().bytes_received;
+    assert!(waiting <= 70_000, "{waiting} bytes taken before the accept");
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the rest arrives")
+        .unwrap();
+    assert_eq!(got, data);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?} for the rest after the accept",
+        t.elapsed()
+    );
+    writer.await.unwrap();
+}

@@ -111,6 +111,13 @@ pub struct Config {
     /// connects completes its handshakes before the accepting task runs,
     /// and 128 lost SYNs to bursts of 64 parallel connects.
     pub accept_backlog: usize,
+    /// Receive buffer of a connection waiting in the accept queue (its
+    /// window is no larger); it gets [`Config::recv_buffer`] once the
+    /// application accepts it. A peer that fills the backlog with
+    /// connections and sends on every one holds at most `accept_backlog`
+    /// times this, not times `recv_buffer` (1,024 x 1 MiB). Default 64 KiB:
+    /// a BitTorrent handshake and more.
+    pub backlog_recv_buffer: usize,
     /// Incoming connections whose initiator has not spoken since its SYN
     /// (half-open, whether or not the application accepted them yet). SYNs
     /// beyond it get a SYN cookie and no state: the connection is made
@@ -175,6 +182,7 @@ impl Default for Config {
             linger: Duration::from_secs(10),
             max_reorder_packets: 1024,
             accept_backlog: 1024,
+            backlog_recv_buffer: 64 << 10,
             max_half_open: 1024,
             reset_rate: 100,
             keepalive_interval: Some(Duration::from_secs(29)),
@@ -241,6 +249,8 @@ setters! {
     max_reorder_packets: usize;
     /// Sets [`Config::accept_backlog`].
     accept_backlog: usize;
+    /// Sets [`Config::backlog_recv_buffer`].
+    backlog_recv_buffer: usize;
     /// Sets [`Config::max_half_open`].
     max_half_open: usize;
     /// Sets [`Config::reset_rate`].

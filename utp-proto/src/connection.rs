@@ -371,6 +371,10 @@ pub struct Connection {
     ack_held_until: Option<Instant>,
     /// A second copy of the last ack, carrying our FIN's seq (see poll_transmit).
     ack_echo_pending: bool,
+    /// The receive buffer in use: `Config::recv_buffer`, or
+    /// `Config::backlog_recv_buffer` while the connection waits to be
+    /// accepted (see `set_waiting_for_accept`).
+    recv_cap: usize,
     last_wnd_sent: u32,
     /// The window of the latest ack (duplicate acks must repeat it).
     last_wnd_seen: u32,
@@ -497,6 +501,7 @@ impl Connection {
             ack_pending: false,
             ack_held_until: None,
             ack_echo_pending: false,
+            recv_cap: cfg.recv_buffer,
             last_wnd_sent: cfg.recv_buffer as u32,
             last_wnd_seen: 0,
             reply_micro: 0,
@@ -615,6 +620,24 @@ impl Connection {
 
     pub(crate) fn set_shared_limits(&mut self, shared: SharedLimits) {
         self.limits.set_shared(shared);
+    }
+
+    /// While an incoming connection waits in the accept queue, it takes
+    /// at most `Config::backlog_recv_buffer` of data (its window says so);
+    /// once accepted, its whole `Config::recv_buffer`. A peer the smaller
+    /// window held up (under half of it left) learns of the larger one at
+    /// once; one that sent little learns with the next ack.
+    pub(crate) fn set_waiting_for_accept(&mut self, waiting: bool) {
+        let (was, full) = (self.recv_cap, self.cfg.recv_buffer);
+        self.recv_cap = if waiting {
+            self.cfg.backlog_recv_buffer.min(full)
+        } else {
+            full
+        };
+        let held_up = (self.last_wnd_sent as usize) < was / 2;
+        if self.recv_cap > was && held_up && self.is_established() {
+            self.ack_now();
+        }
     }
 
     /// Tells the connection the time before an application call (reads
@@ -999,7 +1022,7 @@ impl Connection {
         // limit metering the reads, once a few packets fit (the room grows
         // slowly then, and a stalled sender would wait for its persist timer).
         let wnd = self.recv_window();
-        let mut threshold = (self.cfg.recv_buffer / 2) as u32;
+        let mut threshold = (self.recv_cap / 2) as u32;
         if self.limits.download_limited() {
             threshold = threshold.min((8 * self.mss) as u32);
         }
@@ -1569,8 +1592,7 @@ impl Connection {
     }
 
     fn recv_window(&self) -> u32 {
-        self.cfg
-            .recv_buffer
+        self.recv_cap
             .saturating_sub(self.ready_bytes + self.reorder_bytes)
             .min(u32::MAX as usize) as u32
     }
@@ -1631,10 +1653,10 @@ impl Connection {
         // size yet (so by at most one packet): it is a zero-window probe,
         // and acking it (with a zero window) keeps the sender's persist
         // timer going instead of a retransmission timeout.
-        let probe = offset == 0 && used <= self.cfg.recv_buffer;
+        let probe = offset == 0 && used <= self.recv_cap;
         if self.released || probe {
             // Nobody will read it; accept it only to keep the stream moving.
-        } else if used + payload.len() > self.cfg.recv_buffer {
+        } else if used + payload.len() > self.recv_cap {
             self.stats.dropped_out_of_window += 1;
             self.stats.drops.recv_buffer_full += 1;
             return;

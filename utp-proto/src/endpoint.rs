@@ -583,7 +583,14 @@ impl Endpoint {
     /// freed instead of handed out.
     pub fn accept(&mut self) -> Option<ConnHandle> {
         while let Some(h) = self.accept_queue.pop_front() {
-            if self.conns[h.0].conn.error().is_none() {
+            let e = &mut self.conns[h.0];
+            if e.conn.error().is_none() {
+                e.conn.set_waiting_for_accept(false);
+                // Its window update goes out with the next transmit.
+                if !e.dirty && e.conn.wants_transmit() {
+                    e.dirty = true;
+                    self.dirty.push_back(h.0);
+                }
                 return Some(h);
             }
             self.free(h.0);
@@ -1370,8 +1377,7 @@ impl Endpoint {
             return;
         }
         let isn = self.rng.gen();
-        let mut conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
-        conn.set_shared_limits(self.limits.clone());
+        let conn = self.incoming(now, syn, isn);
         tracing::debug!(peer = %from, conn_id = syn.conn_id, "incoming connection");
         self.stats.connections_accepted += 1;
         let h = self.insert(now, from, conn);
@@ -1446,14 +1452,21 @@ impl Endpoint {
         if !valid {
             return None;
         }
-        let mut conn = Connection::accept(self.cfg.clone(), now, self.epoch, &syn, isn);
-        conn.set_shared_limits(self.limits.clone());
+        let conn = self.incoming(now, &syn, isn);
         tracing::debug!(peer = %from, conn_id = syn.conn_id, "incoming connection (SYN cookie)");
         self.stats.syn_cookies_accepted += 1;
         self.stats.connections_accepted += 1;
         let handle = self.insert(now, from, conn);
         self.accept_queue.push_back(handle);
         Some(handle.0)
+    }
+
+    /// An incoming connection for `syn`, waiting to be accepted.
+    fn incoming(&self, now: Instant, syn: &Header, isn: u16) -> Connection {
+        let mut conn = Connection::accept(self.cfg.clone(), now, self.epoch, syn, isn);
+        conn.set_shared_limits(self.limits.clone());
+        conn.set_waiting_for_accept(true);
+        conn
     }
 
     fn queue_reset(&mut self, now: Instant, to: SocketAddr, probe: &Header) {

@@ -535,3 +535,88 @@ fn tables_give_their_memory_back_after_a_burst() {
     assert!(busy > 1 << 20, "the burst itself took memory: {busy}");
     assert!(after < 64 << 10, "{after} bytes kept after the burst ended");
 }
+
+/// Connections waiting in the accept queue take at most
+/// `Config::backlog_recv_buffer` of data each: a peer that fills the
+/// backlog (1024 by default) with connections and sends on all of them
+/// would otherwise make the endpoint hold `recv_buffer` (1 MiB) on each, a
+/// gigabyte, before the application accepted any. Once accepted, the
+/// connection gets its whole buffer and tells the peer so at once.
+#[test]
+fn connections_waiting_to_be_accepted_hold_little_data() {
+    // As before the backlog's own buffer: each holds what it was sent.
+    let (uncapped, _, _) = fill_backlog(Config::default().backlog_recv_buffer(1 << 20));
+    let (held, mut ep, first_ack) = fill_backlog(Config::default());
+    eprintln!("{held} bytes per connection waiting to be accepted, {uncapped} uncapped");
+    assert!(held < 160 << 10, "{held} bytes per waiting connection");
+    assert!(held * 3 < uncapped, "{held} against {uncapped} uncapped");
+    let dropped = ep.stats().connection_drops.recv_buffer_full;
+    assert!(
+        dropped > 0,
+        "data past the backlog's buffer is dropped and counted"
+    );
+
+    // Accepted: the whole buffer, and a window update goes out at once.
+    let now = Instant::now();
+    let h = ep.accept().expect("accepted");
+    let update = drain(&mut ep, now);
+    let update = update
+        .iter()
+        .find(|o| o.h.ty == PacketType::State)
+        .expect("a window update");
+    assert!(
+        update.h.wnd_size >= 900 << 10,
+        "a window of {} after accept",
+        update.h.wnd_size
+    );
+    // More data now fits.
+    let ready = ep.conn(h).readable_bytes();
+    let seq = 2u16.wrapping_add(u16::try_from(ready / 1400).unwrap());
+    let more = hdr(PacketType::Data, 2, seq, first_ack);
+    ep.handle_datagram(now, backlog_peer(1), &datagram(&more, &[], &[8; 1400]))
+        .unwrap();
+    assert_eq!(ep.conn(h).readable_bytes(), ready + 1400);
+}
+
+fn backlog_peer(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([10, 0, 9, 1], port))
+}
+
+/// 20 peers connect and send 512 KiB each, in order, to a listening
+/// endpoint whose application accepts none: the heap held per connection,
+/// the endpoint, and the ack number of the first peer's data packets.
+fn fill_backlog(cfg: Config) -> (isize, Endpoint, u16) {
+    let now = Instant::now();
+    let cap = cfg.backlog_recv_buffer.min(cfg.recv_buffer);
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), now, 5);
+    ep.set_listening(true);
+    let base = live();
+    let (peers, per_peer, payload) = (20u16, 512 << 10, 1400);
+    let mut first_ack = 0;
+    for port in 1..=peers {
+        let syn = hdr(PacketType::Syn, port, 1, 0);
+        ep.handle_datagram(now, backlog_peer(port), &datagram(&syn, &[], &[]))
+            .unwrap();
+        let y = drain(&mut ep, now)[0].h.seq_nr;
+        let ack = y.wrapping_sub(1);
+        if port == 1 {
+            first_ack = ack;
+        }
+        let mut seq = 2u16;
+        for _ in 0..per_peer / payload {
+            let h = hdr(PacketType::Data, port.wrapping_add(1), seq, ack);
+            ep.handle_datagram(now, backlog_peer(port), &datagram(&h, &[], &[7; 1400]))
+                .unwrap();
+            seq = seq.wrapping_add(1);
+        }
+        let acks = drain(&mut ep, now);
+        let last = acks.last().expect("acked");
+        assert!(
+            last.h.wnd_size as usize <= cap,
+            "a window of {} before accept",
+            last.h.wnd_size
+        );
+    }
+    let held = (live() - base) / peers as isize;
+    (held, ep, first_ack)
+}
