@@ -238,12 +238,11 @@ pub(crate) fn spin_pays() -> bool {
 /// (It used to yield the CPU instead, after 5 us of spinning. With nothing
 /// else to run a yield returns at once, but with anything else runnable,
 /// even a busy loop at the lowest priority, the yield handed that the CPU
-/// for a whole time slice: 100 connections on 2 CPUs then ran at 0.55-0.76x
-/// TCP's rate, against 0.78-0.94x spinning on.)
+/// for a whole time slice: 100 connections on 2 CPUs beside two such loops
+/// ran at 0.61x TCP's rate, against 0.83x now; medians of 30 paired runs.)
 ///
 /// A panic while holding it leaves consistent-enough state for the
 /// remaining handles to fail cleanly, so a poisoned lock is used as is.
-#[derive(Debug, Default)]
 pub(crate) struct SocketLock<T> {
     m: Mutex<T>,
     holder_cpu: AtomicI32,

@@ -91,7 +91,7 @@ impl Drop for StreamInner {
         inner.wakers.remove(&self.handle);
         // Room left by a burst of connections goes back.
         let w = &mut inner.wakers;
-        if let Some(to) = utp_proto::trimmed(w.capacity(), w.len(), 0) {
+        if let Some(to) = utp_proto::trimmed_capacity(w.capacity(), w.len(), 0) {
             w.shrink_to(to);
         }
         inner.endpoint.release(self.handle, Instant::now());

@@ -220,7 +220,7 @@ const TRIM_MIN: usize = 256;
 /// lose half its entries again before the next shrink: amortized O(1) per
 /// removal). `floor` is room it keeps whatever its length. Tables of up
 /// to 256 entries keep their room.
-pub fn trimmed(cap: usize, len: usize, floor: usize) -> Option<usize> {
+pub fn trimmed_capacity(cap: usize, len: usize, floor: usize) -> Option<usize> {
     (cap > TRIM_MIN.max(4 * floor) && len * 4 < cap).then(|| (2 * len).max(floor))
 }
 
@@ -864,7 +864,7 @@ impl Endpoint {
         }
         macro_rules! trim {
             ($($t:ident),* ; floor $floor:expr) => {$(
-                if let Some(to) = trimmed(self.$t.capacity(), self.$t.len(), $floor) {
+                if let Some(to) = trimmed_capacity(self.$t.capacity(), self.$t.len(), $floor) {
                     self.$t.shrink_to(to);
                 }
             )*};

@@ -31,6 +31,6 @@ pub use connection::{
     Connection, ConnectionError, ConnectionStats, Role, State, WriteError, SPLIT_MIN, SYN_RECV_HOLD,
 };
 pub use drops::DropStats;
-pub use endpoint::{trimmed, ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
+pub use endpoint::{trimmed_capacity, ConnHandle, Endpoint, EndpointStats, NoFreeIds, Transmit};
 pub use packet::{Header, Packet, PacketType, ParseError};
 pub use sendbuf::pooled_send_memory;
