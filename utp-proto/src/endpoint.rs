@@ -583,14 +583,11 @@ impl Endpoint {
     /// freed instead of handed out.
     pub fn accept(&mut self) -> Option<ConnHandle> {
         while let Some(h) = self.accept_queue.pop_front() {
-            let e = &mut self.conns[h.0];
-            if e.conn.error().is_none() {
-                e.conn.set_waiting_for_accept(false);
+            let c = &mut self.conns[h.0].conn;
+            if c.error().is_none() {
+                c.set_waiting_for_accept(false);
                 // Its window update goes out with the next transmit.
-                if !e.dirty && e.conn.wants_transmit() {
-                    e.dirty = true;
-                    self.dirty.push_back(h.0);
-                }
+                self.queue_if_sending(h.0);
                 return Some(h);
             }
             self.free(h.0);
@@ -770,12 +767,18 @@ impl Endpoint {
         if e.conn.take_path_query() && self.path_queries.len() < MAX_PATH_QUERIES {
             self.path_queries.push_back(ConnHandle(idx));
         }
+        self.queue_if_sending(idx);
+        self.schedule(idx);
+    }
+
+    /// Queues connection `idx` for `poll_transmit` if it has something to
+    /// send and is not queued yet.
+    fn queue_if_sending(&mut self, idx: usize) {
         let e = &mut self.conns[idx];
         if !e.dirty && e.conn.wants_transmit() {
             e.dirty = true;
             self.dirty.push_back(idx);
         }
-        self.schedule(idx);
     }
 
     /// Keeps a released connection's TIME_WAIT as a record; beyond
