@@ -119,6 +119,8 @@ mod udp;
 
 pub use listener::{Incoming, UtpListener};
 pub use socket::{Driver, UtpSocket};
-pub use stream::{OwnedReadHalf, OwnedWriteHalf, UtpStream, CLOSE_GRACE};
+pub use stream::{
+    OwnedReadHalf, OwnedWriteHalf, ReadHalf, ReuniteError, UtpStream, WriteHalf, CLOSE_GRACE,
+};
 pub use transport::{MemoryNetwork, MemorySocket, Transport};
 pub use utp_proto::{pooled_send_memory, Config, ConnectionStats, EndpointStats};

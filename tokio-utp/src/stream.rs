@@ -524,12 +524,27 @@ impl UtpStream {
     /// bytes, if under a quarter packet, are copied into one packet with
     /// the next chunk's first. Chunks of a few packets or more gain the
     /// most; much smaller ones cost about what a write's copy does.
+    ///
+    /// Like `write_all`, it is not cancel-safe: if the future is dropped
+    /// early, an unknown first part of `data` may have been queued.
     pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
         self.inner.write_chunk(data).await
     }
 
+    /// Splits into halves borrowed from the stream, for reading and writing
+    /// at once in one task (as in `tokio::join!`). Dropping them changes
+    /// nothing; `shutdown()` on the write half sends FIN.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        (
+            ReadHalf { inner: &self.inner },
+            WriteHalf { inner: &self.inner },
+        )
+    }
+
     /// Splits into owned halves that can move to different tasks. Dropping the
-    /// write half sends FIN; the connection is released when both are gone.
+    /// write half sends FIN (unless [`OwnedWriteHalf::forget`]); the
+    /// connection is released when both are gone.
+    /// [`OwnedReadHalf::reunite`] puts them back together.
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         (
             OwnedReadHalf {
@@ -586,6 +601,12 @@ impl std::fmt::Debug for OwnedReadHalf {
 }
 
 impl OwnedReadHalf {
+    /// Puts the stream back together from its two halves; fails, handing
+    /// both back, when they come from different streams.
+    pub fn reunite(self, other: OwnedWriteHalf) -> Result<UtpStream, ReuniteError> {
+        reunite(self, other)
+    }
+
     /// See [`UtpStream::read_chunk`].
     pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
         poll_fn(|cx| self.inner.poll_read_chunk(cx, max)).await
@@ -627,6 +648,18 @@ impl std::fmt::Debug for OwnedWriteHalf {
 }
 
 impl OwnedWriteHalf {
+    /// See [`OwnedReadHalf::reunite`].
+    pub fn reunite(self, other: OwnedReadHalf) -> Result<UtpStream, ReuniteError> {
+        reunite(other, self)
+    }
+
+    /// Drops the write half without sending FIN: the connection stays open
+    /// for writing until the read half is dropped too (which sends the
+    /// queued data and FIN, as dropping a whole stream does).
+    pub fn forget(mut self) {
+        self.shutdown_on_drop = false;
+    }
+
     /// See [`UtpStream::write_chunk`].
     pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
         self.inner.write_chunk(data).await
@@ -656,6 +689,109 @@ impl Drop for OwnedWriteHalf {
 }
 
 impl AsyncWrite for OwnedWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown(cx)
+    }
+}
+
+fn reunite(read: OwnedReadHalf, mut write: OwnedWriteHalf) -> Result<UtpStream, ReuniteError> {
+    if !Arc::ptr_eq(&read.inner, &write.inner) {
+        return Err(ReuniteError(read, write));
+    }
+    // The stream lives on whole: no FIN.
+    write.shutdown_on_drop = false;
+    drop(write);
+    Ok(UtpStream { inner: read.inner })
+}
+
+/// The halves given to [`OwnedReadHalf::reunite`] came from different
+/// streams; both are handed back.
+#[derive(Debug)]
+pub struct ReuniteError(pub OwnedReadHalf, pub OwnedWriteHalf);
+
+impl std::fmt::Display for ReuniteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("tried to reunite halves that are not from the same stream")
+    }
+}
+
+impl std::error::Error for ReuniteError {}
+
+/// The reading half of a [`UtpStream`], borrowed from it by
+/// [`UtpStream::split`].
+pub struct ReadHalf<'a> {
+    inner: &'a StreamInner,
+}
+
+impl std::fmt::Debug for ReadHalf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadHalf")
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl ReadHalf<'_> {
+    /// See [`UtpStream::read_chunk`].
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        poll_fn(|cx| self.inner.poll_read_chunk(cx, max)).await
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.peer)
+    }
+}
+
+impl AsyncRead for ReadHalf<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_read(cx, buf)
+    }
+}
+
+/// The writing half of a [`UtpStream`], borrowed from it by
+/// [`UtpStream::split`]. Dropping it sends nothing; `shutdown()` sends FIN.
+pub struct WriteHalf<'a> {
+    inner: &'a StreamInner,
+}
+
+impl std::fmt::Debug for WriteHalf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteHalf")
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl WriteHalf<'_> {
+    /// See [`UtpStream::write_chunk`].
+    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.inner.write_chunk(data).await
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.peer)
+    }
+}
+
+impl AsyncWrite for WriteHalf<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -96,6 +96,79 @@ async fn both_directions_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borrowed_halves_read_and_write_at_once_in_one_task() {
+    let len = 4 << 20;
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        // Both directions from one task: neither side waits for the other.
+        tokio::join!(read_and_check(&mut r, 3, len), async {
+            write_pattern(&mut w, 4, len).await;
+            w.shutdown().await.unwrap();
+        });
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = sock.connect(addr).await.unwrap();
+    let (mut r, mut w) = c.split();
+    assert_eq!(r.peer_addr().unwrap(), addr);
+    assert_eq!(w.peer_addr().unwrap(), addr);
+    let both = async {
+        tokio::join!(read_and_check(&mut r, 4, len), async {
+            write_pattern(&mut w, 3, len).await;
+            w.shutdown().await.unwrap();
+        })
+    };
+    timeout(Duration::from_secs(60), both).await.unwrap();
+    timeout(Duration::from_secs(60), server)
+        .await
+        .unwrap()
+        .unwrap();
+    // The stream is whole again once the borrowed halves are gone.
+    assert_eq!(c.stats().bytes_sent, len as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_halves_reunite_only_with_their_own_and_forget_keeps_the_stream_open() {
+    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await.unwrap();
+                tx.send(got).unwrap();
+            });
+        }
+    });
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (r1, w1) = sock.connect(addr).await.unwrap().into_split();
+    let (r2, w2) = sock.connect(addr).await.unwrap().into_split();
+    // Halves of different streams are handed back, untouched.
+    let tokio_utp::ReuniteError(r1, w2) = r1.reunite(w2).unwrap_err();
+    // A reunited stream writes on; its FIN goes out at its shutdown.
+    let mut s1 = w1.reunite(r1).unwrap();
+    s1.write_all(b"first").await.unwrap();
+    s1.shutdown().await.unwrap();
+    let got = timeout(Duration::from_secs(10), rx.recv()).await.unwrap();
+    assert_eq!(got.unwrap(), b"first");
+    // A forgotten write half sends no FIN: the peer waits for more data
+    // until the read half goes too.
+    let mut w2 = w2;
+    w2.write_all(b"second").await.unwrap();
+    w2.forget();
+    let early = timeout(Duration::from_millis(300), rx.recv()).await;
+    assert!(early.is_err(), "a FIN went out with a forgotten write half");
+    drop(r2);
+    let got = timeout(Duration::from_secs(10), rx.recv()).await.unwrap();
+    assert_eq!(got.unwrap(), b"second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_connections_on_one_listener_socket() {
     let n = 1000;
     let len = 64 << 10;
