@@ -1281,7 +1281,16 @@ impl Endpoint {
                     return Ok(());
                 }
             }
-            PacketType::Reset => self.find_reset_target(from, h.conn_id),
+            PacketType::Reset => match self.find_reset_target(from, h.conn_id) {
+                Some(idx) => Some(idx),
+                None if self.is_time_wait_reset(from, h.conn_id) => {
+                    // TIME_WAIT ignores RESETs (RFC 1337): the record keeps
+                    // the id from reuse for its whole time.
+                    self.retired_drops.after_close += 1;
+                    return Ok(());
+                }
+                None => None,
+            },
             _ => match self.lookup(from, h.conn_id) {
                 Some(idx) => Some(idx),
                 None if self.answer_time_wait(now, from, &h) => return Ok(()),
@@ -1353,6 +1362,19 @@ impl Endpoint {
 
     /// The connection to `from` that sends on `id`: its receive id is `id`
     /// plus or minus one (by role).
+    /// Whether a RESET on `id` from `from` is for a TIME_WAIT record, by
+    /// either of its ids (as `find_reset_target` takes them).
+    fn is_time_wait_reset(&self, from: SocketAddr, id: u16) -> bool {
+        self.time_wait.contains_key(&(from, id))
+            || [id.wrapping_sub(1), id.wrapping_add(1)]
+                .into_iter()
+                .any(|k| {
+                    self.time_wait
+                        .get(&(from, k))
+                        .is_some_and(|r| r.send_id == id)
+                })
+    }
+
     fn find_by_send_id(&self, from: SocketAddr, id: u16) -> Option<usize> {
         [id.wrapping_sub(1), id.wrapping_add(1)]
             .into_iter()

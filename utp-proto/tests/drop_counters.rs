@@ -624,6 +624,31 @@ fn time_wait_is_bounded_and_the_oldest_ends_first() {
             "{port}: {out:?}"
         );
     }
+    // A RESET does not end a record early (RFC 1337), on either of its
+    // ids; it is counted as a packet after the close, not as one for no
+    // connection, and gets no answer.
+    let (port, (_, ack)) = handles[4];
+    let from = SocketAddr::from(([10, 0, 7, 1], port));
+    let before = ep.stats();
+    for id in [port + 1, port] {
+        let reset = hdr(PacketType::Reset, id, 2, ack);
+        ep.handle_datagram(now, from, &datagram(&reset, &[], &[]))
+            .unwrap();
+        assert!(drain(&mut ep, now).is_empty());
+    }
+    let after = ep.stats();
+    assert_eq!(after.time_wait, 3);
+    assert_eq!(after.unknown_connection, before.unknown_connection);
+    assert_eq!(
+        after.connection_drops.after_close,
+        before.connection_drops.after_close + 2
+    );
+    let fin = hdr(PacketType::Fin, port + 1, 2, ack);
+    ep.handle_datagram(now, from, &datagram(&fin, &[], &[]))
+        .unwrap();
+    assert!(drain(&mut ep, now)
+        .iter()
+        .all(|o| o.h.ty == PacketType::State));
     // Ended normally, they leave no bookkeeping behind: the next closes
     // end none early.
     ep.handle_timeout(now + Config::default().time_wait);
