@@ -82,6 +82,11 @@ struct Args {
     /// back. Their CPU time is not counted.
     #[arg(long, default_value_t = 0)]
     background_load: usize,
+    /// Bytes the applications of every stack write and read per call (the
+    /// write size and the read buffer), as a program's own buffer would
+    /// be; `tokio::io::copy` uses 8 KiB.
+    #[arg(long, default_value_t = 256 * 1024)]
+    app_buffer: usize,
 }
 
 /// Busy-looping processes at nice 19, killed when dropped; each also ends
@@ -205,6 +210,13 @@ struct UtpTuning {
 }
 
 static UTP_TUNING: std::sync::OnceLock<UtpTuning> = std::sync::OnceLock::new();
+
+/// `--app-buffer`: bytes per write and per read in the applications.
+static APP_BUFFER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn app_buffer() -> usize {
+    APP_BUFFER.get().copied().unwrap_or(256 * 1024).max(1)
+}
 
 fn utp_tuning() -> UtpTuning {
     UTP_TUNING.get().copied().unwrap_or_default()
@@ -353,7 +365,7 @@ impl Pattern {
 async fn send_pattern(conn: &mut Conn, pat: &Pattern, total: u64) -> Result<()> {
     let mut sent = 0u64;
     while sent < total {
-        let chunk = pat.at(sent, (total - sent).min(256 * 1024) as usize);
+        let chunk = pat.at(sent, (total - sent).min(app_buffer() as u64) as usize);
         conn.write_all(chunk).await.context("write")?;
         sent += chunk.len() as u64;
     }
@@ -364,7 +376,7 @@ async fn send_pattern(conn: &mut Conn, pat: &Pattern, total: u64) -> Result<()> 
 /// Reads to end of stream, checking every byte; fails on a mismatch or a
 /// wrong length.
 async fn recv_verify(conn: &mut Conn, pat: &Pattern, total: u64) -> Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; app_buffer()];
     let mut got = 0u64;
     loop {
         let n = conn.read(&mut buf).await.context("read")?;
@@ -1229,6 +1241,7 @@ fn main() -> Result<()> {
         socket_buffer: args.udp_buffer,
         peer_flight: args.utp_peer_flight,
     });
+    let _ = APP_BUFFER.set(args.app_buffer);
     let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;
     let load = BackgroundLoad::start(args.background_load)?;
