@@ -82,6 +82,10 @@ struct Args {
     /// back. Their CPU time is not counted.
     #[arg(long, default_value_t = 0)]
     background_load: usize,
+    /// The niceness of `--background-load`'s loops: 0 makes them programs
+    /// as busy as ours, each taking a CPU's share from the stacks.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    background_nice: u8,
     /// Bytes the applications of every stack write and read per call (the
     /// write size and the read buffer), as a program's own buffer would
     /// be; `tokio::io::copy` uses 8 KiB.
@@ -94,13 +98,14 @@ struct Args {
 struct BackgroundLoad(Vec<std::process::Child>);
 
 impl BackgroundLoad {
-    fn start(n: usize) -> Result<Self> {
+    fn start(n: usize, nice: u8) -> Result<Self> {
         let mut children = Vec::with_capacity(n);
+        let nice = nice.to_string();
         for _ in 0..n {
             let child = std::process::Command::new("nice")
                 .args([
                     "-n",
-                    "19",
+                    &nice,
                     "sh",
                     "-c",
                     "while kill -0 $PPID 2>/dev/null; do :; done",
@@ -1244,7 +1249,7 @@ fn main() -> Result<()> {
     let _ = APP_BUFFER.set(args.app_buffer);
     let _ = FD_LIMIT.set(raise_fd_limit());
     let json = args.json;
-    let load = BackgroundLoad::start(args.background_load)?;
+    let load = BackgroundLoad::start(args.background_load, args.background_nice)?;
     let rt = if args.current_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
