@@ -663,6 +663,30 @@ pub(crate) fn map_target(local: SocketAddr, target: SocketAddr) -> io::Result<So
     }
 }
 
+/// Turns off what `quinn-udp` asks the OS to report with every datagram
+/// received and tokio-utp never reads: a timestamp, the TOS byte (ECN) and
+/// the destination address. Each is a control message the kernel writes
+/// and `quinn-udp` parses on every receive, and a socket with
+/// `SO_TIMESTAMPNS` makes the kernel timestamp every incoming packet.
+/// GRO's segment size stays. Failure only leaves them on.
+fn drop_unused_ancillary_data(sock: &impl std::os::fd::AsFd, ipv6: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = sock.as_fd();
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
+        // A dual-stack socket's IPv4 peers report through the IPv4 options.
+        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 0);
+        if ipv6 {
+            let _ = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 0);
+            let _ = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0);
+        } else {
+            let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 0);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (sock, ipv6);
+}
+
 /// Batched send and receive on one tokio UDP socket.
 pub(crate) struct BatchIo {
     state: UdpSocketState,
@@ -674,6 +698,7 @@ impl BatchIo {
     /// (enables GRO where available).
     pub(crate) fn new(udp: &UdpIo, ipv6: bool) -> io::Result<Self> {
         let state = UdpSocketState::new(udp.socket().into())?;
+        drop_unused_ancillary_data(udp.socket(), ipv6);
         tracing::debug!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
@@ -1808,6 +1833,29 @@ mod tests {
         let io = BatchIo::new(&udp, false).unwrap();
         let tx = TxBatch::new(&io);
         (udp, io, tx)
+    }
+
+    #[tokio::test]
+    async fn batched_sockets_ask_for_no_ancillary_data_they_do_not_read() {
+        for (local, ipv6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+            let Ok((sock, _)) = bind(local.parse().unwrap(), 1 << 20) else {
+                continue; // no IPv6 here
+            };
+            let udp = UdpIo::new(sock).unwrap();
+            let _io = BatchIo::new(&udp, ipv6).unwrap();
+            let fd = std::os::fd::AsFd::as_fd(udp.socket());
+            let get = |level, name| getsockopt_int(fd, level, name).unwrap();
+            assert_eq!(get(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS), 0, "{local}");
+            assert_eq!(get(libc::IPPROTO_IP, libc::IP_RECVTOS), 0, "{local}");
+            if ipv6 {
+                assert_eq!(get(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO), 0);
+                assert_eq!(get(libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS), 0);
+            } else {
+                assert_eq!(get(libc::IPPROTO_IP, libc::IP_PKTINFO), 0);
+            }
+            // GRO's segment size is still reported.
+            assert_eq!(get(libc::SOL_UDP, libc::UDP_GRO), 1, "{local}");
+        }
     }
 
     /// A plain receiving socket that gives up after 5 s.
