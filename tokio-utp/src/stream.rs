@@ -397,14 +397,6 @@ pub struct UtpStream {
     inner: Arc<StreamInner>,
 }
 
-impl std::fmt::Debug for UtpStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UtpStream")
-            .field("peer", &self.inner.peer)
-            .finish()
-    }
-}
-
 impl UtpStream {
     pub(crate) fn new(shared: SharedRef, handle: ConnHandle) -> Self {
         let peer = shared.lock().endpoint.peer_addr(handle);
@@ -613,46 +605,9 @@ impl UtpStream {
     }
 }
 
-impl AsyncRead for UtpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.inner.poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for UtpStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Bytes are with the driver as soon as write returns, like TCP's.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.poll_shutdown(cx)
-    }
-}
-
 /// The reading half of a [`UtpStream`].
 pub struct OwnedReadHalf {
     inner: Arc<StreamInner>,
-}
-
-impl std::fmt::Debug for OwnedReadHalf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnedReadHalf")
-            .field("peer", &self.inner.peer)
-            .finish()
-    }
 }
 
 impl OwnedReadHalf {
@@ -678,28 +633,10 @@ impl OwnedReadHalf {
     }
 }
 
-impl AsyncRead for OwnedReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.inner.poll_read(cx, buf)
-    }
-}
-
 /// The writing half of a [`UtpStream`]; dropping it sends FIN.
 pub struct OwnedWriteHalf {
     inner: Arc<StreamInner>,
     shutdown_on_drop: bool,
-}
-
-impl std::fmt::Debug for OwnedWriteHalf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnedWriteHalf")
-            .field("peer", &self.inner.peer)
-            .finish()
-    }
 }
 
 impl OwnedWriteHalf {
@@ -743,24 +680,6 @@ impl Drop for OwnedWriteHalf {
     }
 }
 
-impl AsyncWrite for OwnedWriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.poll_shutdown(cx)
-    }
-}
-
 fn reunite(read: OwnedReadHalf, mut write: OwnedWriteHalf) -> Result<UtpStream, ReuniteError> {
     if !Arc::ptr_eq(&read.inner, &write.inner) {
         return Err(ReuniteError(read, write));
@@ -790,14 +709,6 @@ pub struct ReadHalf<'a> {
     inner: &'a StreamInner,
 }
 
-impl std::fmt::Debug for ReadHalf<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadHalf")
-            .field("peer", &self.inner.peer)
-            .finish()
-    }
-}
-
 impl ReadHalf<'_> {
     /// See [`UtpStream::read_chunk`].
     pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
@@ -810,28 +721,10 @@ impl ReadHalf<'_> {
     }
 }
 
-impl AsyncRead for ReadHalf<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.inner.poll_read(cx, buf)
-    }
-}
-
 /// The writing half of a [`UtpStream`], borrowed from it by
 /// [`UtpStream::split`]. Dropping it sends nothing; `shutdown()` sends FIN.
 pub struct WriteHalf<'a> {
     inner: &'a StreamInner,
-}
-
-impl std::fmt::Debug for WriteHalf<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteHalf")
-            .field("peer", &self.inner.peer)
-            .finish()
-    }
 }
 
 impl WriteHalf<'_> {
@@ -846,23 +739,62 @@ impl WriteHalf<'_> {
     }
 }
 
-impl AsyncWrite for WriteHalf<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write(cx, buf)
-    }
+/// `Debug` (the peer's address), `AsyncRead` and `AsyncWrite` for the
+/// stream and its halves, which all go through their `StreamInner`.
+macro_rules! through_inner {
+    (debug $t:ty, $name:literal) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct($name)
+                    .field("peer", &self.inner.peer)
+                    .finish()
+            }
+        }
+    };
+    (read $t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                self.inner.poll_read(cx, buf)
+            }
+        }
+    };
+    (write $t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.inner.poll_write(cx, buf)
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                // Bytes are with the driver as soon as write returns, like TCP's.
+                Poll::Ready(Ok(()))
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.poll_shutdown(cx)
-    }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.inner.poll_shutdown(cx)
+            }
+        }
+    };
 }
+
+through_inner!(debug UtpStream, "UtpStream");
+through_inner!(read UtpStream);
+through_inner!(write UtpStream);
+through_inner!(debug OwnedReadHalf, "OwnedReadHalf");
+through_inner!(read OwnedReadHalf);
+through_inner!(debug OwnedWriteHalf, "OwnedWriteHalf");
+through_inner!(write OwnedWriteHalf);
+through_inner!(debug ReadHalf<'_>, "ReadHalf");
+through_inner!(read ReadHalf<'_>);
+through_inner!(debug WriteHalf<'_>, "WriteHalf");
+through_inner!(write WriteHalf<'_>);
 
 #[cfg(test)]
 mod tests {
