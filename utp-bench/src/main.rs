@@ -93,8 +93,9 @@ struct Args {
     app_buffer: usize,
 }
 
-/// Busy-looping processes at nice 19, killed when dropped; each also ends
-/// once the benchmark is gone (interrupted, say).
+/// Busy-looping processes (at nice 19 unless `--background-nice`), killed
+/// when dropped; each also ends once the benchmark is gone (interrupted,
+/// say).
 struct BackgroundLoad(Vec<std::process::Child>);
 
 impl BackgroundLoad {

@@ -1360,8 +1360,6 @@ impl Endpoint {
         self.find_by_send_id(from, id)
     }
 
-    /// The connection to `from` that sends on `id`: its receive id is `id`
-    /// plus or minus one (by role).
     /// Whether a RESET on `id` from `from` is for a TIME_WAIT record, by
     /// either of its ids (as `find_reset_target` takes them).
     fn is_time_wait_reset(&self, from: SocketAddr, id: u16) -> bool {
@@ -1375,6 +1373,8 @@ impl Endpoint {
                 })
     }
 
+    /// The connection to `from` that sends on `id`: its receive id is `id`
+    /// plus or minus one (by role).
     fn find_by_send_id(&self, from: SocketAddr, id: u16) -> Option<usize> {
         [id.wrapping_sub(1), id.wrapping_add(1)]
             .into_iter()
