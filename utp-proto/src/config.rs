@@ -130,7 +130,10 @@ pub struct Config {
     pub reset_rate: u32,
     /// Send a keep-alive (an ack) after this long without sending anything
     /// on an established connection; `None` disables. Default 29 s, like
-    /// libutp, so NAT mappings outlive quiet periods.
+    /// libutp, so NAT mappings outlive quiet periods. While the peer has
+    /// acked our FIN and not sent its own, they come sooner (1, 2, 4 ... s
+    /// after the ack, up to this interval): the original libutp drops such
+    /// a connection without a FIN and answers the next packet with a RESET.
     pub keepalive_interval: Option<Duration>,
     /// Fail an established connection with a timeout when the peer sent
     /// nothing for this long; `None` (the default) waits forever, like TCP

@@ -1248,6 +1248,73 @@ fn after_our_fin_peer_data_is_still_received() {
     assert_eq!(hs.conn().state(), State::TimeWait);
 }
 
+/// After the peer acked our FIN, while its FIN is still to come, keep-alives
+/// go out after 1, 2, 4 ... s up to the interval: the original libutp
+/// (Transmission 3) never sends its FIN after ours, drops the connection
+/// when its application closes and answers the next packet with a RESET,
+/// which the reader then gets in about a second instead of 29.
+#[test]
+fn half_closed_by_us_the_peer_is_probed_soon_and_its_reset_ends_the_wait() {
+    let t0 = Instant::now();
+    let cfg = cfg0().keepalive_interval(Some(secs(29)));
+    let mut ep = Endpoint::with_seed(Arc::new(cfg), t0, 1);
+    let h = ep.connect(t0, peer()).unwrap();
+    let syn = only(drain(&mut ep, t0));
+    let id = syn.h.conn_id;
+    let mut synack = hdr(PacketType::State, id, 30_000, syn.h.seq_nr);
+    synack.wnd_size = MIB;
+    ep.handle_datagram(t0, peer(), &datagram(&synack, &[], &[]))
+        .unwrap();
+    only(drain(&mut ep, t0));
+    ep.with_conn(h, t0, |c| c.close());
+    let fin = only(drain(&mut ep, t0));
+    assert_eq!(fin.h.ty, PacketType::Fin);
+    let t1 = t0 + ms(10);
+    let mut ack = hdr(PacketType::State, id, 30_000, fin.h.seq_nr);
+    ack.wnd_size = MIB;
+    ep.handle_datagram(t1, peer(), &datagram(&ack, &[], &[]))
+        .unwrap();
+    assert!(ep.conn(h).is_fin_acked());
+    let mut probes = Vec::new();
+    let mut now = t1;
+    while let Some(t) = ep.poll_timeout() {
+        if t > t1 + secs(120) {
+            break;
+        }
+        now = now.max(t);
+        ep.handle_timeout(now);
+        let out = drain(&mut ep, now);
+        if !out.is_empty() {
+            // The ack and its echo (see ack_pair_after_fin).
+            ack_pair_after_fin(out, fin.h.seq_nr);
+            probes.push((now - t0).as_millis());
+        }
+    }
+    assert_eq!(
+        probes,
+        // Our FIN went out at 0 and was acked at 10 ms: 1 s after the FIN,
+        // then each gap as long as the time since the ack, up to 29 s.
+        vec![1_000, 2_000, 3_990, 7_970, 15_930, 31_850, 60_850, 89_850, 118_850],
+    );
+    assert_eq!(ep.conn(h).state(), State::Connected, "still waiting");
+    // The answer of a peer that forgot the connection.
+    let reset = hdr(PacketType::Reset, id, 0, 0);
+    ep.handle_datagram(now, peer(), &datagram(&reset, &[], &[]))
+        .unwrap();
+    assert_eq!(ep.conn(h).error(), Some(utp_proto::ConnectionError::Reset));
+
+    // Once the peer's FIN came, the usual 29 s apply (in TIME_WAIT, none).
+    let (mut hs, _) = initiator_with(cfg0(), 30_000, MIB);
+    hs.close();
+    let fin = only(hs.out());
+    let a = ack_pair_after_fin(
+        hs.feed(PacketType::Fin, hs.py(0), fin.h.seq_nr, MIB, &[]),
+        fin.h.seq_nr,
+    );
+    assert_eq!(a.h.ack_nr, hs.py(0));
+    assert_eq!(hs.conn().state(), State::TimeWait);
+}
+
 #[test]
 fn time_wait_answers_late_fin_restarts_and_then_frees_released_connection() {
     let mut hs = initiator();
