@@ -69,7 +69,10 @@ def main():
             if r:
                 chunk = os.read(out.fileno(), 1 << 16)
                 if not chunk:
-                    raise SystemExit("stream ended")
+                    # libtorrent closed (`utp` closes its stdout at the
+                    # peer's EOF); whether it got everything is checked
+                    # below, as when it goes quiet as a seed.
+                    return None
                 buf += chunk
             elif h.status().state == lt.torrent_status.seeding:
                 return None

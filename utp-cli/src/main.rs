@@ -33,8 +33,8 @@ struct Cli {
 enum Command {
     /// Accept one connection on HOST:PORT; copy it to stdout and stdin to it.
     ///
-    /// At stdin EOF our direction is closed (FIN) while reading goes on; the
-    /// command exits once the peer has finished too.
+    /// At stdin EOF our direction is closed (FIN) while reading goes on; at
+    /// the peer's EOF stdout is closed; the command exits once both are done.
     Listen {
         /// Local address to bind, e.g. 0.0.0.0:4000 or 127.0.0.1:4000.
         #[arg(value_name = "HOST:PORT")]
@@ -44,8 +44,8 @@ enum Command {
     },
     /// Connect to HOST:PORT; copy the connection to stdout and stdin to it.
     ///
-    /// At stdin EOF our direction is closed (FIN) while reading goes on; the
-    /// command exits once the peer has finished too.
+    /// At stdin EOF our direction is closed (FIN) while reading goes on; at
+    /// the peer's EOF stdout is closed; the command exits once both are done.
     Connect {
         /// Address of a listening peer, e.g. 127.0.0.1:4000.
         #[arg(value_name = "HOST:PORT")]

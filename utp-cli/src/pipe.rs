@@ -2,8 +2,8 @@
 //!
 //! Both directions run at once: the connection's bytes go to stdout and
 //! stdin goes to the connection. At stdin EOF we send FIN (and wait for its
-//! ack) but keep reading; we are done once the peer's EOF was read and our
-//! FIN was acknowledged.
+//! ack) but keep reading; at the peer's EOF our stdout is closed; we are
+//! done once the peer's EOF was read and our FIN was acknowledged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -174,9 +174,28 @@ async fn conn_to_stdout(
         CopyError::Write(e) => anyhow::Error::new(e).context("writing stdout"),
     })?;
     flushed.context("writing stdout")?;
+    drop(stdout);
+    end_stdout();
     peer_eof.store(true, Ordering::Release);
     tracing::info!("peer finished sending");
     Ok(())
+}
+
+/// Closes our stdout once the peer's stream ended, so that a program
+/// reading it sees EOF then, not only when we exit (which waits for our
+/// stdin to end as well), as `socat` does; a script speaking a protocol
+/// through us learns that way that the peer closed. Descriptor 1 is pointed
+/// at /dev/null rather than closed, so no file opened later takes its
+/// number.
+fn end_stdout() {
+    #[cfg(unix)]
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are open; dup2 replaces descriptor 1
+        // atomically, and nothing writes to stdout any more (the copy
+        // above flushed it and its handle is gone).
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
 }
 
 enum CopyError {
