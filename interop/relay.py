@@ -3,11 +3,12 @@
 
     relay.py --listen PORT_A --target PORT_B [--drop-dir c2s|s2c]
              [--drop-every N | --loss P] [--seed S] [--log FILE]
+             [--host ADDR] [--target-host ADDR]
 
-Listens on 127.0.0.1:PORT_A for one client, forwards its datagrams to the real
-listener at 127.0.0.1:PORT_B from an ephemeral port of its own, and relays the
-listener's replies back to the client. "c2s" is client -> listener, "s2c" is
-listener -> client.
+Listens on 127.0.0.1:PORT_A (or --host) for one client, forwards its datagrams
+to the real listener at 127.0.0.1:PORT_B (or --target-host) from an ephemeral
+port of its own, and relays the listener's replies back to the client. "c2s"
+is client -> listener, "s2c" is listener -> client.
 
 Drops (deterministic): only ST_DATA packets, only in --drop-dir, never SYN,
 STATE, FIN or RESET. --drop-every N drops the Nth, 2Nth, ... DATA packet of
@@ -73,9 +74,9 @@ class Relay:
                     s.setsockopt(socket.SOL_SOCKET, opt, 8 * 1024 * 1024)
                 except OSError:
                     pass
-        self.front.bind(("127.0.0.1", args.listen))
-        self.back.bind(("127.0.0.1", 0))
-        self.target = ("127.0.0.1", args.target)
+        self.front.bind((args.host, args.listen))
+        self.back.bind((args.target_host, 0))
+        self.target = (args.target_host, args.target)
         self.client = None
         self.stats = {"c2s": new_dir(), "s2c": new_dir()}
         self.data_count = {"c2s": 0, "s2c": 0}
@@ -214,6 +215,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", type=int, required=True, help="port on 127.0.0.1 the client talks to")
     p.add_argument("--target", type=int, required=True, help="port of the real listener on 127.0.0.1")
+    # Transmission takes no peer on 127.0.0.0/8 from a tracker: its suite
+    # runs in a network namespace with other addresses on its loopback.
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on instead")
+    p.add_argument("--target-host", default="127.0.0.1", help="the real listener's address")
     p.add_argument("--drop-dir", choices=["c2s", "s2c", "none"], default="none")
     p.add_argument("--drop-every", type=int, default=0)
     p.add_argument("--loss", type=float, default=0.0)

@@ -158,7 +158,9 @@ class Capture:
         self.port = port
         self.path = os.path.join(tmp, f"utp-{port}.pcap")
         self.proc = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "-U", "-n", "-s", "160", "-w", self.path,
+            # Immediate mode: libpcap otherwise hands packets over in blocks
+            # up to a second late, and stopping it lost the last ones.
+            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-s", "160", "-w", self.path,
              f"udp port {port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ready = queue.Queue()
