@@ -160,7 +160,7 @@ class Capture:
         self.proc = subprocess.Popen(
             # Immediate mode: libpcap otherwise hands packets over in blocks
             # up to a second late, and stopping it lost the last ones.
-            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-s", "160", "-w", self.path,
+            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-s", "256", "-w", self.path,
              f"udp port {port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ready = queue.Queue()
@@ -217,22 +217,31 @@ class Capture:
             udp = ip[ihl:]
             sport, dport, ulen = struct.unpack(">HHH", udp[:6])
             u = udp[8:]
-            if len(u) < 20 or u[0] & 15 != 1 or u[0] >> 4 > 4:
-                continue
-            ty = u[0] >> 4
-            conn_id, ts, tsd, wnd, seq, ack = struct.unpack(">HIIIHH", u[2:20])
-            ext = []
-            nxt, p = u[1], 20
-            while nxt and p + 2 <= len(u):
-                elen = u[p + 1]
-                ext.append((nxt, bytes(u[p + 2:p + 2 + elen])))
-                nxt = u[p]
-                p += 2 + elen
-            out.append({
-                "t": sec + frac / (1e9 if nsec else 1e6), "from_lt": sport == self.port,
-                "type": ty, "conn_id": conn_id, "wnd": wnd, "seq": seq, "ack": ack,
-                "ext": ext, "plen": ulen - 8 - p,
-            })
+            left = ulen - 8  # bytes of uTP in the datagram (u may be cut short)
+            # On lo, tcpdump sees a GSO send before it is cut into
+            # datagrams: segments of one size (the last may be shorter).
+            # Packets without payload (STATE, RESET, SYN, FIN) give the
+            # segment size, so what follows one is read as further
+            # datagrams, as far as the capture's snap length allows.
+            while len(u) >= 20 and u[0] & 15 == 1 and u[0] >> 4 <= 4:
+                ty = u[0] >> 4
+                conn_id, ts, tsd, wnd, seq, ack = struct.unpack(">HIIIHH", u[2:20])
+                ext = []
+                nxt, p = u[1], 20
+                while nxt and p + 2 <= len(u):
+                    elen = u[p + 1]
+                    ext.append((nxt, bytes(u[p + 2:p + 2 + elen])))
+                    nxt = u[p]
+                    p += 2 + elen
+                gso = ty in (1, 2, 3, 4) and 0 < p < left and not nxt
+                out.append({
+                    "t": sec + frac / (1e9 if nsec else 1e6), "from_lt": sport == self.port,
+                    "type": ty, "conn_id": conn_id, "wnd": wnd, "seq": seq, "ack": ack,
+                    "ext": ext, "plen": 0 if gso else left - p,
+                })
+                if not gso:
+                    break
+                u, left = u[p:], left - p
         return out
 
 

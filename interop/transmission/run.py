@@ -291,24 +291,32 @@ class Setup:
         self.daemon = Daemon(self.tmp)
         self.capture = Capture(self.daemon.port, self.tmp)
 
-    def no_resets(self, after_both_fins=False):
+    def no_resets(self):
         """Stops the capture; fails on any ST_RESET of ours, and on any of
-        Transmission's unless `after_both_fins` and it came after both
-        FINs. Returns the summary."""
+        Transmission's that came before it had finished with the
+        connection (see below). Returns the summary."""
         self.capture.stop()
         s = summarize(self.capture.packets())
         check(s["lt"] and s["us"], "the capture saw no uTP both ways")
         ours = [p for p in s["resets"] if not p["from_lt"]]
         check(not ours, f"{len(ours)} ST_RESET from us: {packet_tail(s)}")
         theirs = [p for p in s["resets"] if p["from_lt"]]
-        if theirs:
-            # The original libutp forgets a connection once its own FIN is
-            # acked, and answers our FIN with a RESET (our side then closes
-            # cleanly: everything was delivered both ways).
-            fins = s["lt_fins"][:1] + s["us_fins"][:1]
-            both = len(fins) == 2 and all(r["t"] >= max(f["t"] for f in fins) for r in theirs)
-            check(after_both_fins and both,
-                  f"{len(theirs)} ST_RESET from Transmission: {packet_tail(s)}")
+        # The original libutp forgets a connection once it acked our FIN
+        # (we closed first) or its own FIN was acked (it closed first; it
+        # then never acks our FIN): any later packet of ours, our FIN or a
+        # keep-alive, gets a RESET. Our side has everything by then.
+        fin = s["us_fins"][0] if s["us_fins"] else None
+        done_at = None
+        if fin:
+            acks = [r["t"] for r in s["lt"]
+                    if r["type"] in (1, 2) and r["ack"] == fin["seq"] and r["t"] >= fin["t"]]
+            if acks:
+                done_at = min(acks)
+            elif any(f["t"] <= fin["t"] for f in s["lt_fins"]):
+                done_at = fin["t"]
+        early = [r for r in theirs if done_at is None or r["t"] < done_at]
+        check(not early, f"{len(early)} ST_RESET from Transmission before the close: "
+              + packet_tail(s))
         s["their_resets"] = theirs
         return s
 
@@ -554,7 +562,7 @@ def case_t1(ctx, s):
 
 def case_t2(ctx, s):
     st, stats, _, elapsed, t = seed_to_transmission(ctx, s, 16 << 20, 4 * BLOCK, seed=2)
-    summ = s.no_resets(after_both_fins=True)
+    summ = s.no_resets()
     check(summ["lt_syn"], "Transmission did not connect over uTP")
     ctx["quirks"]["tr_syn_ext"] = [e[0] for e in summ["lt_syn"][0]["ext"]]
     ctx["quirks"]["our_payload_to_tr"] = stats["payload_size"]
@@ -600,7 +608,7 @@ def case_t4(ctx, s):
 def case_t5(ctx, s):
     st, stats, rl, elapsed, t = seed_to_transmission(ctx, s, 16 << 20, 4 * BLOCK, seed=5,
                                                      loss=0.03)
-    s.no_resets(after_both_fins=True)
+    s.no_resets()
     dropped = rl["s2c"]["dropped"]
     check(dropped > 0, "the relay dropped nothing")
     check(stats["packets_retransmitted"] > 0, "we retransmitted nothing")
