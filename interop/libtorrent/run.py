@@ -623,29 +623,36 @@ CASES = [
 ]
 
 
-def main():
+def run_cases(cases, suite, tools=("tcpdump",), call=lambda fn, ctx: fn(ctx), setup=None):
+    """The command line this suite shares with transmission/run.py:
+    `UTP_BINARY BT_FETCH_BINARY [CASE...]`. Runs `setup`, checks the
+    binaries and `tools`, runs each selected case through `call`, prints
+    `ok`/`FAIL` lines and the quirks observed, and exits (1 if any failed)."""
     if len(sys.argv) < 3:
-        print(__doc__)
+        print(sys.modules["__main__"].__doc__)
         sys.exit(2)
+    if setup:
+        setup()
     utp, bt_fetch = (os.path.realpath(p) for p in sys.argv[1:3])
     for p in (utp, bt_fetch):
         if not os.access(p, os.X_OK):
             print(f"FAIL setup: {p} is not executable")
             sys.exit(1)
-    if shutil.which("tcpdump") is None:
-        print("FAIL setup: tcpdump not found (needed to check for ST_RESET)")
-        sys.exit(1)
+    for tool in tools:
+        if shutil.which(tool) is None:
+            print(f"FAIL setup: {tool} not found")
+            sys.exit(1)
     only = sys.argv[3:]
     ctx = {"utp": utp, "bt_fetch": bt_fetch, "quirks": {}}
     failed = 0
     ran = 0
-    for name, fn in CASES:
+    for name, fn in cases:
         if only and not any(name.startswith(o) for o in only):
             continue
         ran += 1
         start = time.time()
         try:
-            detail = fn(ctx)
+            detail = call(fn, ctx)
             print(f"ok   {name}: {detail} ({time.time() - start:.1f} s)", flush=True)
         except CaseFailed as e:
             failed += 1
@@ -654,15 +661,20 @@ def main():
             failed += 1
             import traceback
             where = traceback.extract_tb(e.__traceback__)[-1]
-            print(f"FAIL {name}: {type(e).__name__}: {e} (run.py line {where.lineno})",
-                  flush=True)
+            print(f"FAIL {name}: {type(e).__name__}: {e} "
+                  f"({os.path.basename(where.filename)} line {where.lineno})", flush=True)
     if ran == 0:
         print(f"FAIL setup: no case matches {only}")
         sys.exit(1)
     q = ctx["quirks"]
     print("observed:", "; ".join(f"{k}={v}" for k, v in q.items()))
-    print(f"{ran - failed} of {ran} libtorrent cases passed")
+    print(f"{ran - failed} of {ran} {suite} cases passed")
     sys.exit(1 if failed else 0)
+
+
+def main():
+    # tcpdump records every case, to check for ST_RESET.
+    run_cases(CASES, "libtorrent")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "libtorrent"))
 # The pcap reader and the case helpers are shared with the libtorrent suite
 # (which imports libtorrent at load: interop/run.sh installs it first).
-from run import Capture, CaseFailed, check, fin_acked, packet_tail, summarize  # noqa: E402
+from run import (  # noqa: E402
+    Capture, CaseFailed, check, fin_acked, packet_tail, run_cases, summarize)
 
 BLOCK = 16384
 RELAY = os.path.join(HERE, "..", "relay.py")
@@ -711,44 +712,8 @@ def in_own_netns():
 
 
 def main():
-    if len(sys.argv) < 3:
-        print(__doc__)
-        sys.exit(2)
-    in_own_netns()
-    utp, bt_fetch = (os.path.realpath(p) for p in sys.argv[1:3])
-    for p in (utp, bt_fetch):
-        if not os.access(p, os.X_OK):
-            print(f"FAIL setup: {p} is not executable")
-            sys.exit(1)
-    for tool in ("transmission-daemon", "tcpdump"):
-        if shutil.which(tool) is None:
-            print(f"FAIL setup: {tool} not found")
-            sys.exit(1)
-    only = sys.argv[3:]
-    ctx = {"utp": utp, "bt_fetch": bt_fetch, "quirks": {}}
-    failed = ran = 0
-    for name, fn in CASES:
-        if only and not any(name.startswith(o) for o in only):
-            continue
-        ran += 1
-        start = time.time()
-        try:
-            detail = run_case(fn, ctx)
-            print(f"ok   {name}: {detail} ({time.time() - start:.1f} s)", flush=True)
-        except CaseFailed as e:
-            failed += 1
-            print(f"FAIL {name}: {e} ({time.time() - start:.1f} s)", flush=True)
-        except Exception as e:  # a bug in this script is a failure too
-            failed += 1
-            import traceback
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            print(f"FAIL {name}: {type(e).__name__}: {e} (line {where.lineno})", flush=True)
-    if ran == 0:
-        print(f"FAIL setup: no case matches {only}")
-        sys.exit(1)
-    print("observed:", "; ".join(f"{k}={v}" for k, v in ctx["quirks"].items()))
-    print(f"{ran - failed} of {ran} Transmission cases passed")
-    sys.exit(1 if failed else 0)
+    run_cases(CASES, "Transmission", tools=("transmission-daemon", "tcpdump"),
+              call=run_case, setup=in_own_netns)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,29 @@ fn ack_pair_after_fin(out: Vec<Out>, fin: u16) -> Out {
     out.into_iter().next().unwrap()
 }
 
+/// Runs every endpoint timer due by `until`, in order, from `now`, until
+/// `stop` holds; returns each send with its time, and the time reached.
+fn run_timers(
+    ep: &mut Endpoint,
+    mut now: Instant,
+    until: Instant,
+    stop: impl Fn(&Endpoint) -> bool,
+) -> (Vec<(Instant, Vec<Out>)>, Instant) {
+    let mut sent = Vec::new();
+    while let Some(t) = ep.poll_timeout().filter(|&t| t <= until) {
+        now = now.max(t);
+        ep.handle_timeout(now);
+        let out = drain(ep, now);
+        if !out.is_empty() {
+            sent.push((now, out));
+        }
+        if stop(ep) {
+            break;
+        }
+    }
+    (sent, now)
+}
+
 fn data_seqs(out: &[Out]) -> Vec<u16> {
     out.iter()
         .filter(|o| o.h.ty == PacketType::Data)
@@ -1275,20 +1298,12 @@ fn half_closed_by_us_the_peer_is_probed_soon_and_its_reset_ends_the_wait() {
     ep.handle_datagram(t1, peer(), &datagram(&ack, &[], &[]))
         .unwrap();
     assert!(ep.conn(h).is_fin_acked());
+    let (sent, now) = run_timers(&mut ep, t1, t1 + secs(120), |_| false);
     let mut probes = Vec::new();
-    let mut now = t1;
-    while let Some(t) = ep.poll_timeout() {
-        if t > t1 + secs(120) {
-            break;
-        }
-        now = now.max(t);
-        ep.handle_timeout(now);
-        let out = drain(&mut ep, now);
-        if !out.is_empty() {
-            // The ack and its echo (see ack_pair_after_fin).
-            ack_pair_after_fin(out, fin.h.seq_nr);
-            probes.push((now - t0).as_millis());
-        }
+    for (t, out) in sent {
+        // The ack and its echo (see ack_pair_after_fin).
+        ack_pair_after_fin(out, fin.h.seq_nr);
+        probes.push((t - t0).as_millis());
     }
     assert_eq!(
         probes,
@@ -1906,21 +1921,15 @@ fn idle_connection_sends_keepalives_and_detects_a_silent_peer() {
     let ack = only(drain(&mut ep, t0));
     assert_eq!((ack.h.ty, ack.h.ack_nr), (PacketType::State, 29_999));
     // Run every timer for two minutes of silence from the peer.
+    let (sent, now) = run_timers(&mut ep, t0, t0 + secs(120), |ep| {
+        ep.conn(h).error().is_some()
+    });
     let mut keepalives = Vec::new();
-    let mut now = t0;
-    while let Some(t) = ep.poll_timeout() {
-        if t > t0 + secs(120) {
-            break;
-        }
-        now = now.max(t);
-        ep.handle_timeout(now);
-        for o in drain(&mut ep, now) {
+    for (t, out) in sent {
+        for o in out {
             assert_eq!(o.h.ty, PacketType::State, "{o:?}");
             assert_eq!(o.h.ack_nr, 29_999);
-            keepalives.push(now - t0);
-        }
-        if ep.conn(h).error().is_some() {
-            break;
+            keepalives.push(t - t0);
         }
     }
     assert_eq!(keepalives, vec![secs(29), secs(58), secs(87)]);
