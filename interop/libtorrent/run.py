@@ -151,6 +151,16 @@ class Seed:
 # tcpdump capture of uTP headers
 
 
+def stop_process(proc, sig):
+    """Sends `sig` and waits up to 10 s for the exit, then kills."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Capture:
     """tcpdump on lo for one UDP port; parses the uTP header of every datagram."""
 
@@ -182,12 +192,7 @@ class Capture:
     def stop(self):
         if self.proc.poll() is None:
             time.sleep(0.2)  # let the last datagrams through
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGINT)
 
     def packets(self):
         """List of dicts: t, from_lt, type, conn_id, wnd, seq, ack, ext, plen."""

@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "libtorrent"))
 # The pcap reader and the case helpers are shared with the libtorrent suite
 # (which imports libtorrent at load: interop/run.sh installs it first).
 from run import (  # noqa: E402
-    Capture, CaseFailed, check, fin_acked, packet_tail, run_cases, summarize)
+    Capture, CaseFailed, check, fin_acked, packet_tail, run_cases, stop_process, summarize)
 
 BLOCK = 16384
 RELAY = os.path.join(HERE, "..", "relay.py")
@@ -273,12 +273,7 @@ class Daemon:
 
     def close(self):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGTERM)
 
 
 class Setup:
@@ -536,8 +531,7 @@ def seed_to_transmission(ctx, s, size, piece_len, seed, loss=None, timeout=180):
         if seeder.proc.poll() is None:
             seeder.proc.kill()
         if relay:
-            relay.send_signal(signal.SIGTERM)
-            relay.wait(timeout=10)
+            stop_process(relay, signal.SIGTERM)
     rlog = None
     if relay_log:
         with open(relay_log) as f:
@@ -593,8 +587,7 @@ def case_t4(ctx, s):
     try:
         out, st, _ = fetch(ctx, s, 16 << 20, 4 * BLOCK, seed=4, via_relay=relay_port)
     finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=10)
+        stop_process(relay, signal.SIGTERM)
     s.no_resets()
     with open(relay_log) as f:
         rl = json.load(f)
