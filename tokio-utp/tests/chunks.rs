@@ -6,7 +6,7 @@ use std::time::Duration;
 mod common;
 
 use bytes::Bytes;
-use common::pattern;
+use common::{pattern, serve_one};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_utp::{Config, UtpListener, UtpSocket};
@@ -25,11 +25,8 @@ async fn chunks_and_plain_io_mixed_arrive_bit_exact_in_order() {
         (false, 5),
         (true, 65_536),
     ];
-    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let want = data.clone();
-    let server = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one("127.0.0.1:0", move |s| async move {
         let (mut r, _w) = s.into_split();
         let mut got = Vec::with_capacity(want.len());
         let mut buf = vec![0u8; 100_000];
@@ -63,7 +60,8 @@ async fn chunks_and_plain_io_mixed_arrive_bit_exact_in_order() {
             "no room, no bytes"
         );
         assert!(got == want, "bytes differ or are out of order");
-    });
+    })
+    .await;
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut c = sock.connect(addr).await.unwrap();
     let all = Bytes::from(data.clone());

@@ -4,21 +4,19 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{pattern, read_and_check, receive_indexed, write_pattern};
+use common::{pattern, read_and_check, receive_indexed, serve_one, write_pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_utp::{Config, UtpListener, UtpSocket, UtpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_snippet_sends_and_closes() {
-    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one("127.0.0.1:0", move |mut s| async move {
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
         got
-    });
+    })
+    .await;
     let (mut stream, driver) = UtpStream::connect(addr).await.unwrap();
     let driver = tokio::spawn(driver);
     stream.write_all(b"Hi there!").await.unwrap();
@@ -39,12 +37,10 @@ async fn readme_snippet_sends_and_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_256_mib_one_way_bit_exact() {
     let len = 256 << 20;
-    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one("127.0.0.1:0", move |mut s| async move {
         read_and_check(&mut s, 7, len).await;
-    });
+    })
+    .await;
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut c = sock.connect(addr).await.unwrap();
     let start = Instant::now();
@@ -69,16 +65,14 @@ async fn bulk_256_mib_one_way_bit_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_at_once() {
     let len = 16 << 20;
-    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one("127.0.0.1:0", move |s| async move {
         let (mut r, mut w) = s.into_split();
         let reader = tokio::spawn(async move { read_and_check(&mut r, 1, len).await });
         write_pattern(&mut w, 2, len).await;
         w.shutdown().await.unwrap();
         reader.await.unwrap();
-    });
+    })
+    .await;
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let c = sock.connect(addr).await.unwrap();
     let (mut r, mut w) = c.into_split();
@@ -98,17 +92,15 @@ async fn both_directions_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn borrowed_halves_read_and_write_at_once_in_one_task() {
     let len = 4 << 20;
-    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one("127.0.0.1:0", move |mut s| async move {
         let (mut r, mut w) = s.split();
         // Both directions from one task: neither side waits for the other.
         tokio::join!(read_and_check(&mut r, 3, len), async {
             write_pattern(&mut w, 4, len).await;
             w.shutdown().await.unwrap();
         });
-    });
+    })
+    .await;
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut c = sock.connect(addr).await.unwrap();
     let (mut r, mut w) = c.split();
@@ -266,16 +258,14 @@ async fn connect_to_socket_without_listener_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_keeps_reading_after_own_fin() {
-    let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let (addr, server) = serve_one("127.0.0.1:0", move |mut s| async move {
         let mut req = Vec::new();
         s.read_to_end(&mut req).await.unwrap();
         // Answer after the client's FIN.
         s.write_all(&req.repeat(3)).await.unwrap();
         s.close().await.unwrap();
-    });
+    })
+    .await;
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut c = sock.connect(addr).await.unwrap();
     c.write_all(b"ping").await.unwrap();

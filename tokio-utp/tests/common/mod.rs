@@ -5,7 +5,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
-use tokio_utp::UtpListener;
+use tokio_utp::{UtpListener, UtpStream};
 
 /// Deterministic pseudo-random bytes (xorshift), so both ends can check data.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -58,6 +58,27 @@ pub async fn read_and_check<R: AsyncReadExt + Unpin>(r: &mut R, seed: u64, len: 
         }
     }
     assert_eq!(total, len, "stream length");
+}
+
+/// Binds a listener on `bind` and runs `serve` on the first stream it
+/// accepts, in a task of its own; returns the listener's address and that
+/// task.
+pub async fn serve_one<F, Fut>(
+    bind: &str,
+    serve: F,
+) -> (std::net::SocketAddr, JoinHandle<Fut::Output>)
+where
+    F: FnOnce(UtpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let listener = UtpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        serve(s).await
+    });
+    (addr, task)
 }
 
 /// Accepts `n` connections on `listener`, each in a task of its own: every
