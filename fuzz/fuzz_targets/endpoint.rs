@@ -64,14 +64,21 @@ fuzz_target!(|data: &[u8]| {
             }
             0xb0.. => {
                 // The application lets go: of `h`, and of whatever waits
-                // to be accepted (accepted and dropped at once).
-                if std::mem::take(&mut held) {
-                    ep.release(h, now);
+                // to be accepted (accepted and dropped at once), closing
+                // gracefully or, on an odd delay byte, aborting.
+                let mut let_go = |ep: &mut Endpoint, c| {
+                    if dt & 1 == 1 {
+                        ep.abort(c, now);
+                    } else {
+                        ep.release(c, now);
+                    }
                     released += 1;
+                };
+                if std::mem::take(&mut held) {
+                    let_go(&mut ep, h);
                 }
                 while let Some(a) = ep.accept() {
-                    ep.release(a, now);
-                    released += 1;
+                    let_go(&mut ep, a);
                 }
                 let _ = ep.handle_datagram(now, addr(from), dgram);
             }

@@ -4,7 +4,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -128,6 +128,9 @@ pub(crate) struct StreamInner {
     shared: SharedRef,
     handle: ConnHandle,
     peer: SocketAddr,
+    /// Set by [`UtpStream::abort`]: the drop resets the connection
+    /// instead of closing it.
+    aborted: AtomicBool,
 }
 
 impl Drop for StreamInner {
@@ -139,9 +142,14 @@ impl Drop for StreamInner {
         if let Some(to) = utp_proto::trimmed_capacity(w.capacity(), w.len(), 0) {
             w.shrink_to(to);
         }
-        inner.endpoint.release(self.handle, Instant::now());
-        // The FIN (or the ack of the peer's) goes out from here: a program
-        // that drops its stream and exits may not give the driver a turn.
+        if self.aborted.load(Ordering::Relaxed) {
+            inner.endpoint.abort(self.handle, Instant::now());
+        } else {
+            inner.endpoint.release(self.handle, Instant::now());
+        }
+        // The FIN or RESET (or the ack of the peer's FIN) goes out from
+        // here: a program that drops its stream and exits may not give the
+        // driver a turn.
         self.shared.send_direct(&mut inner);
     }
 }
@@ -405,6 +413,7 @@ impl UtpStream {
                 shared,
                 handle,
                 peer,
+                aborted: AtomicBool::new(false),
             }),
         }
     }
@@ -519,6 +528,20 @@ impl UtpStream {
         let mut inner = self.inner.shared.lock();
         self.inner.shared.send_direct(&mut inner);
         Ok(())
+    }
+
+    /// Aborts the connection, as a TCP reset does: unsent and unread data
+    /// are discarded, a RESET goes to the peer at once (its reads and
+    /// writes fail with `ConnectionReset`), and the connection is freed
+    /// without the FIN handshake or TIME_WAIT. For a peer that misbehaves or
+    /// is no longer wanted; [`UtpStream::close`] or a drop end it
+    /// gracefully instead. Packets the peer still sends are answered like
+    /// any for an unknown connection. A stream split with
+    /// [`UtpStream::into_split`] is reunited first.
+    pub fn abort(self) {
+        // The one handle on the connection (halves are reunited into a
+        // stream): the drop at the end of this call sends the RESET.
+        self.inner.aborted.store(true, Ordering::Relaxed);
     }
 
     /// The peer's address.

@@ -195,6 +195,61 @@ async fn thousand_concurrent_connections_on_one_listener_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_resets_the_peer_at_once_and_frees_the_connection() {
+    let len = 8 << 20;
+    let head = 64 << 10;
+    let (aborted_tx, aborted_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let (addr, server) = serve_one("127.0.0.1:0", move |mut s| async move {
+        let expect = pattern(5, len);
+        let mut got = vec![0u8; head];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expect[..head]);
+        // Not reading while the client aborts: its data waits in our buffer.
+        let aborted = aborted_rx.await.unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = head;
+        let err = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => panic!("EOF after {at} bytes: an abort is no clean close"),
+                Ok(n) => {
+                    assert_eq!(buf[..n], expect[at..at + n], "data before the reset");
+                    at += n;
+                }
+                Err(e) => break e,
+            }
+        };
+        (
+            err.kind(),
+            aborted.elapsed(),
+            s.write_all(b"x").await.is_err(),
+        )
+    })
+    .await;
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = sock.connect(addr).await.unwrap();
+    // More than both windows hold: the write stalls with data still queued.
+    let data = pattern(5, len);
+    let stalled = timeout(Duration::from_millis(300), c.write_all(&data)).await;
+    assert!(stalled.is_err(), "8 MiB fit in the windows");
+    c.abort();
+    aborted_tx.send(Instant::now()).unwrap();
+    let st = sock.stats();
+    assert_eq!((st.connections_aborted, st.connections_open), (1, 0));
+    let (kind, after, write_failed) = timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the peer learns of the abort")
+        .unwrap();
+    assert_eq!(kind, std::io::ErrorKind::ConnectionReset);
+    // The RESET itself, not a timeout, ended the connection.
+    assert!(after < Duration::from_secs(2), "reset seen after {after:?}");
+    assert!(write_failed, "writes fail after the reset");
+    // One RESET; any more only answer packets the peer sent before it
+    // learnt of the abort (a window update), as for any unknown connection.
+    let st = sock.stats();
+    assert!(st.resets_sent >= 1 && st.resets_sent <= 1 + st.unknown_connection);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_without_close_gives_peer_eof_after_all_data() {
     let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1089,6 +1089,40 @@ impl Connection {
         }
     }
 
+    /// The application aborts the connection: unsent and unread data are
+    /// discarded, nothing more is sent or retransmitted, and the connection
+    /// is released (the endpoint frees it). Returns the RESET that tells the
+    /// peer, `None` when the peer holds nothing to reset (no SYN went out
+    /// yet, or the connection already ended). Use
+    /// [`crate::Endpoint::abort`], which sends it.
+    ///
+    /// The RESET carries our next sequence number and acks the peer's last
+    /// in-order packet: libtorrent ignores a RESET that acks a packet it
+    /// never sent, and drops one whose seq_nr is past its reorder window.
+    pub fn abort(&mut self, now: Instant) -> Option<Header> {
+        let peer_knows = match self.state {
+            State::SynSent => self.syn_transmissions > 0,
+            State::SynRecv | State::Connected => true,
+            // TIME_WAIT: both directions finished and acked; the peer may
+            // already have forgotten the connection.
+            State::TimeWait | State::Failed(_) | State::Done => false,
+        };
+        let reset = peer_knows.then(|| self.header(PacketType::Reset, self.seq_nr, now));
+        if !matches!(self.state, State::Failed(_) | State::Done) {
+            // Clears queues and timers; the error is never seen (the handle
+            // is gone) and not counted as the peer's doing.
+            self.fail(ConnectionError::Reset);
+        }
+        self.released = true;
+        self.ready.clear();
+        self.ready_tail = BytesMut::new();
+        self.ready_bytes = 0;
+        self.time_wait_until = None;
+        self.linger_until = None;
+        self.state = State::Done;
+        reset
+    }
+
     /// What the endpoint keeps of a connection in TIME_WAIT that the
     /// application let go of, to answer late packets without the rest of
     /// it. `None` in any other case.

@@ -58,7 +58,8 @@ pub struct EndpointStats {
     /// address (spoofed, or a peer whose NAT mapping changed): never handed
     /// to the connection. Not counted in `unknown_connection`.
     pub wrong_source_address: u64,
-    /// RESETs sent in reply to unknown connections.
+    /// RESETs sent: replies to unknown connections, and those of
+    /// connections the application aborted.
     pub resets_sent: u64,
     /// RESET replies suppressed by the rate limit.
     pub resets_suppressed: u64,
@@ -92,6 +93,8 @@ pub struct EndpointStats {
     pub connections_timed_out: u64,
     /// Connections the peer reset.
     pub connections_reset: u64,
+    /// Connections the application aborted ([`Endpoint::abort`]).
+    pub connections_aborted: u64,
     /// Our connection attempts the peer refused (RESET in reply to the SYN,
     /// or an ICMP port unreachable for it).
     pub connections_refused: u64,
@@ -663,6 +666,33 @@ impl Endpoint {
             e.touched = false;
             self.after_change(h.0, now);
         }
+    }
+
+    /// The application aborts `h`: what it had queued or not read yet is
+    /// discarded, a RESET tells the peer (ahead of every other datagram),
+    /// and the connection is freed at once, without the FIN handshake or
+    /// TIME_WAIT. Packets the peer sends afterwards are answered as for
+    /// any unknown connection. A connection in TIME_WAIT is only released
+    /// (both directions are finished; its record keeps the id reserved).
+    /// The handle is invalid after.
+    pub fn abort(&mut self, h: ConnHandle, now: Instant) {
+        let Some(e) = self.conns.get_mut(h.0) else {
+            return;
+        };
+        if e.conn.state() == State::TimeWait {
+            return self.release(h, now);
+        }
+        let _span = conn_span(&e.conn, e.addr).entered();
+        tracing::debug!("aborted by the application");
+        e.conn.observe(now);
+        if let Some(reset) = e.conn.abort(now) {
+            // Not subject to the reply limits: one per connection the
+            // application holds, so bounded by them.
+            self.resets.push_back((e.addr, reset));
+        }
+        e.touched = false;
+        self.stats.connections_aborted += 1;
+        self.after_change(h.0, now);
     }
 
     /// Whether anything is waiting for [`Endpoint::poll_transmit`].

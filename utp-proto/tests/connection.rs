@@ -1369,6 +1369,86 @@ fn time_wait_answers_late_fin_restarts_and_then_frees_released_connection() {
     assert_eq!(hs.ep.poll_timeout(), None);
 }
 
+// ---------------------------------------------------------------- abort
+
+#[test]
+fn abort_sends_one_reset_frees_the_connection_and_answers_later_packets_as_unknown() {
+    let mut hs = initiator();
+    hs.write(&[1u8; 3000]);
+    let sent = hs.out();
+    assert_eq!(data_seqs(&sent), vec![hs.sy(0), hs.sy(1), hs.sy(2)]);
+    // The peer acks our first packet and sends data we never read.
+    hs.ack(hs.sy(0));
+    hs.feed(PacketType::Data, hs.py(0), hs.sy(0), MIB, b"unread");
+    hs.feed(PacketType::Data, hs.py(1), hs.sy(0), MIB, b"unread too");
+    hs.out();
+    let now = hs.now;
+    hs.ep.abort(hs.h, now);
+    let rst = only(hs.out());
+    assert_eq!(rst.to, peer());
+    assert_eq!(rst.raw.len(), 20, "a bare header");
+    assert_eq!(rst.h.ty, PacketType::Reset);
+    assert_eq!(rst.h.conn_id, hs.to_peer, "the id the peer receives on");
+    // Our next sequence number, and an ack of the peer's last packet:
+    // libtorrent ignores a RESET acking a packet it never sent.
+    assert_eq!(rst.h.seq_nr, hs.sy(3));
+    assert_eq!(rst.h.ack_nr, hs.py(1));
+    assert_eq!(hs.ep.connection_count(), 0, "freed at once");
+    assert!(hs.ep.get(hs.h).is_none());
+    assert!(hs.ep.is_idle());
+    let st = hs.ep.stats();
+    assert_eq!(
+        (st.connections_aborted, st.connections_reset, st.resets_sent),
+        (1, 0, 1)
+    );
+    // Nothing is retransmitted, no FIN follows: any timer left fires empty.
+    while hs.ep.poll_timeout().is_some() {
+        assert!(hs.fire().is_empty());
+    }
+    // The peer's next packet finds no connection: a RESET like any
+    // unknown connection's.
+    let r = only(hs.ack(hs.sy(1)));
+    assert_eq!(r.h.ty, PacketType::Reset);
+    assert_eq!(hs.ep.stats().unknown_connection, 1);
+}
+
+#[test]
+fn abort_before_the_syn_went_out_sends_nothing() {
+    let (mut ep, t0) = endpoint(cfg0(), 21);
+    let h = ep.connect(t0, peer()).unwrap();
+    ep.abort(h, t0);
+    assert!(drain(&mut ep, t0).is_empty(), "neither SYN nor RESET");
+    assert_eq!(ep.connection_count(), 0);
+    assert_eq!(ep.poll_timeout(), None);
+    // Once the SYN is out, the peer may hold the connection: it gets a RESET
+    // on the id it would receive on.
+    let h = ep.connect(t0, peer()).unwrap();
+    let syn = only(drain(&mut ep, t0));
+    ep.abort(h, t0);
+    let rst = only(drain(&mut ep, t0));
+    assert_eq!(rst.h.ty, PacketType::Reset);
+    assert_eq!(rst.h.conn_id, syn.h.conn_id.wrapping_add(1));
+    assert_eq!(ep.stats().connections_aborted, 2);
+    assert_eq!(ep.poll_timeout(), None, "no SYN retransmission");
+}
+
+#[test]
+fn abort_in_time_wait_only_releases() {
+    let mut hs = initiator();
+    hs.close();
+    hs.out();
+    hs.feed(PacketType::Fin, hs.py(0), hs.sy(0), MIB, &[]);
+    assert_eq!(hs.conn().state(), State::TimeWait);
+    let now = hs.now;
+    hs.ep.abort(hs.h, now);
+    assert!(
+        hs.out().is_empty(),
+        "both directions were finished: no RESET"
+    );
+    assert_eq!(hs.ep.stats().time_wait, 1, "the record keeps the id");
+    assert_eq!(hs.ep.stats().connections_aborted, 0);
+}
+
 // ---------------------------------------------------------------- unknown / reset
 
 #[test]
