@@ -365,7 +365,7 @@ class Fetch:
 
 
 def transfer(ctx, name, mode, size, piece_len, end="close", pause_after_fetch=False,
-             require_exit_0=True):
+             require_exit_0=True, allow_resets=False):
     """One download by bt_fetch from a fresh libtorrent seed, with a capture.
 
     Returns (fetch, seed disconnect alerts, capture summary, notes)."""
@@ -407,7 +407,7 @@ def transfer(ctx, name, mode, size, piece_len, end="close", pause_after_fetch=Fa
               f"download failed: {fetch.tail()}; {packet_tail(summ)}")
         if require_exit_0:
             check(rc == 0, f"bt_fetch exit {rc}: {fetch.tail()}")
-        if summ["resets"]:
+        if summ["resets"] and not allow_resets:
             r = summ["resets"][0]
             raise CaseFailed(f"{len(summ['resets'])} ST_RESET on the wire, first from "
                              f"{'libtorrent' if r['from_lt'] else 'us'} "
@@ -511,6 +511,37 @@ def case_e_we_close(ctx, mode):
             f"(close_reason ext {reasons or 'none'}) acked, libtorrent: {disc[0]['msg']!r}")
 
 
+def case_e_abort(ctx, mode):
+    """We abort after the download: one RESET from us, no FIN, and libtorrent
+    drops the connection at once as reset by its peer."""
+    fetch, disc, summ, notes = transfer(ctx, "e.iv", mode, 4 << 20, 256 << 10, end="abort",
+                                        allow_resets=True)
+    check(fetch.line("aborted") is not None, f"no abort: {fetch.tail()}")
+    check(not summ["us_fins"], "we sent a FIN; an abort sends none")
+    ours = [p for p in summ["resets"] if not p["from_lt"]]
+    check(ours, f"no RESET from us on the wire; {packet_tail(summ)}")
+    rst = ours[0]
+    check(not any(p["from_lt"] for p in summ["resets"]),
+          f"libtorrent sent a RESET; {packet_tail(summ)}")
+    # The id libtorrent receives on: the one on its own packets to us is
+    # its send id (ours to receive on), ±1 by role.
+    lt_ids = {p["conn_id"] for p in summ["lt"] if p["type"] != 4}
+    check(lt_ids and all((rst["conn_id"] - i) % 65536 in (1, 65535) for i in lt_ids),
+          f"our RESET's id {rst['conn_id']} is not the one libtorrent receives on "
+          f"(it sends on {sorted(lt_ids)})")
+    after = [p for p in summ["lt"] if p["t"] > rst["t"]]
+    check(not [p for p in after if p["type"] == 1],
+          f"libtorrent sent a FIN after our RESET; {packet_tail(summ)}")
+    check(disc, "libtorrent reported no peer_disconnected_alert within 20 s")
+    d = disc[0]
+    check("reset" in d["message"].lower(),
+          f"libtorrent reports {d['message']!r} ({d['op']}), not a reset")
+    check(notes["disconnect_after_exit"] is not None and notes["disconnect_after_exit"] < 2,
+          f"libtorrent took {notes['disconnect_after_exit']} s after our exit to drop it")
+    return (f"our RESET seq={rst['seq']} ack={rst['ack']}, no FIN either way, "
+            f"{len(after)} libtorrent packets after it, libtorrent: {d['msg']!r}")
+
+
 def lt_closes_run(ctx, mode, how):
     """One run where libtorrent closes first; shared by e.ii and e.iii."""
     key = ("lt_closes", mode, how)
@@ -611,6 +642,10 @@ CASES = [
     ("d sequence wrap, 128 MiB from libtorrent", case_d),
     ("e.i.connect we close first (connect)", lambda c: case_e_we_close(c, "connect")),
     ("e.i.listen we close first (listen)", lambda c: case_e_we_close(c, "listen")),
+    ("e.iv.connect we abort after the download: RESET, libtorrent drops it (connect)",
+     lambda c: case_e_abort(c, "connect")),
+    ("e.iv.listen we abort after the download: RESET, libtorrent drops it (listen)",
+     lambda c: case_e_abort(c, "listen")),
     ("e.ii.connect libtorrent closes first, both seeds: EOF + close reason (connect)",
      lambda c: case_e_lt_closes(c, "connect", "have")),
     ("e.iii.connect close() after libtorrent's FIN, both seeds (connect)",

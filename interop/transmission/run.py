@@ -353,12 +353,14 @@ def stats_line(out):
     return {}
 
 
-def fetch(ctx, s, size, piece_len, seed, via_relay=None, timeout=180):
+def fetch(ctx, s, size, piece_len, seed, via_relay=None, timeout=180, end="close"):
     """Transmission seeds `size` random bytes; bt_fetch connects (directly
-    or through a relay) and fetches them. Returns (stdout, stats, torrent)."""
+    or through a relay), fetches them and ends the connection (`end`: bt_fetch's
+    --end, close or abort). Returns (stdout, stats, torrent); the torrent's
+    `tid` is Transmission's id for it."""
     t = Torrent(size, piece_len, s.tracker.url, seed)
     path, hashes = t.write(s.tmp, with_payload_in=s.daemon.downloads)
-    tid = s.daemon.add(path)
+    tid = t.tid = s.daemon.add(path)
     # Transmission checks the file it was given before it seeds it.
     s.daemon.wait_for(tid, lambda st: st["percentDone"] == 1 and st["haveValid"] == size,
                       "the seed's check", 60)
@@ -366,13 +368,14 @@ def fetch(ctx, s, size, piece_len, seed, via_relay=None, timeout=180):
     out_file = os.path.join(s.tmp, "fetched.bin")
     r = subprocess.run(
         [ctx["bt_fetch"], "connect", target, t.info_hash.hex(), hashes, str(piece_len),
-         str(size), out_file, "--stats", "--end", "close", "--timeout", str(timeout)],
+         str(size), out_file, "--stats", "--end", end, "--timeout", str(timeout)],
         capture_output=True, text=True, timeout=timeout + 30)
     out = r.stdout
     check(r.returncode == 0, f"bt_fetch exit {r.returncode}: {out[-400:]} {r.stderr[-400:]}; "
           + s.daemon.log_tail())
     check("SHA-1 verified" in out, f"no verified fetch: {out[-300:]}")
-    check("close ok" in out, f"our close did not complete: {out[-300:]}")
+    ended = "aborted" if end == "abort" else "close ok"
+    check(ended in out, f"our {end} did not complete: {out[-300:]}")
     with open(out_file, "rb") as f:
         check(f.read() == t.payload, "the fetched file differs from the seed's")
     return out, stats_line(out), t
@@ -677,6 +680,26 @@ def case_t6(ctx, s):
             f"{after:.1f} s after our FIN; utp exit 1 {elapsed:.1f} s after our close ({err})")
 
 
+def case_t7(ctx, s):
+    """We abort after the download: one RESET from us, no FIN either way,
+    and Transmission drops us as a peer at once."""
+    out, _, t = fetch(ctx, s, 4 << 20, 4 * BLOCK, seed=7, end="abort")
+    exited = time.time()  # bt_fetch exits 0.2 s after its abort
+    s.daemon.wait_for(t.tid, lambda st: st["peersConnected"] == 0,
+                      "Transmission dropping us after our RESET", 5)
+    dropped = time.time() - exited
+    s.capture.stop()
+    summ = summarize(s.capture.packets())
+    check(not summ["us_fins"], "we sent a FIN; an abort sends none")
+    ours = [p for p in summ["resets"] if not p["from_lt"]]
+    check(ours, "no RESET from us on the wire: " + packet_tail(summ))
+    check(not summ["lt_fins"], "Transmission sent a FIN: " + packet_tail(summ))
+    after = [p for p in summ["lt"] if p["t"] > ours[0]["t"]]
+    return (f"4 MiB, {mbps(out)}, our RESET seq={ours[0]['seq']} ack={ours[0]['ack']}, "
+            f"{len(after)} packets from Transmission after it, no peer left "
+            f"{dropped:.1f} s after bt_fetch exited")
+
+
 CASES = [
     ("t1 bt_fetch connect -> Transmission seed", case_t1),
     ("t2 Transmission downloads from utp listen", case_t2),
@@ -684,6 +707,7 @@ CASES = [
     ("t4 3% loss of Transmission's DATA", case_t4),
     ("t5 3% loss of our DATA, Transmission downloading", case_t5),
     ("t6 we close first: Transmission never sends its FIN, resets later", case_t6),
+    ("t7 we abort after the download: RESET, Transmission drops us", case_t7),
 ]
 
 

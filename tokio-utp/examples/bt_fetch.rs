@@ -18,6 +18,7 @@
 //!                    seeds and the peer closes first; expect a clean EOF, then close
 //! --end eof          wait for the peer to close (e.g. its torrent is paused by
 //!                    whoever drives the test); expect a clean EOF, then close
+//! --end abort        abort the connection after the download (a RESET, no FIN)
 //! --timeout SECS     give up after this long (default 300)
 //! ```
 //!
@@ -36,7 +37,7 @@ use tokio_utp::{ConnectionStats, UtpListener, UtpStream};
 const BLOCK: u64 = 16 * 1024;
 const USAGE: &str = "usage: bt_fetch {connect|listen} HOST:PORT INFO_HASH_HEX PIECE_HASHES_FILE \
                      PIECE_LEN TOTAL_LEN [OUT_FILE] [--pipeline N] [--stats] \
-                     [--end close|have|eof] [--timeout SECS]";
+                     [--end close|have|eof|abort] [--timeout SECS]";
 
 // Peer wire message ids.
 const CHOKE: u8 = 0;
@@ -51,6 +52,7 @@ enum End {
     Close,
     Have,
     Eof,
+    Abort,
 }
 
 struct Args {
@@ -88,7 +90,8 @@ fn parse_args() -> Result<Args> {
                     Some("close") => End::Close,
                     Some("have") => End::Have,
                     Some("eof") => End::Eof,
-                    _ => bail!("--end close|have|eof"),
+                    Some("abort") => End::Abort,
+                    _ => bail!("--end close|have|eof|abort"),
                 }
             }
             "--timeout" => {
@@ -375,7 +378,16 @@ async fn run(args: Args) -> Result<()> {
     }
 
     // --- Close ----------------------------------------------------------------
-    if args.end == End::Close {
+    if args.end == End::Abort {
+        if args.stats {
+            say(stats_line(&rd.get_ref().stats()));
+        }
+        rd.into_inner().abort();
+        say("aborted");
+        // The RESET left from the abort itself; the driver gets a moment
+        // for anything it held (and to answer what the peer still sends).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    } else if args.end == End::Close {
         if args.stats {
             say(stats_line(&rd.get_ref().stats()));
         }
