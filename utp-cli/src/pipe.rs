@@ -3,7 +3,9 @@
 //! Both directions run at once: the connection's bytes go to stdout and
 //! stdin goes to the connection. At stdin EOF we send FIN (and wait for its
 //! ack) but keep reading; at the peer's EOF our stdout is closed; we are
-//! done once the peer's EOF was read and our FIN was acknowledged.
+//! done once the peer's EOF was read and our FIN was acknowledged. SIGINT
+//! or SIGTERM during the transfer aborts the connection (the peer gets a
+//! RESET) and exits 1.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,16 +61,44 @@ pub async fn run(mode: Mode, addr: &str, opts: &ConnOpts) -> Result<()> {
     let peer = stream.peer_addr()?;
     status.message(format!("connected to {peer}"));
 
+    // From the transfer's start (the first poll registers the handlers)
+    // SIGINT and SIGTERM no longer kill the process outright: they reset
+    // the connection first.
+    let mut interrupt = std::pin::pin!(interrupted());
     let start = Instant::now();
     let (mut rd, mut wr) = stream.into_split();
     let peer_eof = AtomicBool::new(false);
-    let result = tokio::try_join!(
-        stdin_to_conn(&mut wr, &status, &peer_eof, opts.quiet),
-        conn_to_stdout(&mut rd, &status, &peer_eof),
-    );
+    let (result, signal) = {
+        let transfer = async {
+            tokio::try_join!(
+                stdin_to_conn(&mut wr, &status, &peer_eof, opts.quiet),
+                conn_to_stdout(&mut rd, &status, &peer_eof),
+            )
+            .map(|_| ())
+        };
+        tokio::select! {
+            r = transfer => (r, None),
+            signal = &mut interrupt => (Ok(()), Some(signal)),
+        }
+    };
     // Stats before the halves go away.
     let stats = rd.stats();
     let elapsed = start.elapsed();
+    let result = match signal {
+        None => result,
+        Some(signal) => {
+            // Killed mid-transfer, there is no kernel to tell the peer: a
+            // RESET does, at once, where it would otherwise wait for its
+            // timeout (a FIN would claim that everything was sent).
+            if let Ok(stream) = rd.reunite(wr) {
+                stream.abort();
+            }
+            // The RESET leaves from the abort itself unless the driver was
+            // sending at that moment; give it a turn before the process ends.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(anyhow::anyhow!("interrupted by {signal}: connection reset"))
+        }
+    };
     let written = match &opts.stats_json {
         Some(path) => StatsReport::new(role, peer.to_string(), &stats, elapsed).write(path),
         None => Ok(()),
@@ -82,6 +112,32 @@ pub async fn run(mode: Mode, addr: &str, opts: &ConnOpts) -> Result<()> {
             status.abandon();
             // The connection's error matters more than the stats file's.
             Err(e)
+        }
+    }
+}
+
+/// Resolves with the signal's name on SIGINT (Ctrl-C) or, on Unix, SIGTERM;
+/// never if the handlers cannot be installed (the default actions stay).
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "Ctrl-C",
+            Err(_) => std::future::pending().await,
         }
     }
 }
