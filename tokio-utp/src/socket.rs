@@ -1284,7 +1284,9 @@ impl Future for Driver {
         // Nobody holds a handle and every connection has wound down.
         if Arc::strong_count(&this.shared) <= DRIVER_REFS {
             let mut inner = shared.lock();
-            if inner.endpoint.is_idle() {
+            // Datagrams still in the batch (the socket was full) go first:
+            // an aborted connection's RESET may be among them.
+            if inner.endpoint.is_idle() && this.tx.is_empty() && this.custom_tx.is_empty() {
                 this.fail_all(&mut inner, io::ErrorKind::NotConnected);
                 return Poll::Ready(Ok(()));
             }

@@ -250,6 +250,37 @@ async fn abort_resets_the_peer_at_once_and_frees_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_stream_on_a_socket_of_its_own_resets_the_peer_and_its_driver_ends() {
+    let (addr, server) = serve_one("127.0.0.1:0", move |mut s| async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => panic!("EOF: an abort is no clean close"),
+                Ok(_) => {}
+                Err(e) => break e.kind(),
+            }
+        }
+    })
+    .await;
+    let (mut stream, driver) = UtpStream::connect(addr).await.unwrap();
+    let driver = tokio::spawn(driver);
+    stream.write_all(b"hello").await.unwrap();
+    stream.abort();
+    // No FIN handshake and no TIME_WAIT (10 s) to wait for: the driver
+    // ends once the RESET is out.
+    timeout(Duration::from_secs(2), driver)
+        .await
+        .expect("the driver lingered after the abort")
+        .unwrap()
+        .unwrap();
+    let kind = timeout(Duration::from_secs(2), server)
+        .await
+        .expect("the peer learns of the abort")
+        .unwrap();
+    assert_eq!(kind, std::io::ErrorKind::ConnectionReset);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_without_close_gives_peer_eof_after_all_data() {
     let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1666,9 +1666,10 @@ impl Endpoint {
         None
     }
 
-    /// Whether no connection is tracked at all.
+    /// Whether no connection is tracked at all and no RESET waits to go
+    /// out (an aborted connection's is its last word).
     pub fn is_idle(&self) -> bool {
-        self.conns.is_empty() && self.time_wait.is_empty()
+        self.conns.is_empty() && self.time_wait.is_empty() && self.resets.is_empty()
     }
 
     /// Whether every connection has finished both ways (TIME_WAIT) or
