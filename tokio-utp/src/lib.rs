@@ -40,6 +40,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Dropping a misbehaving peer.** [`UtpStream::abort`] resets the
+//! connection at once (a RESET, nothing queued or unread kept, no FIN
+//! handshake or TIME_WAIT), where `close()` or a drop end it gracefully;
+//! libtorrent and Transmission drop the connection on it at once.
+//!
 //! **IPv6 and dual stack.** Bind `[::]:port` for both families on one
 //! socket; IPv4 peers appear as IPv4-mapped addresses (one peer, one
 //! identity), and `connect` accepts either form.
