@@ -388,7 +388,64 @@ case7() {
     loss_case "7d ${LOSS} loss libutp->us (utp listen)" us-listen them2us
 }
 
-CASES="${LIBUTP_CASES:-1 2 3 4 5 6 7}"
+# Abort: libutp sends to us without end; our side is stopped by SIGTERM
+# mid-transfer (as by Ctrl-C), aborts the connection, and libutp must fail at
+# once with ECONNRESET, not wait for its own timeout. (SIGTERM, not SIGINT:
+# a script's background jobs start with SIGINT ignored.)
+# abort_case NAME ROLE
+abort_case() {
+    local name="$1" role="$2" rc=0 lport lpid cpid upid tpid t0 waited=0 urc=0 trc=0 got
+    rm -f "$WORK/us.out" "$WORK/them.out" "$WORK"/*.err
+    lport=$(port)
+    # Our stdin stays open (no FIN from us) after a first message (an
+    # accepting utp-native writes only once it has read something);
+    # libutp's is the 64 MiB file.
+    if [ "$role" = us-connect ]; then
+        "${UCAT[@]}" -l "127.0.0.1:$lport" < "$WORK/a.bin" > /dev/null 2> "$WORK/them.err" &
+        lpid=$!
+        wait_bound "$lport" || { report "$name" 1 "libutp never bound 127.0.0.1:$lport"; return; }
+        "$UTP" connect -q "127.0.0.1:$lport" < <(printf hello; sleep "$T") > "$WORK/us.out" 2> "$WORK/us.err" &
+        cpid=$!; upid=$cpid; tpid=$lpid
+    else
+        "$UTP" listen -q "127.0.0.1:$lport" < <(printf hello; sleep "$T") > "$WORK/us.out" 2> "$WORK/us.err" &
+        lpid=$!
+        wait_bound "$lport" || { report "$name" 1 "utp never bound 127.0.0.1:$lport"; return; }
+        "${UCAT[@]}" "127.0.0.1:$lport" < "$WORK/a.bin" > /dev/null 2> "$WORK/them.err" &
+        cpid=$!; upid=$lpid; tpid=$cpid
+    fi
+    # Stop us once data flows (1 MiB received).
+    while [ "$(stat -c %s "$WORK/us.out" 2>/dev/null || echo 0)" -lt $MIB ] && [ $waited -lt 200 ]; do
+        sleep 0.05; waited=$((waited + 1))
+    done
+    got=$(stat -c %s "$WORK/us.out" 2>/dev/null || echo 0)
+    kill -TERM "$upid" 2>/dev/null || true
+    t0=$(now)
+    wait "$upid" || urc=$?
+    waited=0
+    while kill -0 "$tpid" 2>/dev/null && [ $waited -lt 100 ]; do sleep 0.05; waited=$((waited + 1)); done
+    local after; after=$(python3 -c "import sys; print('%.2f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(now)")
+    if kill -0 "$tpid" 2>/dev/null; then
+        kill "$tpid" 2>/dev/null || true
+        rc=1; DETAIL="libutp still running 5 s after our abort (received $got bytes before it)"
+    else
+        wait "$tpid" || trc=$?
+        if [ "$got" -lt $MIB ]; then rc=1; DETAIL="only $got bytes arrived before the abort"
+        elif [ "$urc" -ne 1 ] || ! grep -q "interrupted by SIGTERM" "$WORK/us.err"; then
+            rc=1; DETAIL="utp exit $urc: $(tail -c 300 "$WORK/us.err" | tr '\n' ' ')"
+        elif [ "$trc" -ne 1 ] || ! grep -q "UTP_ECONNRESET" "$WORK/them.err"; then
+            rc=1; DETAIL="libutp exit $trc, not a reset: $(tail -c 300 "$WORK/them.err" | tr '\n' ' ')"
+        else
+            DETAIL="$got bytes in, then our abort; libutp failed with UTP_ECONNRESET ${after} s later"
+        fi
+    fi
+    report "$name" $rc "$DETAIL" ""
+}
+case8() {
+    abort_case "8a abort, utp connect -> libutp (SIGTERM mid-transfer)" us-connect
+    abort_case "8b abort, libutp connect -> utp listen (SIGTERM mid-transfer)" us-listen
+}
+
+CASES="${LIBUTP_CASES:-1 2 3 4 5 6 7 8}"
 for c in $CASES; do "case$c"; done
 
 if [ "$FAILED" -gt 0 ]; then

@@ -6,6 +6,16 @@
 //   node ucat.js HOST:PORT       connect
 const utp = require('utp-native')
 
+// The error libutp itself reports (ECONNRESET for a peer's RESET), whatever
+// error node's stream machinery emits first.
+const Connection = require('utp-native/lib/connection.js')
+const onerror = Connection.prototype._onerror
+Connection.prototype._onerror = function (status) {
+  const names = ['UTP_ECONNREFUSED', 'UTP_ECONNRESET', 'UTP_ETIMEDOUT']
+  console.error('ucat: libutp error ' + (names[status] || status))
+  return onerror.call(this, status)
+}
+
 const args = process.argv.slice(2)
 const listen = args.includes('-l')
 const target = args.find(a => a[0] !== '-')
@@ -31,7 +41,12 @@ function run (conn) {
     if (!conn._connected) conn._onconnect()
     done()
   })
-  conn.on('error', e => { console.error('ucat: ' + e.message); process.exit(1) })
+  // Every error is printed before the exit: a reset destroys the stream,
+  // and a write from stdin after that can report itself first.
+  conn.on('error', e => {
+    console.error('ucat: ' + e.message)
+    setImmediate(() => process.exit(1))
+  })
   // 'close' comes once libutp destroyed the socket: after both FINs, with our
   // FIN (and so all our data) acknowledged. Exiting earlier could drop data
   // libutp still holds unsent or unacked.
