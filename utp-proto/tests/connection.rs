@@ -1433,6 +1433,24 @@ fn abort_before_the_syn_went_out_sends_nothing() {
 }
 
 #[test]
+fn abort_of_an_accepted_connection_resets_on_the_initiators_id() {
+    // Accepted, the initiator not heard from since its SYN (SYN_RECV).
+    let (mut hs, synack) = responder_with(cfg0(), 500, 9, MIB);
+    let now = hs.now;
+    hs.ep.abort(hs.h, now);
+    let rst = only(hs.out());
+    assert_eq!(rst.h.ty, PacketType::Reset);
+    assert_eq!(rst.h.conn_id, 500, "the id the initiator receives on");
+    assert_eq!(
+        rst.h.seq_nr, synack.h.seq_nr,
+        "the SYN-ACK's seq: nothing sent since"
+    );
+    assert_eq!(rst.h.ack_nr, 9, "acks the SYN");
+    assert_eq!(hs.ep.connection_count(), 0);
+    assert_eq!(hs.ep.stats().half_open, 0, "no longer counted as half-open");
+}
+
+#[test]
 fn abort_in_time_wait_only_releases() {
     let mut hs = initiator();
     hs.close();
