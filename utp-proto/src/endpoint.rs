@@ -673,13 +673,17 @@ impl Endpoint {
     /// and the connection is freed at once, without the FIN handshake or
     /// TIME_WAIT. Packets the peer sends afterwards are answered as for
     /// any unknown connection. A connection in TIME_WAIT is only released
-    /// (both directions are finished; its record keeps the id reserved).
-    /// The handle is invalid after.
+    /// (both directions are finished; its record keeps the id reserved),
+    /// and so is one that already failed (the peer reset it, or it timed
+    /// out): there is nothing left to abort. The handle is invalid after.
     pub fn abort(&mut self, h: ConnHandle, now: Instant) {
         let Some(e) = self.conns.get_mut(h.0) else {
             return;
         };
-        if e.conn.state() == State::TimeWait {
+        if matches!(
+            e.conn.state(),
+            State::TimeWait | State::Failed(_) | State::Done
+        ) {
             return self.release(h, now);
         }
         let _span = conn_span(&e.conn, e.addr).entered();

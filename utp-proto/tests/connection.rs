@@ -1467,6 +1467,19 @@ fn abort_in_time_wait_only_releases() {
     assert_eq!(hs.ep.stats().connections_aborted, 0);
 }
 
+#[test]
+fn abort_after_the_peer_reset_only_frees() {
+    let mut hs = initiator();
+    let out = hs.feed(PacketType::Reset, 999, hs.sy(0), 0, &[]);
+    assert!(out.is_empty());
+    let now = hs.now;
+    hs.ep.abort(hs.h, now);
+    assert!(hs.out().is_empty(), "no RESET in answer to a RESET");
+    assert_eq!(hs.ep.connection_count(), 0);
+    let st = hs.ep.stats();
+    assert_eq!((st.connections_reset, st.connections_aborted), (1, 0));
+}
+
 // ---------------------------------------------------------------- unknown / reset
 
 #[test]
