@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Interop tests against the real peers (see interop/README.md):
-#   interop/libutp/run.sh      libutp (npm utp-native 2.5.3) through `utp`, 19 cases
-#   interop/libtorrent/run.py  libtorrent-rasterbar (Debian python3-libtorrent), 15 cases,
+#   interop/libutp/run.sh      libutp (npm utp-native 2.5.3) through `utp`, 21 cases
+#   interop/libtorrent/run.py  libtorrent-rasterbar (Debian python3-libtorrent), 17 cases,
 #                              through the bt_fetch example and through `utp`
 #   interop/transmission/run.py Transmission 3.00 (Debian transmission-daemon, the original
-#                              libutp), 6 cases, in a network namespace of its own
+#                              libutp), 7 cases, in a network namespace of its own
 # usage: interop/run.sh PATH_TO_UTP PATH_TO_BT_FETCH
 # Installs what the peers need when it is missing (root, apt and npm); a peer
 # that cannot be installed fails the run, never skips it.

@@ -398,16 +398,17 @@ abort_case() {
     rm -f "$WORK/us.out" "$WORK/them.out" "$WORK"/*.err
     lport=$(port)
     # Our stdin stays open (no FIN from us) after a first message (an
-    # accepting utp-native writes only once it has read something);
+    # accepting utp-native writes only once it has read something), long
+    # enough for the case, not longer: nothing stops the sleep behind it;
     # libutp's is the 64 MiB file.
     if [ "$role" = us-connect ]; then
         "${UCAT[@]}" -l "127.0.0.1:$lport" < "$WORK/a.bin" > /dev/null 2> "$WORK/them.err" &
         lpid=$!
         wait_bound "$lport" || { report "$name" 1 "libutp never bound 127.0.0.1:$lport"; return; }
-        "$UTP" connect -q "127.0.0.1:$lport" < <(printf hello; sleep "$T") > "$WORK/us.out" 2> "$WORK/us.err" &
+        "$UTP" connect -q "127.0.0.1:$lport" < <(printf hello; sleep 30) > "$WORK/us.out" 2> "$WORK/us.err" &
         cpid=$!; upid=$cpid; tpid=$lpid
     else
-        "$UTP" listen -q "127.0.0.1:$lport" < <(printf hello; sleep "$T") > "$WORK/us.out" 2> "$WORK/us.err" &
+        "$UTP" listen -q "127.0.0.1:$lport" < <(printf hello; sleep 30) > "$WORK/us.out" 2> "$WORK/us.err" &
         lpid=$!
         wait_bound "$lport" || { report "$name" 1 "utp never bound 127.0.0.1:$lport"; return; }
         "${UCAT[@]}" "127.0.0.1:$lport" < "$WORK/a.bin" > /dev/null 2> "$WORK/them.err" &
