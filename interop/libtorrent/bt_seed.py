@@ -112,7 +112,15 @@ def main():
             send.flush()
             served += n
     elapsed = time.time() - start
+    # Its close can come a moment before its status shows the last piece
+    # checked (CI saw 63/64 right at our EOF): give the status time to
+    # catch up before judging.
+    settle = time.time() + 10
     st = h.status()
+    while (st.state != lt.torrent_status.seeding or st.num_pieces != pieces) \
+            and time.time() < settle:
+        time.sleep(0.1)
+        st = h.status()
     if st.state != lt.torrent_status.seeding or st.num_pieces != pieces:
         raise SystemExit(f"libtorrent has {st.num_pieces}/{pieces} pieces")
     send.close()
