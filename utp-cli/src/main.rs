@@ -35,6 +35,8 @@ enum Command {
     ///
     /// At stdin EOF our direction is closed (FIN) while reading goes on; at
     /// the peer's EOF stdout is closed; the command exits once both are done.
+    /// Ctrl-C (SIGINT) or SIGTERM mid-transfer resets the connection (the
+    /// peer fails at once) and exits 1.
     Listen {
         /// Local address to bind, e.g. 0.0.0.0:4000 or 127.0.0.1:4000.
         #[arg(value_name = "HOST:PORT")]
@@ -46,6 +48,8 @@ enum Command {
     ///
     /// At stdin EOF our direction is closed (FIN) while reading goes on; at
     /// the peer's EOF stdout is closed; the command exits once both are done.
+    /// Ctrl-C (SIGINT) or SIGTERM mid-transfer resets the connection (the
+    /// peer fails at once) and exits 1.
     Connect {
         /// Address of a listening peer, e.g. 127.0.0.1:4000.
         #[arg(value_name = "HOST:PORT")]
