@@ -61,10 +61,6 @@ pub async fn run(mode: Mode, addr: &str, opts: &ConnOpts) -> Result<()> {
     let peer = stream.peer_addr()?;
     status.message(format!("connected to {peer}"));
 
-    // From the transfer's start (the first poll registers the handlers)
-    // SIGINT and SIGTERM no longer kill the process outright: they reset
-    // the connection first.
-    let mut interrupt = std::pin::pin!(interrupted());
     let start = Instant::now();
     let (mut rd, mut wr) = stream.into_split();
     let peer_eof = AtomicBool::new(false);
@@ -76,9 +72,12 @@ pub async fn run(mode: Mode, addr: &str, opts: &ConnOpts) -> Result<()> {
             )
             .map(|_| ())
         };
+        // From the transfer's start (the first poll registers the
+        // handlers) SIGINT and SIGTERM no longer kill the process outright:
+        // they reset the connection first.
         tokio::select! {
             r = transfer => (r, None),
-            signal = &mut interrupt => (Ok(()), Some(signal)),
+            signal = interrupted() => (Ok(()), Some(signal)),
         }
     };
     // Stats before the halves go away.

@@ -1113,13 +1113,8 @@ impl Connection {
             // is gone) and not counted as the peer's doing.
             self.fail(ConnectionError::Reset);
         }
-        self.released = true;
-        self.ready.clear();
-        self.ready_tail = BytesMut::new();
-        self.ready_bytes = 0;
-        self.time_wait_until = None;
-        self.linger_until = None;
-        self.state = State::Done;
+        // A failed connection's release drops the unread data and ends it.
+        self.release(now);
         reset
     }
 
