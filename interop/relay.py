@@ -4,6 +4,7 @@
     relay.py --listen PORT_A --target PORT_B [--drop-dir c2s|s2c]
              [--drop-every N | --loss P] [--seed S] [--log FILE]
              [--host ADDR] [--target-host ADDR]
+             [--any-loss P] [--dup P] [--delay MS] [--jitter MS]
 
 Listens on 127.0.0.1:PORT_A (or --host) for one client, forwards its datagrams
 to the real listener at 127.0.0.1:PORT_B (or --target-host) from an ephemeral
@@ -15,18 +16,28 @@ STATE, FIN or RESET. --drop-every N drops the Nth, 2Nth, ... DATA packet of
 that direction; --loss P drops each with probability P from random.Random(seed).
 --drop-after K leaves the first K DATA packets of that direction alone.
 
+Impairments of a rough path, in both directions and on every packet type
+(SYN, STATE, FIN and RESET too), from their own random.Random(seed + 1):
+--any-loss P drops a datagram with probability P; --dup P sends one twice
+(each copy with its own delay); --delay MS holds each one MS milliseconds and
+--jitter MS adds up to MS more at random, which reorders datagrams that come
+closer together than the jitter.
+
 On SIGTERM/SIGINT (or after --idle-exit seconds without traffic) it writes a
 JSON summary to --log (or stdout) and exits 0:
   {"c2s": {"packets", "bytes", "types": {"ST_DATA": n, ...}, "sack_packets",
            "sack_lengths": {len: n}, "dropped", "dropped_types",
            "data_retransmissions", "max_payload", "wnd_min", "wnd_max",
-           "conn_ids", "syn_seq", "fin_seq", "acks_of_peer_fin", "not_utp"},
+           "conn_ids", "syn_seq", "fin_seq", "acks_of_peer_fin", "not_utp",
+           "lost_any", "duplicated", "reordered"},
    "s2c": {...}, "client": "ip:port", "duration_s": ...}
 "data_retransmissions" counts DATA/FIN packets whose seq_nr was already seen
 in the last 30000 packets of that direction. "acks_of_peer_fin" counts
 ST_STATE packets whose ack_nr is the other direction's FIN seq_nr.
+"reordered" counts datagrams sent after one that arrived later than them.
 """
 import argparse
+import heapq
 import json
 import random
 import select
@@ -59,6 +70,9 @@ def new_dir():
         "acks_of_peer_fin": 0,
         "not_utp": 0,
         "forward_errors": 0,
+        "lost_any": 0,
+        "duplicated": 0,
+        "reordered": 0,
     }
 
 
@@ -85,6 +99,12 @@ class Relay:
         self.index = {"c2s": 0, "s2c": 0}
         self.start = time.monotonic()
         self.stop = False
+        self.chaos = random.Random(args.seed + 1)
+        # (due, order, direction, arrival index, datagram, socket, address)
+        self.held = []
+        self.order = 0
+        self.arrivals = {"c2s": 0, "s2c": 0}
+        self.latest_sent = {"c2s": -1, "s2c": -1}
 
     def inspect(self, d, pkt):
         """Classify a datagram; returns its uTP type or None if not uTP."""
@@ -155,25 +175,62 @@ class Relay:
 
     def handle(self, d, pkt, out_sock, dest):
         ptype = self.inspect(d, pkt)
+        st = self.stats[d]
         if ptype is not None and self.should_drop(d, ptype):
-            st = self.stats[d]
             st["dropped"] += 1
             name = TYPES[ptype]
             st["dropped_types"][name] = st["dropped_types"].get(name, 0) + 1
             return
+        a = self.args
+        if a.any_loss and self.chaos.random() < a.any_loss:
+            st["lost_any"] += 1
+            return
+        arrival = self.arrivals[d]
+        self.arrivals[d] = arrival + 1
+        copies = 1
+        if a.dup and self.chaos.random() < a.dup:
+            st["duplicated"] += 1
+            copies = 2
+        if not (a.delay or a.jitter or copies > 1):
+            self.send(d, arrival, pkt, out_sock, dest)
+            return
+        now = time.monotonic()
+        for _ in range(copies):
+            due = now + (a.delay + self.chaos.random() * a.jitter) / 1000.0
+            heapq.heappush(self.held, (due, self.order, d, arrival, pkt, out_sock, dest))
+            self.order += 1
+
+    def send(self, d, arrival, pkt, out_sock, dest):
+        st = self.stats[d]
+        if arrival < self.latest_sent[d]:
+            st["reordered"] += 1
+        self.latest_sent[d] = max(self.latest_sent[d], arrival)
         try:
             out_sock.sendto(pkt, dest)
         except OSError:
-            self.stats[d]["forward_errors"] += 1
+            st["forward_errors"] += 1
+
+    def release_due(self):
+        """Sends the held datagrams whose time has come; returns the wait
+        until the next one (or None)."""
+        now = time.monotonic()
+        while self.held and self.held[0][0] <= now:
+            _due, _order, d, arrival, pkt, out_sock, dest = heapq.heappop(self.held)
+            self.send(d, arrival, pkt, out_sock, dest)
+        return self.held[0][0] - now if self.held else None
 
     def run(self):
         last = time.monotonic()
         while not self.stop:
+            wait = self.release_due()
+            wait = 0.2 if wait is None else min(0.2, max(0.0, wait))
             try:
-                ready, _, _ = select.select([self.front, self.back], [], [], 0.2)
+                ready, _, _ = select.select([self.front, self.back], [], [], wait)
             except InterruptedError:
                 continue
             if not ready:
+                if self.held:
+                    continue
                 if self.args.idle_exit and time.monotonic() - last > self.args.idle_exit:
                     break
                 continue
@@ -224,6 +281,10 @@ def main():
     p.add_argument("--loss", type=float, default=0.0)
     p.add_argument("--drop-after", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--any-loss", type=float, default=0.0, help="drop any datagram, either way, with this probability")
+    p.add_argument("--dup", type=float, default=0.0, help="send a datagram twice with this probability")
+    p.add_argument("--delay", type=float, default=0.0, help="hold every datagram this many ms")
+    p.add_argument("--jitter", type=float, default=0.0, help="and up to this many ms more, at random (reorders)")
     p.add_argument("--log", help="write the JSON summary here at exit (default stdout)")
     p.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds")
     args = p.parse_args()

@@ -11,7 +11,10 @@
 #
 # Sizes can be made smaller for a quick run (defaults are the real test):
 #   LIBUTP_MIB=64 LIBUTP_BOTH_MIB=32 LIBUTP_WRAP_US_MIB=64 LIBUTP_WRAP_THEM_MIB=96
-#   LIBUTP_LOSS_MIB=16 LIBUTP_LOSS=0.03 LIBUTP_CLOSE_MIB=4 LIBUTP_TIMEOUT=240
+#   LIBUTP_LOSS_MIB=16 LIBUTP_LOSS=0.03 LIBUTP_CLOSE_MIB=4 LIBUTP_ROUGH_MIB=2
+#   LIBUTP_TIMEOUT=240
+# and case 9's path and payload cap (0: path MTU discovery):
+#   LIBUTP_ROUGH="--any-loss 0.02 --dup 0.02 --delay 2 --jitter 6" LIBUTP_ROUGH_PAYLOAD=1400
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -29,6 +32,9 @@ WRAP_THEM_MIB="${LIBUTP_WRAP_THEM_MIB:-96}"
 LOSS_MIB="${LIBUTP_LOSS_MIB:-16}"
 LOSS="${LIBUTP_LOSS:-0.03}"
 CLOSE_MIB="${LIBUTP_CLOSE_MIB:-4}"
+ROUGH_MIB="${LIBUTP_ROUGH_MIB:-2}"
+read -r -a ROUGH <<< "${LIBUTP_ROUGH:---any-loss 0.02 --dup 0.02 --delay 2 --jitter 6}"
+ROUGH_PAYLOAD="${LIBUTP_ROUGH_PAYLOAD:-1400}"
 T="${LIBUTP_TIMEOUT:-240}" # seconds, for every single step
 
 die() { echo "FAIL setup: $*"; exit 1; }
@@ -108,6 +114,8 @@ mk wrap_them.bin $((WRAP_THEM_MIB * MIB + 1021))
 mk loss.bin $((LOSS_MIB * MIB + 17))
 mk close_big.bin $((CLOSE_MIB * MIB + 9))
 mk close_small.bin 1000
+mk rough_a.bin $((ROUGH_MIB * MIB + 11))
+tail -c $((ROUGH_MIB * MIB + 19)) "$WORK/pool.bin" > "$WORK/rough_b.bin"
 head -c $((3 * MIB + 333)) "$WORK/pool.bin" > "$WORK/req.bin"
 : > "$WORK/empty.bin"
 
@@ -446,7 +454,47 @@ case8() {
     abort_case "8b abort, libutp connect -> utp listen (SIGTERM mid-transfer)" us-listen
 }
 
-CASES="${LIBUTP_CASES:-1 2 3 4 5 6 7 8}"
+# A rough path: the relay loses, duplicates, delays and reorders datagrams of
+# every type (SYN, STATE, FIN and RESET too) in both directions while both
+# sides send at once and then close. Both must exit 0 with every byte right.
+# rough_case NAME ROLE SEED
+rough_case() {
+    local name="$1" role="$2" seed="$3" rc=0 v bytes
+    US_OPTS=()
+    [ "$ROUGH_PAYLOAD" = 0 ] || US_OPTS=(--max-payload "$ROUGH_PAYLOAD")
+    xfer "$role" rough_a.bin rough_b.bin "${ROUGH[@]}" --seed "$seed" \
+        && check_exact rough_a.bin rough_b.bin || rc=1
+    US_OPTS=()
+    v=$(python3 - "$WORK/relay.json" <<'EOF'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception:
+    print("? ? ? ? 0"); sys.exit(0)
+c, s = r["c2s"], r["s2c"]
+both = c["lost_any"] and s["lost_any"] and c["reordered"] and s["reordered"]
+print(c["lost_any"] + s["lost_any"], c["duplicated"] + s["duplicated"],
+      c["reordered"] + s["reordered"],
+      c["types"].get("ST_RESET", 0) + s["types"].get("ST_RESET", 0), 1 if both else 0)
+EOF
+)
+    set -- $v
+    if [ $rc -eq 0 ]; then
+        if [ "$5" != 1 ] || [ "$2" = 0 ]; then
+            rc=1; DETAIL="the relay did not lose and reorder both ways and duplicate (lost $1, duplicated $2, reordered $3)"
+        else
+            DETAIL="$ROUGH_MIB MiB each way bit-exact, relay lost $1, duplicated $2, reordered $3 datagrams, $4 RESET; $(stats_brief)"
+        fi
+    fi
+    bytes=$(($(size rough_a.bin) + $(size rough_b.bin)))
+    report "$name" $rc "$DETAIL" "$(mbps $bytes "$ELAPSED_START" "$ELAPSED_END")"
+}
+case9() {
+    rough_case "9a rough path (${ROUGH[*]}), utp connect" us-connect 11
+    rough_case "9b rough path (${ROUGH[*]}), utp listen" us-listen 12
+}
+
+CASES="${LIBUTP_CASES:-1 2 3 4 5 6 7 8 9}"
 for c in $CASES; do "case$c"; done
 
 if [ "$FAILED" -gt 0 ]; then
