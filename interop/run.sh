@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interop tests against the real peers (see interop/README.md):
 #   interop/libutp/run.sh      libutp (npm utp-native 2.5.3) through `utp`, 23 cases
-#   interop/libtorrent/run.py  libtorrent-rasterbar (Debian python3-libtorrent), 19 cases,
+#   interop/libtorrent/run.py  libtorrent-rasterbar (Debian python3-libtorrent), 20 cases,
 #                              through the bt_fetch example and through `utp`
 #   interop/transmission/run.py Transmission 3.00 (Debian transmission-daemon, the original
 #                              libutp), 7 cases, in a network namespace of its own

@@ -10,7 +10,10 @@ seeding state only when all pieces pass).
 
 usage: bt_seed.py UTP_BINARY [SIZE_MIB] [UTP_OPTION...]
 Prints one summary line with our --stats-json figures; exit 0 on success.
+With BT_SEED_RELAY set (interop/relay.py options, e.g. "--any-loss 0.01"),
+libtorrent connects through the relay, and the line ends with its counts.
 """
+import atexit
 import json
 import os
 import random
@@ -54,6 +57,15 @@ def main():
     proc = subprocess.Popen(
         [utp, "listen", f"127.0.0.1:{port}", "-q", "--stats-json", stats_path, *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    relay = None
+    relay_log = os.path.join(tmp, "relay.json")
+    if os.environ.get("BT_SEED_RELAY"):
+        target, port = port, free_udp_port()
+        relay = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "relay.py"),
+             "--listen", str(port), "--target", str(target), "--log", relay_log]
+            + os.environ["BT_SEED_RELAY"].split())
+        atexit.register(relay.kill)  # a failure exits through SystemExit
     time.sleep(0.3)
     h.connect_peer(("127.0.0.1", port))
 
@@ -130,13 +142,21 @@ def main():
         proc.kill()
         raise SystemExit("utp did not exit after close")
     stats = json.load(open(stats_path))
+    through = ""
+    if relay:
+        relay.terminate()
+        relay.wait(timeout=10)
+        r = json.load(open(relay_log))
+        through = ", relay " + " ".join(
+            f"{d}: lost={r[d]['lost_any']} duplicated={r[d]['duplicated']} reordered={r[d]['reordered']}"
+            for d in ("c2s", "s2c"))
     print(f"{size >> 20} MiB to libtorrent, {pieces} pieces SHA-1 verified by libtorrent, "
           f"{served / elapsed / 1e6:.1f} MB/s, utp exit {rc}, payload_size {stats['payload_size']}, "
           f"max_payload_sent {stats['max_payload_sent']}, probes {stats['pmtud_probes']} "
           f"(lost {stats['pmtud_probes_lost']}), search {stats['pmtud_search_s']} s, "
           f"black holes {stats['pmtud_black_holes']}, retransmitted {stats['packets_retransmitted']} "
           f"(timeouts {stats.get('timeouts')}, tail loss probes {stats.get('tail_loss_probes')}, "
-          f"zero-window probes {stats.get('zero_window_probes')})")
+          f"zero-window probes {stats.get('zero_window_probes')}){through}")
     del ses
     return 0 if rc == 0 else 1
 

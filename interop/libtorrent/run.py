@@ -663,6 +663,24 @@ def case_f(ctx):
     return out
 
 
+def case_i(ctx):
+    """Case f over case h's rough path: we send the bulk data, and our loss
+    recovery and path MTU search meet random loss, duplicates and reordering
+    of every packet type on top of libtorrent's 1,500-byte buffer."""
+    script = os.path.join(HERE, "bt_seed.py")
+    try:
+        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "4"], capture_output=True,
+                           text=True, timeout=180,
+                           env=dict(os.environ, BT_SEED_RELAY=" ".join(ROUGH + ["--seed", "23"])))
+    except subprocess.TimeoutExpired:
+        raise CaseFailed("bt_seed.py did not finish in 180 s")
+    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
+    check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
+    lost = [int(x) for x in re.findall(r"lost=(\d+)", out)]
+    check(len(lost) == 2 and all(lost), f"the relay did not lose both ways: {out[-300:]}")
+    return out
+
+
 def case_g(ctx):
     """Our listener answers every SYN with a SYN cookie (--max-half-open 0,
     what SYNs beyond the half-open limit get in a flood): libtorrent's
@@ -747,6 +765,7 @@ CASES = [
      lambda c: case_h(c, "connect", 21)),
     ("h.listen rough path: loss of every type, duplicates, reordering (listen)",
      lambda c: case_h(c, "listen", 22)),
+    ("i libtorrent downloads from utp listen over the rough path", case_i),
 ]
 
 
