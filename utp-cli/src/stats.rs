@@ -20,6 +20,8 @@ pub struct StatsReport {
     pub packets_retransmitted: u64,
     pub timeouts: u64,
     pub fast_retransmits: u64,
+    /// Packets declared lost that had only been reordered or delayed.
+    pub spurious_retransmits: u64,
     /// Resends of the newest packet when acks stopped (not congestion).
     pub tail_loss_probes: u64,
     /// Probes of a peer's closed receive window.
@@ -69,6 +71,7 @@ impl StatsReport {
             packets_retransmitted: stats.packets_retransmitted,
             timeouts: stats.timeouts,
             fast_retransmits: stats.fast_retransmits,
+            spurious_retransmits: stats.spurious_retransmits,
             tail_loss_probes: stats.tail_loss_probes,
             zero_window_probes: stats.zero_window_probes,
             duplicates_received: stats.duplicates_received,

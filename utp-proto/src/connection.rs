@@ -67,6 +67,18 @@ const SPARE_LINGER: Duration = Duration::from_millis(250);
 /// Most unacknowledged packets a connection keeps in flight.
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 
+/// The reordering window grows to at most this many quarters of the
+/// smoothed RTT (RFC 8985 caps it at one RTT).
+const REO_WND_MAX_MULT: u32 = 4;
+
+/// The packet and duplicate-ack thresholds rise to at most this (Linux's
+/// `tcp_max_reordering`).
+const MAX_REORDER_DIST: u64 = 300;
+
+/// Loss episodes without a spurious retransmission before the reordering
+/// window shrinks back (RFC 8985's 16).
+const REO_WND_PERSIST: u32 = 16;
+
 /// Why a connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ConnectionError {
@@ -126,6 +138,11 @@ pub struct ConnectionStats {
     pub timeouts: u64,
     /// Fast retransmits (duplicate acks or SACK evidence).
     pub fast_retransmits: u64,
+    /// Packets declared lost needlessly: acknowledged before their resend
+    /// went out, or sooner after it than any round trip so far (so the ack
+    /// was for an earlier copy). They tell loss detection that the path
+    /// reorders, and widen its reordering window.
+    pub spurious_retransmits: u64,
     /// Zero-window probes the peer could not take, sent again (flow
     /// control, not counted as timeouts or congestion).
     pub zero_window_probes: u64,
@@ -353,6 +370,28 @@ pub struct Connection {
     tx_counter: u64,
     largest_acked_tx: u64,
     recovery_point: Option<u16>,
+    /// RACK (RFC 8985) reordering state. The path delivered a packet after
+    /// a later-sent one, or acked a packet sooner after its retransmission
+    /// than a round trip: it reorders, so the time rule's window widens.
+    reordering_seen: bool,
+    /// The farthest a packet was seen delivered behind later-sent ones, in
+    /// transmissions: the packet and duplicate-ack thresholds rise past it
+    /// (as Linux's `tp->reordering` does), so the counts only declare
+    /// packets lost that reordering does not explain.
+    reorder_dist: u64,
+    /// The reordering window is `reo_wnd_mult` quarters of the smoothed RTT
+    /// (at most one RTT): raised by each round trip with a spurious
+    /// retransmission, back to 1 after `REO_WND_PERSIST` loss episodes
+    /// without one.
+    reo_wnd_mult: u32,
+    reo_wnd_persist: u32,
+    /// No second raise until the cumulative ack passes this seq_nr (one
+    /// per round trip, as RFC 8985 does with its DSACK round).
+    spurious_round: Option<u16>,
+    /// The loss episode whose window cut can still be undone:
+    /// (first packet declared lost, recovery point, packets declared lost
+    /// and not yet proven to have arrived). At zero the cut is undone.
+    undo: Option<(u16, u16, u32)>,
     probe_allowed: bool,
     fin: FinState,
 
@@ -493,6 +532,12 @@ impl Connection {
             tx_counter: 0,
             largest_acked_tx: 0,
             recovery_point: None,
+            reordering_seen: false,
+            reorder_dist: 0,
+            reo_wnd_mult: 1,
+            reo_wnd_persist: 0,
+            spurious_round: None,
+            undo: None,
             probe_allowed: false,
             fin: FinState::None,
             ack_nr: 0,
@@ -1327,6 +1372,12 @@ impl Connection {
             }
             progressed = true;
         }
+        if self
+            .spurious_round
+            .is_some_and(|r| !seq::lt(h.ack_nr.wrapping_add(1), r))
+        {
+            self.spurious_round = None;
+        }
 
         let mut sacked_any = false;
         if let Some(bits) = sack {
@@ -1357,9 +1408,9 @@ impl Connection {
                 sacked_any = true;
                 bytes_acked += p.payload.len();
                 Self::leave_flight(p, &mut self.in_flight);
-                if p.lost {
-                    p.lost = false;
-                }
+                let lost = std::mem::replace(&mut p.lost, false);
+                let sent = (p.seq, p.transmissions, p.tx_index, p.last_sent);
+                self.check_reordering(now, sent, lost);
                 let p = &self.outstanding[idx];
                 let tx = self.evidence_tx(p);
                 note_newest(&mut newest, p);
@@ -1414,7 +1465,7 @@ impl Connection {
             // ack: the receiver is past the hole (libutp's 32-bit SACK may not
             // reach far enough to say so), so the oldest packet is lost.
             if self.tlp_fired {
-                self.dup_acks = self.dup_acks.max(3);
+                self.dup_acks = self.dup_acks.max(self.dup_threshold());
             }
         }
         self.last_ack_seen = h.ack_nr;
@@ -1437,7 +1488,8 @@ impl Connection {
                 .wrapping_add(2)
                 .wrapping_add((bits.len() * 8).min(u16::MAX as usize / 2) as u16)
         });
-        let congestion = self.detect_losses(now, sacked_any, rack_time, sack_end);
+        let sack_bits = sack.map_or(0, |bits| bits.len() * 8);
+        let congestion = self.detect_losses(now, sacked_any, rack_time, sack_end, sack_bits);
         if bytes_acked > 0 && !congestion {
             self.cc.on_ack(
                 now,
@@ -1467,6 +1519,8 @@ impl Connection {
             *bytes_acked += p.payload.len();
             note_newest(newest, p);
             self.on_delivered(p.pad, p.payload.len(), now);
+            let sent = (p.seq, p.transmissions, p.tx_index, p.last_sent);
+            self.check_reordering(now, sent, p.lost);
         }
         self.note_acked_tx(p);
         if p.ty == PacketType::Fin {
@@ -1476,6 +1530,54 @@ impl Connection {
             self.stats.fin_unacknowledged = false;
         }
         // Queued resends of acked packets are skipped lazily in poll_transmit.
+    }
+
+    /// RACK's reordering detection (RFC 8985 without DSACK, which uTP
+    /// lacks), for a packet newly acknowledged: `sent` is its
+    /// (seq, transmissions, tx_index, last_sent), `was_lost` whether it was
+    /// declared lost. A loss episode whose every loss proves spurious gets
+    /// its window cut undone (as Linux does), since a cut taken for
+    /// reordering before it was recognised otherwise costs many round trips
+    /// of regrowth.
+    fn check_reordering(&mut self, now: Instant, sent: (u16, u32, u64, Instant), was_lost: bool) {
+        let (seq, transmissions, tx_index, last_sent) = sent;
+        let spurious = if transmissions == 1 {
+            // Delivered after a packet sent later: reordered.
+            if tx_index < self.largest_acked_tx {
+                self.reordering_seen = true;
+                // Twice the distance: reordering seen once reaches farther
+                // soon, and each step behind it costs a needless resend.
+                let dist = (self.largest_acked_tx - tx_index).saturating_mul(2);
+                self.reorder_dist = self.reorder_dist.max(dist).min(MAX_REORDER_DIST);
+            }
+            // Declared lost, but acked before the resend went out.
+            was_lost
+        } else {
+            // No ack comes back sooner than the shortest round trip: this
+            // one is for an earlier copy.
+            self.rtt
+                .min()
+                .is_some_and(|min| now.saturating_duration_since(last_sent) < min)
+        };
+        if spurious {
+            self.stats.spurious_retransmits += 1;
+            self.reordering_seen = true;
+            if let Some((first, end, left)) = self.undo {
+                if !seq::lt(seq, first) && !seq::lt(end, seq) {
+                    if left <= 1 {
+                        self.undo = None;
+                        self.cc.on_spurious_loss(now);
+                    } else {
+                        self.undo = Some((first, end, left - 1));
+                    }
+                }
+            }
+            if self.spurious_round.is_none() {
+                self.reo_wnd_mult = (self.reo_wnd_mult + 1).min(REO_WND_MAX_MULT);
+                self.reo_wnd_persist = REO_WND_PERSIST;
+                self.spurious_round = Some(self.seq_nr);
+            }
+        }
     }
 
     /// The transmission an ack of `p` proves delivered, for the packet
@@ -1513,10 +1615,14 @@ impl Connection {
         sacked_any: bool,
         rack_time: Option<Instant>,
         sack_end: Option<u16>,
+        sack_bits: usize,
     ) -> bool {
-        // Oldest packet newly declared lost (outstanding is in seq order).
+        // Oldest packet newly declared lost (outstanding is in seq order),
+        // and how many (path MTU probes aside).
         let mut first_lost: Option<u16> = None;
-        if self.dup_acks >= 3 {
+        let mut n_lost = 0u32;
+        let threshold = self.dup_threshold();
+        if self.dup_acks >= threshold {
             self.dup_acks = 0;
             if let Some(p) = self.outstanding.front_mut() {
                 // Duplicate acks keep coming while the resent packet travels;
@@ -1533,6 +1639,7 @@ impl Connection {
                     // A lost path MTU probe is not congestion (RFC 8899).
                     if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
+                        n_lost += 1;
                     }
                 }
             }
@@ -1542,11 +1649,22 @@ impl Connection {
         //   one that was delivered is lost; this catches burst losses beyond
         //   what a short SACK (libutp: 32 packets) can describe;
         // - packet threshold (as in QUIC), on SACK evidence: lost when a
-        //   packet sent three transmissions after it was acknowledged; the
-        //   transmission counter keeps retransmissions from being re-declared.
-        let rack = rack_time
-            .zip(self.rtt.srtt())
-            .map(|(delivered, srtt)| (delivered, (srtt / 4).max(Duration::from_millis(1))));
+        //   packet sent three transmissions after it was acknowledged (more
+        //   on a path seen reordering farther); the transmission counter
+        //   keeps retransmissions from being re-declared.
+        let mult = if self.reordering_seen {
+            self.reo_wnd_mult
+        } else {
+            1
+        };
+        let rack = rack_time.zip(self.rtt.srtt()).map(|(delivered, srtt)| {
+            let reo_wnd = (srtt / 4 * mult).min(srtt);
+            (delivered, reo_wnd.max(Duration::from_millis(1)))
+        });
+        // A threshold past the SACK's reach could never be met (libutp's 32
+        // bits): there reordering beyond it costs a needless resend (whose
+        // window cut is undone) rather than a timeout.
+        let count_threshold = u64::from(threshold).min(sack_bits.saturating_sub(2).max(3) as u64);
         if rack.is_some() || sacked_any {
             for p in self.outstanding.iter_mut() {
                 if p.sacked || p.lost || !p.in_flight {
@@ -1559,11 +1677,12 @@ impl Connection {
                 let reportable = sack_end.is_some_and(|end| seq::lt(p.seq, end));
                 let by_count = sacked_any
                     && reportable
-                    && p.tx_index.saturating_add(3) <= self.largest_acked_tx;
+                    && p.tx_index.saturating_add(count_threshold) <= self.largest_acked_tx;
                 if by_time || by_count {
                     Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
                     if p.pad == 0 {
                         first_lost.get_or_insert(p.seq);
+                        n_lost += 1;
                     }
                 }
             }
@@ -1575,12 +1694,28 @@ impl Connection {
                 Some(rp) => seq::lt(rp, first_lost),
             };
             if new_episode {
+                if self.reo_wnd_persist > 0 {
+                    self.reo_wnd_persist -= 1;
+                    if self.reo_wnd_persist == 0 {
+                        self.reo_wnd_mult = 1;
+                    }
+                }
                 self.cc.on_loss(now);
-                self.recovery_point = Some(self.seq_nr.wrapping_sub(1));
+                let end = self.seq_nr.wrapping_sub(1);
+                self.recovery_point = Some(end);
+                self.undo = Some((first_lost, end, n_lost));
+            } else if let Some((_, _, left)) = &mut self.undo {
+                *left += n_lost;
             }
             return new_episode;
         }
         false
+    }
+
+    /// Duplicate acks, or later transmissions acknowledged, that declare a
+    /// packet lost: 3, or one past the farthest reordering seen.
+    fn dup_threshold(&self) -> u32 {
+        (self.reorder_dist + 1).max(3) as u32
     }
 
     fn mark_lost(p: &mut Sent, in_flight: &mut FlightSize, resend: &mut VecDeque<u16>) {
@@ -2327,6 +2462,8 @@ impl Connection {
         self.start_black_hole_check(now);
         self.rtt.back_off();
         self.cc.on_timeout(now);
+        // A timeout's cut is not undone.
+        self.undo = None;
         self.dup_acks = 0;
         // Everything unacked is presumed lost; cwnd of one packet lets the
         // oldest go first. Losses from before the timeout don't halve again.

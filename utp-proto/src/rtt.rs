@@ -8,6 +8,7 @@ pub struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
     latest: Duration,
+    min: Option<Duration>,
     min_rto: Duration,
     max_rto: Duration,
     initial_rto: Duration,
@@ -21,6 +22,7 @@ impl RttEstimator {
             srtt: None,
             rttvar: Duration::ZERO,
             latest: Duration::ZERO,
+            min: None,
             min_rto,
             max_rto,
             initial_rto,
@@ -31,6 +33,7 @@ impl RttEstimator {
     /// Feeds one RTT sample (only from packets sent once: Karn's rule is the caller's).
     pub fn on_sample(&mut self, rtt: Duration) {
         self.latest = rtt;
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -62,6 +65,12 @@ impl RttEstimator {
     /// Smoothed RTT, if any sample was taken.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
+    }
+
+    /// Smallest sample so far: no ack can come back sooner than this after
+    /// its packet was sent.
+    pub fn min(&self) -> Option<Duration> {
+        self.min
     }
 
     /// Most recent sample.

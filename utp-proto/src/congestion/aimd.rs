@@ -16,6 +16,8 @@ pub struct Aimd {
     acked_accum: usize,
     /// Nothing acked or lost yet: the window is still the initial one.
     fresh: bool,
+    /// (cwnd, ssthresh) before the last loss's cut, for an undo.
+    before_loss: Option<(usize, usize)>,
 }
 
 impl Aimd {
@@ -33,6 +35,7 @@ impl Aimd {
             max,
             acked_accum: 0,
             fresh: true,
+            before_loss: None,
         }
     }
 
@@ -62,13 +65,22 @@ impl Controller for Aimd {
 
     fn on_loss(&mut self, _now: Instant) {
         self.fresh = false;
+        self.before_loss = Some((self.cwnd, self.ssthresh));
         self.cwnd = (self.cwnd / 2).max(self.min_window());
         self.ssthresh = self.cwnd;
         self.acked_accum = 0;
     }
 
+    fn on_spurious_loss(&mut self, _now: Instant) {
+        if let Some((cwnd, ssthresh)) = self.before_loss.take() {
+            self.cwnd = self.cwnd.max(cwnd);
+            self.ssthresh = self.ssthresh.max(ssthresh);
+        }
+    }
+
     fn on_timeout(&mut self, _now: Instant) {
         self.fresh = false;
+        self.before_loss = None;
         self.ssthresh = (self.cwnd / 2).max(self.min_window());
         self.cwnd = self.mss;
         self.acked_accum = 0;

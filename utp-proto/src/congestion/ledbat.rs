@@ -200,6 +200,9 @@ pub struct Ledbat {
     srtt: Option<Duration>,
     /// Nothing acked or lost yet: the window is still the initial one.
     fresh: bool,
+    /// (cwnd, ssthresh, phase, next slowdown) before the last loss's cut,
+    /// for an undo.
+    before_loss: Option<(f64, f64, Phase, Option<Instant>)>,
 }
 
 impl Ledbat {
@@ -220,6 +223,7 @@ impl Ledbat {
             recent: VecDeque::with_capacity(cfg.current_filter.max(1)),
             srtt: None,
             fresh: true,
+            before_loss: None,
             mss,
             cfg,
         }
@@ -377,8 +381,10 @@ impl Controller for Ledbat {
     fn on_loss(&mut self, now: Instant) {
         self.fresh = false;
         if matches!(self.phase, Phase::Frozen { .. }) {
+            self.before_loss = None; // nothing was cut
             return;
         }
+        self.before_loss = Some((self.cwnd, self.ssthresh, self.phase, self.next_slowdown));
         self.cwnd /= 2.0;
         self.clamp();
         if matches!(self.phase, Phase::SlowStart | Phase::Regrow { .. }) {
@@ -387,8 +393,28 @@ impl Controller for Ledbat {
         self.ssthresh = self.cwnd;
     }
 
+    fn on_spurious_loss(&mut self, _now: Instant) {
+        let Some((cwnd, ssthresh, phase, next_slowdown)) = self.before_loss.take() else {
+            return;
+        };
+        // A slowdown that began since stands (its window is held low on
+        // purpose); otherwise back to where the cut found us (a slow start
+        // goes on).
+        if matches!(self.phase, Phase::Frozen { .. }) {
+            return;
+        }
+        if self.phase == Phase::Avoidance {
+            self.phase = phase;
+            self.next_slowdown = next_slowdown;
+        }
+        self.cwnd = self.cwnd.max(cwnd);
+        self.ssthresh = self.ssthresh.max(ssthresh);
+        self.clamp();
+    }
+
     fn on_timeout(&mut self, _now: Instant) {
         self.fresh = false;
+        self.before_loss = None;
         self.ssthresh = (self.cwnd / 2.0).max(self.min_window());
         self.cwnd = self.mss as f64;
         let since = match self.phase {
@@ -595,6 +621,28 @@ mod tests {
         run_rounds(&mut c, &mut now, 3, 500);
         assert_eq!(c.window(), 8 * MSS);
         assert_eq!(c.phase, Phase::Avoidance);
+    }
+
+    #[test]
+    fn a_spurious_loss_is_undone_but_not_after_a_timeout() {
+        let mut now = Instant::now();
+        let mut c = Ledbat::new(MSS, no_slowdowns());
+        run_rounds(&mut c, &mut now, 3, 500);
+        assert_eq!(c.window(), 32 * MSS);
+        assert_eq!(c.phase, Phase::SlowStart);
+        c.on_loss(now);
+        assert_eq!(c.window(), 16 * MSS);
+        c.on_spurious_loss(now);
+        // Back to the window and the slow start the cut found.
+        assert_eq!(c.window(), 32 * MSS);
+        assert_eq!(c.phase, Phase::SlowStart);
+        // One undo per cut.
+        c.on_spurious_loss(now);
+        assert_eq!(c.window(), 32 * MSS);
+        c.on_loss(now);
+        c.on_timeout(now);
+        c.on_spurious_loss(now);
+        assert_eq!(c.window(), MSS);
     }
 
     #[test]

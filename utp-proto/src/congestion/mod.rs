@@ -56,6 +56,11 @@ pub trait Controller: Send + Debug {
     fn on_loss(&mut self, now: Instant);
     /// A retransmission timeout fired.
     fn on_timeout(&mut self, now: Instant);
+    /// The loss last reported by [`Controller::on_loss`] proved spurious
+    /// (the packets were reordered or delayed, not lost): undo its cut.
+    /// Never called after an [`Controller::on_timeout`] that came since.
+    /// The default keeps the cut.
+    fn on_spurious_loss(&mut self, _now: Instant) {}
     /// The congestion window in bytes.
     fn window(&self) -> usize;
     /// Tells the controller the payload size in use (for per-packet rules).
