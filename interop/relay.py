@@ -4,7 +4,8 @@
     relay.py --listen PORT_A --target PORT_B [--drop-dir c2s|s2c]
              [--drop-every N | --loss P] [--seed S] [--log FILE]
              [--host ADDR] [--target-host ADDR]
-             [--any-loss P] [--dup P] [--delay MS] [--jitter MS]
+             [--any-loss P [--any-loss-dir c2s|s2c]] [--dup P]
+             [--delay MS] [--jitter MS]
 
 Listens on 127.0.0.1:PORT_A (or --host) for one client, forwards its datagrams
 to the real listener at 127.0.0.1:PORT_B (or --target-host) from an ephemeral
@@ -18,7 +19,8 @@ that direction; --loss P drops each with probability P from random.Random(seed).
 
 Impairments of a rough path, in both directions and on every packet type
 (SYN, STATE, FIN and RESET too), from their own random.Random(seed + 1):
---any-loss P drops a datagram with probability P; --dup P sends one twice
+--any-loss P drops a datagram with probability P (only in one direction with
+--any-loss-dir c2s|s2c); --dup P sends one twice
 (each copy with its own delay); --delay MS holds each one MS milliseconds and
 --jitter MS adds up to MS more at random, which reorders datagrams that come
 closer together than the jitter.
@@ -182,7 +184,7 @@ class Relay:
             st["dropped_types"][name] = st["dropped_types"].get(name, 0) + 1
             return
         a = self.args
-        if a.any_loss and self.chaos.random() < a.any_loss:
+        if a.any_loss and a.any_loss_dir in ("both", d) and self.chaos.random() < a.any_loss:
             st["lost_any"] += 1
             return
         arrival = self.arrivals[d]
@@ -282,6 +284,7 @@ def main():
     p.add_argument("--drop-after", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--any-loss", type=float, default=0.0, help="drop any datagram, either way, with this probability")
+    p.add_argument("--any-loss-dir", choices=["both", "c2s", "s2c"], default="both")
     p.add_argument("--dup", type=float, default=0.0, help="send a datagram twice with this probability")
     p.add_argument("--delay", type=float, default=0.0, help="hold every datagram this many ms")
     p.add_argument("--jitter", type=float, default=0.0, help="and up to this many ms more, at random (reorders)")

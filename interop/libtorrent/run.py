@@ -665,19 +665,21 @@ def case_f(ctx):
 
 def case_i(ctx):
     """Case f over case h's rough path: we send the bulk data, and our loss
-    recovery and path MTU search meet random loss, duplicates and reordering
-    of every packet type on top of libtorrent's 1,500-byte buffer."""
+    recovery and path MTU search meet random loss (of what we send),
+    duplicates and reordering of every packet type on top of libtorrent's
+    1,500-byte buffer."""
     script = os.path.join(HERE, "bt_seed.py")
     try:
         r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "4"], capture_output=True,
                            text=True, timeout=180,
-                           env=dict(os.environ, BT_SEED_RELAY=" ".join(ROUGH + ["--seed", "23"])))
+                           env=dict(os.environ, BT_SEED_RELAY=" ".join(
+                               ROUGH + ["--any-loss-dir", "s2c", "--seed", "23"])))
     except subprocess.TimeoutExpired:
         raise CaseFailed("bt_seed.py did not finish in 180 s")
     out = (r.stdout + r.stderr).strip().replace("\n", " | ")
     check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
     lost = [int(x) for x in re.findall(r"lost=(\d+)", out)]
-    check(len(lost) == 2 and all(lost), f"the relay did not lose both ways: {out[-300:]}")
+    check(len(lost) == 2 and lost[1], f"the relay lost none of our packets: {out[-300:]}")
     return out
 
 
@@ -698,28 +700,32 @@ def case_g(ctx):
     return out
 
 
-# Case h's path; LIBTORRENT_ROUGH (relay.py options) makes it rougher. The
-# loss stays at 1%: libtorrent fails the connection ("Connection timed out")
-# once a timeout finds its oldest unacked packet sent 3 times
-# (utp_num_resends), fast retransmits included, so three losses in a row of
-# one packet end it; at 6% loss that was most runs, at 1% it is about one
-# run in 250.
+# The rough path of cases h and i; LIBTORRENT_ROUGH (relay.py options)
+# changes it. libtorrent fails a connection ("Connection timed out") once a
+# timeout finds its oldest unacked packet sent 3 times (utp_num_resends),
+# fast retransmits included, and on a reordering path its fast retransmits
+# fire on reordering: with 1% loss of its own packets too, 2 of 19 h runs
+# died so. So h loses only what we send (acks, requests, FIN); both
+# directions are still duplicated and reordered.
 ROUGH = os.environ.get("LIBTORRENT_ROUGH",
-                       "--any-loss 0.01 --dup 0.02 --delay 2 --jitter 6").split()
+                       "--any-loss 0.02 --dup 0.02 --delay 2 --jitter 6").split()
 
 
 def case_h(ctx, mode, seed):
-    """A rough path: interop/relay.py loses 1% of the datagrams of every type
-    (SYN, STATE, FIN too) both ways, sends 2% twice, and reorders them (2 ms
-    plus up to 6 ms at random). The download must still verify, our close()
-    must return Ok with both FINs acked, and no RESET may appear."""
-    fetch, disc, summ, notes = transfer(ctx, "h", mode, 4 << 20, 256 << 10, end="close",
-                                        relay=ROUGH + ["--seed", str(seed)])
+    """A rough path: interop/relay.py loses 2% of what we send (SYN or
+    SYN-ACK, STATE, FIN too), sends 2% of the datagrams both ways twice, and
+    reorders them (2 ms plus up to 6 ms at random). The download must still
+    verify, our close() must return Ok with both FINs acked, and no RESET
+    may appear."""
+    ours = "c2s" if mode == "connect" else "s2c"
+    fetch, disc, summ, notes = transfer(
+        ctx, "h", mode, 4 << 20, 256 << 10, end="close",
+        relay=ROUGH + ["--any-loss-dir", ours, "--seed", str(seed)])
     r = notes["relay"]
     c2s, s2c = r["c2s"], r["s2c"]
-    check(c2s["lost_any"] and s2c["lost_any"] and c2s["reordered"] and s2c["reordered"]
+    check(r[ours]["lost_any"] and c2s["reordered"] and s2c["reordered"]
           and c2s["duplicated"] + s2c["duplicated"],
-          f"the relay did not lose and reorder both ways and duplicate: "
+          f"the relay did not lose ours, reorder both ways and duplicate: "
           f"{ {d: (r[d]['lost_any'], r[d]['duplicated'], r[d]['reordered']) for d in ('c2s', 's2c')} }")
     check(fetch.line("close ok") is not None, f"close() did not return Ok: {fetch.tail()}")
     check(summ["lt_fins"] and fin_acked(summ["lt_fins"][0], summ["us"]),
@@ -761,9 +767,9 @@ CASES = [
      lambda c: case_e_close_after_lt_fin(c, "connect", "pause")),
     ("f libtorrent downloads from utp listen: path MTU search", case_f),
     ("g libtorrent connects to utp listen answering with a SYN cookie", case_g),
-    ("h.connect rough path: loss of every type, duplicates, reordering (connect)",
+    ("h.connect rough path: our packets lost, duplicates, reordering (connect)",
      lambda c: case_h(c, "connect", 21)),
-    ("h.listen rough path: loss of every type, duplicates, reordering (listen)",
+    ("h.listen rough path: our packets lost, duplicates, reordering (listen)",
      lambda c: case_h(c, "listen", 22)),
     ("i libtorrent downloads from utp listen over the rough path", case_i),
 ]
