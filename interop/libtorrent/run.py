@@ -382,12 +382,7 @@ class Relay:
     def stop(self):
         """Stops the relay; returns its JSON summary."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, signal.SIGTERM)
         try:
             with open(self.log) as f:
                 return json.load(f)
@@ -407,24 +402,27 @@ def transfer(ctx, name, mode, size, piece_len, end="close", pause_after_fetch=Fa
     fetch = None
     rel = None
     notes = {}
+
+    def via_relay(port):
+        """The port the connecting side uses: `port`, or a relay's to it."""
+        nonlocal rel
+        if relay is None:
+            return port
+        rel = Relay(port, relay, seed.tmp)
+        return rel.port
+
     try:
         cap = Capture(seed.port, seed.tmp)
         extra = ["--stats", "--end", end]
         timeout = 60 + size // (2 << 20)
         if mode == "connect":
-            port = seed.port
-            if relay is not None:
-                rel = Relay(port, relay, seed.tmp)
-                port = rel.port
+            port = via_relay(seed.port)
             fetch = Fetch(ctx["bt_fetch"], "connect", f"127.0.0.1:{port}", seed, extra,
                           timeout)
         else:
             fetch = Fetch(ctx["bt_fetch"], "listen", "127.0.0.1:0", seed, extra, timeout)
             _, ln = fetch.wait_line("listening ", 10)
-            port = int(ln.rsplit(":", 1)[1])
-            if relay is not None:
-                rel = Relay(port, relay, seed.tmp)
-                port = rel.port
+            port = via_relay(int(ln.rsplit(":", 1)[1]))
             t0 = time.time()
             seed.h.connect_peer(("127.0.0.1", port))
             t1, _ = fetch.wait_line("accepted ", 30)
@@ -501,15 +499,7 @@ def case_b(ctx):
 
 
 def case_c(ctx, mode):
-    script = os.path.join(HERE, "bt_fetch.py")
-    try:
-        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], mode, "16"],
-                           capture_output=True, text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        raise CaseFailed("bt_fetch.py did not finish in 180 s")
-    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
-    check(r.returncode == 0, f"bt_fetch.py exit {r.returncode}: {out[-300:]}")
-    return out
+    return run_script("bt_fetch.py", [ctx["utp"], mode, "16"])
 
 
 def case_d(ctx):
@@ -641,19 +631,26 @@ def case_e_close_after_lt_fin(ctx, mode, how):
     return f"close() Ok, our FIN seq={f['seq']} acked by libtorrent"
 
 
+def run_script(script, args, env=None):
+    """Runs one of this directory's scripts (bt_fetch.py, bt_seed.py) under
+    a 180 s deadline; its output on one line, or CaseFailed on a non-zero
+    exit."""
+    try:
+        r = subprocess.run(["/usr/bin/python3", os.path.join(HERE, script)] + args,
+                           capture_output=True, text=True, timeout=180, env=env)
+    except subprocess.TimeoutExpired:
+        raise CaseFailed(f"{script} did not finish in 180 s")
+    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
+    check(r.returncode == 0, f"{script} exit {r.returncode}: {out[-300:]}")
+    return out
+
+
 def case_f(ctx):
     """We seed (bulk data from us): path MTU discovery runs against
     libtorrent, which reads datagrams into 1,500 bytes. Probes beyond that
     arrive truncated, their padding runs past the end and libtorrent drops
     them, so the search must settle at or just below 1,500-byte datagrams."""
-    script = os.path.join(HERE, "bt_seed.py")
-    try:
-        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "16"],
-                           capture_output=True, text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        raise CaseFailed("bt_seed.py did not finish in 180 s")
-    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
-    check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
+    out = run_script("bt_seed.py", [ctx["utp"], "16"])
     m = re.search(r"payload_size (\d+)", out)
     check(m is not None, f"no payload size in: {out[-300:]}")
     size = int(m.group(1))
@@ -668,16 +665,9 @@ def case_i(ctx):
     recovery and path MTU search meet random loss (of what we send),
     duplicates and reordering of every packet type on top of libtorrent's
     1,500-byte buffer."""
-    script = os.path.join(HERE, "bt_seed.py")
-    try:
-        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "4"], capture_output=True,
-                           text=True, timeout=180,
-                           env=dict(os.environ, BT_SEED_RELAY=" ".join(
-                               ROUGH + ["--any-loss-dir", "s2c", "--seed", "23"])))
-    except subprocess.TimeoutExpired:
-        raise CaseFailed("bt_seed.py did not finish in 180 s")
-    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
-    check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
+    rough = " ".join(ROUGH + ["--any-loss-dir", "s2c", "--seed", "23"])
+    out = run_script("bt_seed.py", [ctx["utp"], "4"],
+                     env=dict(os.environ, BT_SEED_RELAY=rough))
     lost = [int(x) for x in re.findall(r"lost=(\d+)", out)]
     check(len(lost) == 2 and lost[1], f"the relay lost none of our packets: {out[-300:]}")
     return out
@@ -688,14 +678,7 @@ def case_g(ctx):
     what SYNs beyond the half-open limit get in a flood): libtorrent's
     first packet after the SYN-ACK must return it and make the connection,
     and the download must complete."""
-    script = os.path.join(HERE, "bt_seed.py")
-    try:
-        r = subprocess.run(["/usr/bin/python3", script, ctx["utp"], "16", "--max-half-open", "0"],
-                           capture_output=True, text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        raise CaseFailed("bt_seed.py did not finish in 180 s")
-    out = (r.stdout + r.stderr).strip().replace("\n", " | ")
-    check(r.returncode == 0, f"bt_seed.py exit {r.returncode}: {out[-300:]}")
+    out = run_script("bt_seed.py", [ctx["utp"], "16", "--max-half-open", "0"])
     check("SHA-1 verified" in out, f"not verified: {out[-300:]}")
     return out
 
