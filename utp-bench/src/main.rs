@@ -20,7 +20,10 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod relay;
 mod udp;
+
+use relay::loopback;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -226,10 +229,6 @@ fn app_buffer() -> usize {
 
 fn utp_tuning() -> UtpTuning {
     UTP_TUNING.get().copied().unwrap_or_default()
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A listening side and a connecting side, each on its own socket, for up
@@ -655,7 +654,7 @@ fn raw_udp(stack: Stack, pat: Pattern, size: u64) -> Option<impl Future<Output =
 /// One stream through a relay that drops `loss` of the datagrams each way.
 async fn lossy(stack: Stack, pat: Pattern, size: u64, loss: f64) -> Result<Sample> {
     let (server, client, addr) = endpoints(stack, 1).await?;
-    let (relay_addr, _relay) = udp::relay(addr, loss, 7)?;
+    let (relay_addr, _relay) = relay::relay(addr, loss, 7)?;
     let p = pat.clone();
     let rx = tokio::spawn(async move {
         let mut c = server.accept().await?;

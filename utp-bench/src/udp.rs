@@ -10,8 +10,6 @@
 //! byte. Losses are counted and reported, never hidden.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
@@ -19,7 +17,8 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::{cpu_time, loopback, Pattern, Sample};
+use crate::relay::socket;
+use crate::{cpu_time, Pattern, Sample};
 
 /// Payload of the small datagrams.
 pub(crate) const SMALL: usize = 1400;
@@ -33,19 +32,6 @@ const WINDOW_BYTES: u64 = 1536 * SMALL as u64;
 const GSO_SEGMENTS: usize = 44;
 const RX_BUFS: usize = 8;
 const RX_BUF: usize = 65_536;
-
-pub(crate) fn socket() -> Result<UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    s.set_recv_buffer_size(4 << 20)?;
-    s.set_send_buffer_size(4 << 20)?;
-    s.set_nonblocking(true)?;
-    s.bind(&loopback().into())?;
-    Ok(UdpSocket::from_std(s.into())?)
-}
 
 fn datagram_len(seq: u64, size: u64, payload: usize) -> usize {
     let start = seq * payload as u64;
@@ -226,53 +212,4 @@ pub(crate) async fn bulk(gso: bool, payload: usize, pat: Pattern, size: u64) -> 
             dt.as_secs_f64()
         ),
     })
-}
-
-/// A UDP relay on loopback that drops each datagram with probability
-/// `loss`, both ways. The client talks to the returned address; the relay
-/// forwards to `server` and sends replies back to the last client address
-/// it heard from. Dropping the returned guard stops it.
-pub(crate) fn relay(server: SocketAddr, loss: f64, seed: u64) -> Result<(SocketAddr, Relay)> {
-    use rand::{Rng, SeedableRng};
-    let front = Arc::new(socket()?);
-    let back = Arc::new(socket()?);
-    let front_addr = front.local_addr()?;
-    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
-    let up = {
-        let (front, back, client) = (front.clone(), back.clone(), client.clone());
-        tokio::spawn(async move {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-            let mut buf = vec![0u8; 65_536];
-            while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                *client.lock().expect("not poisoned") = Some(from);
-                if !rng.gen_bool(loss) {
-                    let _ = back.send_to(&buf[..n], server).await;
-                }
-            }
-        })
-    };
-    let down = tokio::spawn(async move {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 1);
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, _)) = back.recv_from(&mut buf).await {
-            let to = *client.lock().expect("not poisoned");
-            if let Some(to) = to {
-                if !rng.gen_bool(loss) {
-                    let _ = front.send_to(&buf[..n], to).await;
-                }
-            }
-        }
-    });
-    Ok((front_addr, Relay([up, down])))
-}
-
-/// Stops the relay's tasks when dropped.
-pub(crate) struct Relay([tokio::task::JoinHandle<()>; 2]);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
 }

@@ -172,7 +172,7 @@ pub struct ConnectionStats {
     /// delay, target); `None` for loss-based controllers or before the
     /// first delay sample.
     pub delay: Option<DelayState>,
-    /// Path MTU probes sent (padded empty data packets).
+    /// Path MTU probes sent (padded one-byte data packets).
     pub pmtud_probes: u64,
     /// Path MTU probes lost (not counted as congestion).
     pub pmtud_probes_lost: u64,
@@ -223,8 +223,8 @@ struct Sent {
     /// Declared lost and queued for retransmission.
     lost: bool,
     /// Path MTU probe: padding bytes of its first transmission (0 for
-    /// ordinary packets). Cleared when resent: a probe's (empty) data goes
-    /// again unpadded.
+    /// ordinary packets). Cleared when resent: a probe's one byte of data
+    /// goes again unpadded.
     pad: usize,
     /// Its latest transmission's receive-buffer charge, counted in
     /// `Connection::in_flight` while `in_flight`.
@@ -755,7 +755,7 @@ impl Connection {
         let Some(p) = self.outstanding.get(seq::ahead(seq, front) as usize) else {
             return false;
         };
-        if p.sacked || HEADER_LEN + p.pad.max(p.payload.len()) <= max {
+        if p.sacked || HEADER_LEN + p.pad + p.payload.len() <= max {
             return false;
         }
         tracing::debug!(
@@ -1601,7 +1601,8 @@ impl Connection {
     /// packet shows the path still carries the current size.
     fn on_delivered(&mut self, pad: usize, payload_len: usize, now: Instant) {
         if pad > 0 {
-            self.pmtud.on_probe_acked(HEADER_LEN + pad, now);
+            self.pmtud
+                .on_probe_acked(HEADER_LEN + pad + payload_len, now);
             self.sync_mss();
         } else if payload_len > 0 {
             self.pmtud.on_packet_acked(HEADER_LEN + payload_len);
@@ -2819,28 +2820,39 @@ impl Connection {
         packet::encode(&h, &sack[..sn], &[], buf)
     }
 
-    /// A path MTU probe (RFC 8899): an empty data packet padded to the probe
-    /// size with an extension the peer skips. It consumes a sequence number
-    /// so its ack confirms the size; it carries no stream bytes, so when it
-    /// is lost nothing but an unpadded 20-byte resend is needed, and a peer
-    /// that truncates large datagrams drops it instead of acking a cut
-    /// payload. Sent only during bulk sending (a full packet waiting), when
-    /// the window allows new data; its padding is not counted in flight.
+    /// A path MTU probe (RFC 8899): a data packet of one stream byte,
+    /// padded to the probe size with extensions the peer skips. It takes a
+    /// sequence number of its own so its ack confirms the size; when it is
+    /// lost only that byte goes again, unpadded. The padding comes before
+    /// the byte, so a peer that truncates large datagrams finds the
+    /// extension chain cut (and drops the packet) unless it cut exactly
+    /// the byte: such a packet reads as empty, so probe sizes keep
+    /// `size - 1` odd (receive buffers are 1,500, 16,384, 65,536 bytes...). Not empty: librqbit-utp rejects a data
+    /// packet without payload, so an empty probe's sequence number never
+    /// got through to it and the connection died. Sent only during bulk
+    /// sending (a full packet waiting behind it), when the window allows
+    /// new data; its padding is not counted in flight.
     fn send_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         // A full packet of data must still wait behind the probe, so the
         // FIN (sent once `pending` is empty) never precedes it.
-        if self.state != State::Connected || self.pending.len() < self.mss || !self.probing_allowed
+        if self.state != State::Connected || self.pending.len() <= self.mss || !self.probing_allowed
         {
             return None;
         }
         let probe = self.pmtud.poll_probe(now)?;
-        let size = probe.size.min(buf.len());
-        if size < HEADER_LEN + packet::MIN_PADDING {
+        let size = probe_size(probe.size.min(buf.len()));
+        if size < HEADER_LEN + packet::MIN_PADDING + 1 {
             return None;
         }
         self.pmtud.on_probe_sent(size);
         self.stats.pmtud_probes += 1;
-        Some(self.send_new(now, PacketType::Data, Bytes::new(), buf, size - HEADER_LEN))
+        let byte = self.pending.take(1);
+        debug_assert_eq!(byte.len(), 1);
+        self.pacer.on_sent(1);
+        self.limits.on_upload(1);
+        self.stats.bytes_sent += 1;
+        let pad = size - HEADER_LEN - byte.len();
+        Some(self.send_new(now, PacketType::Data, byte, buf, pad))
     }
 
     fn send_new(
@@ -2882,8 +2894,8 @@ impl Connection {
         let (ty, s) = (p.ty, p.seq);
         if retx && p.pad > 0 {
             // The padded probe was lost (or overtaken by a timer): not
-            // congestion, and its empty data goes again unpadded.
-            let size = HEADER_LEN + p.pad;
+            // congestion, and its one byte goes again unpadded.
+            let size = HEADER_LEN + p.pad + p.payload.len();
             p.pad = 0;
             self.stats.pmtud_probes_lost += 1;
             self.pmtud.on_probe_lost(size, now);
@@ -2920,6 +2932,14 @@ impl Connection {
         }
         packet::encode_padded(&h, p.pad, &p.payload, buf)
     }
+}
+
+/// `size`, or one byte less if odd: a receiver reading into a buffer one
+/// byte shorter than a probe would see the probe's byte of data cut off and
+/// the rest intact (see `Connection::send_mtu_probe`), and receive buffers
+/// are even (1,500, 16,384, 65,536 bytes; 65,535 is beyond any datagram).
+fn probe_size(size: usize) -> usize {
+    size & !1
 }
 
 /// Payloads below this are "small" for the delayed ack (`Config::ack_delay`):

@@ -185,6 +185,23 @@ fn ethernet_path_is_confirmed_with_one_probe() {
     assert!(converged_at(&run) <= Duration::from_millis(100));
 }
 
+/// Probes are even-sized (a probe's one byte of data is its last, and a
+/// receiver reading into an odd buffer one byte short of it would find an
+/// intact empty packet): where the path carries an odd size, the search
+/// settles one byte below it.
+#[test]
+fn an_odd_path_mtu_is_found_to_within_one_byte() {
+    let run = transfer(
+        Config::default(),
+        link(1501),
+        1501 - IP_UDP_OVERHEAD,
+        pattern(MIB, 4),
+        Duration::from_secs(60),
+        |_, _| {},
+    );
+    assert_eq!(run.stats.payload_size, fits(1501) - 1);
+}
+
 #[test]
 fn mtu_drop_from_9000_to_1280_mid_transfer_never_stalls_beyond_three_rtos() {
     let mut dropped_at = None;
@@ -304,7 +321,7 @@ impl ControllerFactory for CountingFactory {
 }
 
 #[test]
-fn probe_is_an_empty_data_packet_padded_behind_an_empty_sack_and_its_loss_is_no_congestion() {
+fn probe_is_one_stream_byte_padded_behind_an_empty_sack_and_its_loss_is_no_congestion() {
     let t0 = Instant::now();
     let signals = Arc::new(AtomicU64::new(0));
     let cfg = Config::default().controller(Arc::new(CountingFactory(signals.clone())));
@@ -318,15 +335,17 @@ fn probe_is_an_empty_data_packet_padded_behind_an_empty_sack_and_its_loss_is_no_
     ep.handle_datagram(t1, peer(), &datagram(&synack, &[], &[]))
         .unwrap();
     // More than a window (the send limit takes about two).
-    let n = ep.with_conn(h, t1, |c| c.write(&[7u8; 200_000])).unwrap();
+    let stream: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let n = ep.with_conn(h, t1, |c| c.write(&stream)).unwrap();
     assert!(n >= 2 * ep.conn(h).stats().cwnd.min(64 << 10), "{n}");
     let out = drain(&mut ep, t1);
-    // The probe leads the first flight: an empty data packet of exactly
-    // the ceiling, its first extension an all-zero SACK (libutp drops a
-    // packet whose first extension type is 3 or more).
+    // The probe leads the first flight: the stream's first byte in a data
+    // packet of exactly the ceiling (not empty: librqbit-utp drops a data
+    // packet without payload), its first extension an all-zero SACK
+    // (libutp drops a packet whose first extension type is 3 or more).
     let probe = &out[0];
     assert_eq!(probe.h.ty, PacketType::Data);
-    assert!(probe.payload.is_empty());
+    assert_eq!(probe.payload, stream[..1]);
     assert_eq!(probe.raw.len(), 1472);
     assert_eq!(probe.raw[1], 1, "first extension is a SACK");
     assert!(probe.sack.as_deref().unwrap().iter().all(|&b| b == 0));
@@ -335,6 +354,11 @@ fn probe_is_an_empty_data_packet_padded_behind_an_empty_sack_and_its_loss_is_no_
     assert!(data
         .iter()
         .all(|o| o.h.ty == PacketType::Data && o.payload.len() == 1212));
+    assert_eq!(
+        data[0].payload,
+        stream[1..1213],
+        "the stream goes on behind it"
+    );
     let cwnd = ep.conn(h).stats().cwnd;
 
     // The peer gets every data packet but not the probe.
@@ -349,13 +373,14 @@ fn probe_is_an_empty_data_packet_padded_behind_an_empty_sack_and_its_loss_is_no_
     )
     .unwrap();
     let out = drain(&mut ep, t2);
-    // Its (empty) data goes again unpadded: a bare 20-byte packet.
+    // Its byte goes again unpadded: a 21-byte packet.
     let resend = out
         .iter()
         .find(|o| o.h.seq_nr == ps)
         .expect("probe's sequence number resent");
-    assert_eq!(resend.raw.len(), HEADER_LEN);
+    assert_eq!(resend.raw.len(), HEADER_LEN + 1);
     assert_eq!(resend.h.ty, PacketType::Data);
+    assert_eq!(resend.payload, stream[..1]);
     let st = ep.conn(h).stats();
     assert_eq!(st.pmtud_probes_lost, 1);
     assert_eq!(st.fast_retransmits, 0);
