@@ -29,6 +29,12 @@ use crate::seq;
 /// (the FIN is still resent after that, see `fin_presumed`).
 const FIN_ONLY_TIMEOUTS: u32 = 2;
 
+/// Copies of such a FIN sent a probe timeout apart (two RTTs) before the
+/// close counts as complete, when an RTT is known: the usual way there,
+/// as libtorrent and librqbit-utp never answer it, and sooner than
+/// `FIN_ONLY_TIMEOUTS` (1.5 s with the 500 ms minimum RTO).
+const FIN_ONLY_COPIES: u32 = 3;
+
 /// The first keep-alive after the peer acked our FIN while its own FIN is
 /// still to come (see `Connection::keepalive_at`).
 const HALF_CLOSED_PROBE: Duration = Duration::from_secs(1);
@@ -429,12 +435,16 @@ pub struct Connection {
     // Teardown.
     released: bool,
     /// Our FIN, all that is left after the peer's FIN, went unanswered
-    /// `FIN_ONLY_TIMEOUTS` times: the close is complete for the application
+    /// `FIN_ONLY_COPIES` times (`FIN_ONLY_TIMEOUTS` without an RTT sample):
+    /// the close is complete for the application
     /// (libtorrent forgets a connection once its own FIN is acked, and
     /// never answers ours), but the FIN is still resent until acked, reset
     /// or `max_timeouts`, since a peer that is still there and lost every
     /// copy so far would otherwise wait for its EOF forever.
     fin_presumed: bool,
+    /// Copies of our FIN sent while it was all that was left (see
+    /// `FIN_ONLY_COPIES`).
+    fin_only_copies: u32,
     /// When the peer acked our FIN (see `keepalive_at`).
     fin_acked_at: Option<Instant>,
     time_wait_until: Option<Instant>,
@@ -560,6 +570,7 @@ impl Connection {
             last_sent: now,
             released: false,
             fin_presumed: false,
+            fin_only_copies: 0,
             fin_acked_at: None,
             time_wait_until: None,
             linger_until: None,
@@ -1208,13 +1219,7 @@ impl Connection {
                 // own hold ended) changes nothing.
                 return;
             }
-            let only_fin_left = self.state == State::Connected
-                && self.eof
-                && self.fin == FinState::Sent
-                && self.pending.is_empty()
-                && self.outstanding.len() == 1
-                && self.outstanding[0].ty == PacketType::Fin;
-            if only_fin_left {
+            if self.state == State::Connected && self.only_fin_left() {
                 // All our data was acked and the peer's FIN arrived; only the
                 // ack of our FIN is missing (lost, and the peer's hold ended
                 // before our resend). Nothing is lost: a clean close, as when
@@ -1472,11 +1477,17 @@ impl Connection {
         self.last_wnd_seen = h.wnd_size;
 
         // RACK (RFC 8985): the send time of the newest packet known to be
-        // delivered. An ack arriving sooner than half an RTT after a
-        // retransmission is probably for the original, so it proves nothing.
+        // delivered. An ack arriving sooner after a retransmission than any
+        // round trip seen is for the original, so it proves nothing (RFC
+        // 8985, 6.2). Not half the smoothed RTT, as before: behind a queue
+        // that has since drained that is several real round trips, and a
+        // tail loss probe's ack then never counted while its SACK kept
+        // restarting the RTO: a lost resend at the front stalled the
+        // stream for seconds (a simulated 4 MB/s link, 180 ms queue).
         let rack_time = newest.and_then(|(sent, once)| {
             let srtt = self.rtt.srtt()?;
-            (once || now.saturating_duration_since(sent) >= srtt / 2).then_some(sent)
+            let ambiguous = self.rtt.min().unwrap_or(srtt / 2);
+            (once || now.saturating_duration_since(sent) >= ambiguous).then_some(sent)
         });
 
         // Loss first: an ack that reveals a loss must not grow the window
@@ -1671,11 +1682,11 @@ impl Connection {
                 if p.sacked || p.lost || !p.in_flight {
                     continue;
                 }
-                let by_time =
-                    rack.is_some_and(|(delivered, reo_wnd)| p.last_sent + reo_wnd < delivered);
                 // Only for packets the SACK could have reported: libutp's
                 // 32 bits (and ours) don't reach a big window's far end.
                 let reportable = sack_end.is_some_and(|end| seq::lt(p.seq, end));
+                let by_time =
+                    rack.is_some_and(|(delivered, reo_wnd)| p.last_sent + reo_wnd < delivered);
                 let by_count = sacked_any
                     && reportable
                     && p.tx_index.saturating_add(count_threshold) <= self.largest_acked_tx;
@@ -1999,7 +2010,8 @@ impl Connection {
 
     /// Re-arms derived timers after any change (the endpoint calls it after
     /// every input): a closed peer window with data waiting and nothing in
-    /// flight starts the persist timer, whose expiry allows one probe.
+    /// flight starts the persist timer, whose expiry allows one probe; a
+    /// FIN that is all that is left gets its probe timer.
     pub fn refresh(&mut self, now: Instant) {
         if self.fin != FinState::None
             && self.outstanding_bytes == 0
@@ -2025,6 +2037,12 @@ impl Connection {
             && self.send_allowance() == 0
         {
             self.rto_deadline = Some(now + self.rtt.rto());
+        }
+        if self.tlp_deadline.is_none() && !self.fin_presumed && self.only_fin_left() {
+            // Our FIN is all that is left: copies go a probe timeout apart
+            // (see `FIN_ONLY_COPIES`), whether or not a tail loss probe
+            // already fired in this flight.
+            self.tlp_deadline = self.pto().map(|d| now + d);
         }
     }
 
@@ -2240,6 +2258,24 @@ impl Connection {
 
     fn on_tail_loss_probe(&mut self, now: Instant) {
         self.tlp_deadline = None;
+        if self.only_fin_left() {
+            // Our FIN is all that is left after the peer's: resend it a
+            // probe timeout apart, and after `FIN_ONLY_COPIES` copies count
+            // the close as complete (the RTO goes on resending it).
+            self.fin_only_copies += 1;
+            if self.fin_only_copies >= FIN_ONLY_COPIES {
+                self.presume_fin_acked();
+                return;
+            }
+            self.stats.tail_loss_probes += 1;
+            Self::mark_lost(
+                &mut self.outstanding[0],
+                &mut self.in_flight,
+                &mut self.resend,
+            );
+            self.tlp_deadline = self.pto().map(|d| now + d);
+            return;
+        }
         if self.peer_wnd_known && (self.peer_wnd as usize) < self.mss {
             // Silence behind a closed window is flow control: the persist
             // timer probes, a tail loss probe would only look like loss.
@@ -2258,6 +2294,29 @@ impl Connection {
             self.tlp_credit = true;
             Self::mark_lost(p, &mut self.in_flight, &mut self.resend);
             self.start_black_hole_check(now);
+        }
+    }
+
+    /// All our data was acked and the peer's FIN arrived; only our FIN is
+    /// unacknowledged.
+    fn only_fin_left(&self) -> bool {
+        self.eof
+            && self.fin == FinState::Sent
+            && self.pending.is_empty()
+            && self.outstanding.len() == 1
+            && self.outstanding[0].ty == PacketType::Fin
+    }
+
+    /// The close is complete for the application though our FIN was never
+    /// acked (see `fin_presumed`).
+    fn presume_fin_acked(&mut self) {
+        if !self.fin_presumed {
+            tracing::debug!(
+                recv_id = self.recv_id,
+                "FIN unanswered after peer's FIN; closed, still resending it"
+            );
+            self.fin_presumed = true;
+            self.stats.fin_unacknowledged = true;
         }
     }
 
@@ -2420,12 +2479,7 @@ impl Connection {
         }
         self.consecutive_timeouts += 1;
         self.stats.timeouts += 1;
-        let only_fin_left = self.eof
-            && self.fin == FinState::Sent
-            && self.pending.is_empty()
-            && self.outstanding.len() == 1
-            && self.outstanding[0].ty == PacketType::Fin;
-        if only_fin_left && self.consecutive_timeouts >= FIN_ONLY_TIMEOUTS {
+        if self.only_fin_left() && self.consecutive_timeouts >= FIN_ONLY_TIMEOUTS {
             // Both directions are complete except the ack of our FIN.
             // libtorrent forgets a connection once its own FIN is acked and
             // never answers our later FIN: nothing is lost, so this is a
@@ -2435,14 +2489,7 @@ impl Connection {
                 self.close_without_fin_ack(now);
                 return;
             }
-            if !self.fin_presumed {
-                tracing::debug!(
-                    recv_id = self.recv_id,
-                    "FIN unanswered after peer's FIN; closed, still resending it"
-                );
-                self.fin_presumed = true;
-                self.stats.fin_unacknowledged = true;
-            }
+            self.presume_fin_acked();
             // A 20-byte packet now and then: no further backoff, so the
             // copies go out within seconds, not half a minute.
             // (Queued again even if marked lost already: a duplicate entry
