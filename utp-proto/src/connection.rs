@@ -442,8 +442,8 @@ pub struct Connection {
     /// or `max_timeouts`, since a peer that is still there and lost every
     /// copy so far would otherwise wait for its EOF forever.
     fin_presumed: bool,
-    /// Copies of our FIN sent while it was all that was left (see
-    /// `FIN_ONLY_COPIES`).
+    /// Probe timeouts while our FIN was all that was left (each but the
+    /// last sends a copy; see `FIN_ONLY_COPIES`).
     fin_only_copies: u32,
     /// When the peer acked our FIN (see `keepalive_at`).
     fin_acked_at: Option<Instant>,
@@ -1682,11 +1682,11 @@ impl Connection {
                 if p.sacked || p.lost || !p.in_flight {
                     continue;
                 }
+                let by_time =
+                    rack.is_some_and(|(delivered, reo_wnd)| p.last_sent + reo_wnd < delivered);
                 // Only for packets the SACK could have reported: libutp's
                 // 32 bits (and ours) don't reach a big window's far end.
                 let reportable = sack_end.is_some_and(|end| seq::lt(p.seq, end));
-                let by_time =
-                    rack.is_some_and(|(delivered, reo_wnd)| p.last_sent + reo_wnd < delivered);
                 let by_count = sacked_any
                     && reportable
                     && p.tx_index.saturating_add(count_threshold) <= self.largest_acked_tx;
@@ -2874,9 +2874,10 @@ impl Connection {
     /// the byte, so a peer that truncates large datagrams finds the
     /// extension chain cut (and drops the packet) unless it cut exactly
     /// the byte: such a packet reads as empty, so probe sizes keep
-    /// `size - 1` odd (receive buffers are 1,500, 16,384, 65,536 bytes...). Not empty: librqbit-utp rejects a data
-    /// packet without payload, so an empty probe's sequence number never
-    /// got through to it and the connection died. Sent only during bulk
+    /// `size - 1` odd (receive buffers are 1,500, 16,384, 65,536 bytes...).
+    /// Not empty: librqbit-utp rejects a data packet without payload, so
+    /// an empty probe's sequence number never got through to it and the
+    /// connection died. Sent only during bulk
     /// sending (a full packet waiting behind it), when the window allows
     /// new data; its padding is not counted in flight.
     fn send_mtu_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
