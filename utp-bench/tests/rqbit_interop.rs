@@ -86,20 +86,27 @@ where
     Ok(stats)
 }
 
-/// tokio-utp connects (to `via`, a relay, when given) to a librqbit-utp
-/// listener.
+/// Where to send for `addr`: through a relay losing `loss` of the
+/// datagrams each way when given (its guard stops it), else `addr` itself.
+fn via_relay(
+    addr: SocketAddr,
+    loss: Option<f64>,
+    seed: u64,
+) -> Result<(SocketAddr, Option<relay::Relay>)> {
+    Ok(match loss {
+        Some(p) => {
+            let (a, r) = relay::relay(addr, p, seed)?;
+            (a, Some(r))
+        }
+        None => (addr, None),
+    })
+}
+
+/// tokio-utp connects (through a relay when `loss` is given) to a
+/// librqbit-utp listener.
 async fn we_connect(config: Config, loss: Option<f64>, len: usize) -> Result<ConnectionStats> {
     let server = rqbit_socket().await?;
-    let addr = server.bind_addr();
-    let _relay;
-    let target: SocketAddr = match loss {
-        Some(p) => {
-            let (a, r) = relay::relay(addr, p, 11)?;
-            _relay = r;
-            a
-        }
-        None => addr,
-    };
+    let (target, _relay) = via_relay(server.bind_addr(), loss, 11)?;
     let accept = {
         let server = server.clone();
         tokio::spawn(async move { server.accept().await })
@@ -116,16 +123,7 @@ async fn we_connect(config: Config, loss: Option<f64>, len: usize) -> Result<Con
 /// tokio-utp listener.
 async fn they_connect(config: Config, loss: Option<f64>, len: usize) -> Result<ConnectionStats> {
     let listener = UtpListener::bind_with_config(relay::loopback(), config).await?;
-    let addr = listener.local_addr()?;
-    let _relay;
-    let target = match loss {
-        Some(p) => {
-            let (a, r) = relay::relay(addr, p, 12)?;
-            _relay = r;
-            a
-        }
-        None => addr,
-    };
+    let (target, _relay) = via_relay(listener.local_addr()?, loss, 12)?;
     let client = rqbit_socket().await?;
     let theirs = client
         .connect(target)

@@ -2844,13 +2844,7 @@ impl Connection {
                     return Some(n);
                 }
                 self.probe_allowed = false;
-                // May be shorter than `n` (at the end of a chunk).
-                let payload = self.pending.take(n);
-                let n = payload.len();
-                self.pacer.on_sent(n);
-                self.limits.on_upload(n);
-                self.stats.bytes_sent += n as u64;
-                self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
+                let payload = self.take_new_data(n);
                 return Some(self.send_new(now, PacketType::Data, payload, buf, 0));
             }
         }
@@ -2918,13 +2912,22 @@ impl Connection {
         }
         self.pmtud.on_probe_sent(size);
         self.stats.pmtud_probes += 1;
-        let byte = self.pending.take(1);
+        let byte = self.take_new_data(1);
         debug_assert_eq!(byte.len(), 1);
-        self.pacer.on_sent(1);
-        self.limits.on_upload(1);
-        self.stats.bytes_sent += 1;
         let pad = size - HEADER_LEN - byte.len();
         Some(self.send_new(now, PacketType::Data, byte, buf, pad))
+    }
+
+    /// Up to `n` bytes of new data for a packet (fewer at the end of a
+    /// chunk), counted by the pacer, the rate limit and the statistics.
+    fn take_new_data(&mut self, n: usize) -> Bytes {
+        let payload = self.pending.take(n);
+        let n = payload.len();
+        self.pacer.on_sent(n);
+        self.limits.on_upload(n);
+        self.stats.bytes_sent += n as u64;
+        self.stats.max_payload_sent = self.stats.max_payload_sent.max(n);
+        payload
     }
 
     fn send_new(
