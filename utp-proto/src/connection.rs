@@ -2960,6 +2960,10 @@ impl Connection {
     }
 
     fn send_outstanding(&mut self, now: Instant, idx: usize, buf: &mut [u8], retx: bool) -> usize {
+        // New data into an empty flight gets a whole RTO: a deadline armed
+        // while nothing was in flight (the persist timer, see `refresh`)
+        // is not its own, and fired a few hundred ms after such a send.
+        let starts_flight = !retx && self.in_flight.is_empty();
         self.tx_counter += 1;
         let tx = self.tx_counter;
         let p = &mut self.outstanding[idx];
@@ -2985,7 +2989,7 @@ impl Connection {
         if retx {
             self.stats.packets_retransmitted += 1;
         }
-        if self.rto_deadline.is_none() {
+        if self.rto_deadline.is_none() || starts_flight {
             self.rto_deadline = Some(now + self.rtt.rto());
         }
         if !self.tlp_fired && !retx {

@@ -1667,6 +1667,37 @@ fn zero_window_sender_probes_and_recovers_when_window_opens() {
     assert_eq!(sent_after, (10..20).map(|k| hs.sy(k)).collect::<Vec<_>>());
 }
 
+/// Data sent into an empty flight gets a whole retransmission timeout of its
+/// own, even when the persist timer (armed while a closed window held
+/// everything back) was already running: that deadline fired a few hundred
+/// milliseconds after the send and cut the window for a packet not yet due.
+#[test]
+fn data_after_a_closed_window_gets_its_own_retransmission_timeout() {
+    let mut hs = initiator();
+    hs.write(&vec![6u8; 20 * MSS]);
+    assert_eq!(data_seqs(&hs.out()).len(), 10);
+    // Everything acked, but the peer's buffer is full: the persist timer
+    // starts now.
+    assert!(data_seqs(&hs.feed(PacketType::State, hs.py(0), hs.sy(9), 0, &[])).is_empty());
+    // 400 ms later (before the persist timer's 500 ms) the window opens.
+    hs.advance(ms(400));
+    let sent_at = hs.now;
+    let out = hs.feed(PacketType::State, hs.py(0), hs.sy(9), MIB, &[]);
+    assert!(!data_seqs(&out).is_empty(), "the open window is used");
+    // No ack comes: tail loss probes may go, the timeout not before the
+    // minimum RTO after the send.
+    let rto = hs.conn().stats().timeouts;
+    while hs.conn().stats().timeouts == rto {
+        hs.fire();
+        assert!(hs.now < sent_at + secs(5), "no timeout at all");
+    }
+    assert!(
+        hs.now >= sent_at + ms(500),
+        "timed out {:?} after the send",
+        hs.now - sent_at
+    );
+}
+
 // ---------------------------------------------------------------- misc
 
 #[test]
