@@ -29,6 +29,7 @@ async fn hundred_connections_through_small_socket_buffers_lose_almost_nothing() 
     let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg)
         .await
         .unwrap();
+    let client_port = sock.local_addr().unwrap().port();
     let mut clients = Vec::new();
     for i in 0..n as u64 {
         let sock = sock.clone();
@@ -54,7 +55,11 @@ async fn hundred_connections_through_small_socket_buffers_lose_almost_nothing() 
     let resent: u64 = stats.iter().map(|s| s.packets_retransmitted).sum();
     let timeouts: u64 = stats.iter().map(|s| s.timeouts).sum();
     let drops = kernel_drops(addr.port());
-    eprintln!("{sent} packets sent, {resent} resent, {timeouts} timeouts, {drops:?} dropped");
+    let ack_drops = kernel_drops(client_port);
+    eprintln!(
+        "{sent} packets sent, {resent} resent, {timeouts} timeouts, \
+         {drops:?} dropped, {ack_drops:?} dropped on the way back"
+    );
     // With the flight's buffer charge within half the buffer: 0 to 6
     // drops and no timeout in 30 runs here. Counting its payload bytes
     // instead (small datagrams charge up to twice their size), the flight
