@@ -1698,6 +1698,45 @@ fn data_after_a_closed_window_gets_its_own_retransmission_timeout() {
     );
 }
 
+/// The most bytes in flight when every round trip takes `rtt` and the
+/// window keeps growing (the peer offers far more than it can fill).
+fn peak_flight(rtt: Duration) -> usize {
+    let mut hs = initiator_with(cfg0().recv_buffer(16 << 20), 30_000, MIB).0;
+    let data = vec![1u8; 4 << 20];
+    hs.write(&data);
+    let mut sent = data_seqs(&hs.out());
+    let mut peak = 0;
+    for _ in 0..200 {
+        // The application keeps the send buffer full.
+        hs.write(&data);
+        sent.extend(data_seqs(&hs.out()));
+        // What the pacer lets go within this round trip.
+        let end = hs.now + rtt;
+        while let Some(t) = hs.ep.poll_timeout().filter(|&t| t < end) {
+            hs.now = hs.now.max(t);
+            hs.ep.handle_timeout(hs.now);
+            sent.extend(data_seqs(&hs.out()));
+        }
+        peak = peak.max(hs.conn().stats().bytes_in_flight);
+        hs.now = end;
+        let Some(&last) = sent.last() else { break };
+        sent = data_seqs(&hs.feed(PacketType::State, hs.py(0), last, 16 << 20, &[]));
+    }
+    peak
+}
+
+/// A path whose round trip is under a millisecond (this host, a LAN) has
+/// at most 512 KiB in flight, however large the congestion window grows;
+/// a longer one gets what the window allows.
+#[test]
+fn flight_on_a_sub_millisecond_path_stays_within_512_kib() {
+    let local = peak_flight(Duration::from_micros(200));
+    assert!(local <= 512 * 1024, "{local} bytes in flight");
+    assert!(local > 400 * 1024, "the cap is reached: {local}");
+    let far = peak_flight(ms(20));
+    assert!(far > 1000 * 1024, "{far} bytes in flight at 20 ms");
+}
+
 // ---------------------------------------------------------------- misc
 
 #[test]
