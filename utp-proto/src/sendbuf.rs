@@ -24,11 +24,12 @@ const MAX_CHUNK: usize = 1024 * 1024;
 const MAX_SPARES: usize = 8;
 /// Most bytes of drained chunks kept for reuse: the chunks a bulk sender
 /// cycles through (chunks still shared with packets in flight wait here
-/// until those are acknowledged). The default flight (2 MiB to a peer) and
-/// send buffer (1 MiB) span four chunks: with half that kept, every other
-/// chunk was freed on its last ack and a fresh one faulted in, a page fault
-/// per 4 KiB written (27,000 -> 5,700 faults per 512 MiB sent, about 7 %
-/// more throughput in paired runs).
+/// until those are acknowledged). A flight of the peer's default window
+/// (1 MiB) and the default send buffer (1 MiB) span up to four chunks:
+/// with half that kept, every other chunk was freed on its last ack and a
+/// fresh one faulted in, a page fault per 4 KiB written (on loopback
+/// 27,000 -> 5,700 faults per 512 MiB sent, about 7 % more throughput in
+/// paired runs).
 const MAX_SPARE_BYTES: usize = 4 * MAX_CHUNK;
 /// Smallest chunk: small writes (request/response traffic) share one.
 const MIN_CHUNK: usize = 4 * 1024;
