@@ -1712,10 +1712,8 @@ fn peak_flight(rtt: Duration) -> usize {
         sent.extend(data_seqs(&hs.out()));
         // What the pacer lets go within this round trip.
         let end = hs.now + rtt;
-        while let Some(t) = hs.ep.poll_timeout().filter(|&t| t < end) {
-            hs.now = hs.now.max(t);
-            hs.ep.handle_timeout(hs.now);
-            sent.extend(data_seqs(&hs.out()));
+        while hs.ep.poll_timeout().is_some_and(|t| t < end) {
+            sent.extend(data_seqs(&hs.fire()));
         }
         peak = peak.max(hs.conn().stats().bytes_in_flight);
         hs.now = end;
