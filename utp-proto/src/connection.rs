@@ -73,8 +73,10 @@ const SPARE_LINGER: Duration = Duration::from_millis(250);
 /// Most unacknowledged packets a connection keeps in flight.
 const MAX_OUTSTANDING_PACKETS: usize = 16_384;
 
-/// A path whose smallest round trip is below this is on this host or a
-/// LAN (see `LOCAL_FLIGHT`).
+/// A path whose recent smallest round trip
+/// ([`RttEstimator::recent_min`]) is below this is on this host or a LAN
+/// (see `LOCAL_FLIGHT`). The recent one, so that a path that moves to a WAN
+/// under the same addresses loses the cap within seconds.
 const LOCAL_PATH_RTT: Duration = Duration::from_millis(1);
 
 /// Most bytes in flight on such a path, whatever the congestion window:
@@ -86,6 +88,10 @@ const LOCAL_PATH_RTT: Duration = Duration::from_millis(1);
 /// transfer went 2,590 -> 3,080 MB/s (medians of five) with this cap;
 /// 256 KiB and 768 KiB did less well.
 const LOCAL_FLIGHT: usize = 512 * 1024;
+
+/// Most doublings of the probe timeout (`Connection::tlp_backoff`); the
+/// RTO bounds it anyway.
+const MAX_TLP_BACKOFF: u32 = 6;
 
 /// The reordering window grows to at most this many quarters of the
 /// smoothed RTT (RFC 8985 caps it at one RTT).
@@ -387,6 +393,11 @@ pub struct Connection {
     tlp_fired: bool,
     /// The probe may be sent once regardless of the congestion window.
     tlp_credit: bool,
+    /// Doublings of the probe timeout. A probe answered by an ack that may
+    /// be the original's (Karn: no sample) may have gone too early; as for
+    /// the RTO (RFC 6298), the longer timeout stays until a packet sent
+    /// once is acked.
+    tlp_backoff: u32,
     consecutive_timeouts: u32,
     dup_acks: u32,
     last_ack_seen: u16,
@@ -554,6 +565,7 @@ impl Connection {
             tlp_deadline: None,
             tlp_fired: false,
             tlp_credit: false,
+            tlp_backoff: 0,
             consecutive_timeouts: 0,
             dup_acks: 0,
             last_ack_seen: 0,
@@ -1289,7 +1301,7 @@ impl Connection {
                 }
                 self.ack_nr = first.wrapping_sub(1);
                 match (self.syn_sent_at, self.syn_transmissions) {
-                    (Some(at), 1) => self.rtt.on_sample(now.saturating_duration_since(at)),
+                    (Some(at), 1) => self.rtt.on_sample(now.saturating_duration_since(at), now),
                     _ => self.rtt.after_syn_retransmission(),
                 }
                 self.reply_micro = self.micros(now).wrapping_sub(h.timestamp);
@@ -1455,12 +1467,36 @@ impl Connection {
         // Sample only when the newest packet acked was sent once (Karn). An
         // ack that fills a hole with a retransmission also covers packets
         // that waited behind it; their age is not a round trip.
+        //
+        // Except upward: the time since the packet's last transmission is
+        // at most a real round trip, whichever copy arrived, so when even
+        // that exceeds the smoothed RTT the path got slower. With one packet
+        // per round trip (request/response traffic) and a round trip that
+        // jumped past the probe timeout, every packet was probed before its
+        // ack came and every ack was a retransmission's: the smoothed RTT
+        // kept its old value for good and each message went twice. This
+        // moves it up (to a third of the new round trip alone), and
+        // `tlp_backoff` lets the probes wait for the rest.
         let rtt_sample = match newest {
             Some((sent, true)) => Some(now.saturating_duration_since(sent)),
-            _ => None,
+            Some((sent, false)) => {
+                let lower_bound = now.saturating_duration_since(sent);
+                self.rtt
+                    .srtt()
+                    .is_some_and(|s| lower_bound > s)
+                    .then_some(lower_bound)
+            }
+            None => None,
         };
+        match newest {
+            Some((_, true)) => self.tlp_backoff = 0,
+            Some((_, false)) if self.tlp_fired => {
+                self.tlp_backoff = (self.tlp_backoff + 1).min(MAX_TLP_BACKOFF);
+            }
+            _ => {}
+        }
         if let Some(sample) = rtt_sample {
-            self.rtt.on_sample(sample);
+            self.rtt.on_sample(sample, now);
         }
         if progressed || sacked_any {
             self.consecutive_timeouts = 0;
@@ -2287,11 +2323,15 @@ impl Connection {
     }
 
     /// Probe timeout for the tail loss probe: two smoothed RTTs, at least
-    /// 10 ms; none before the first RTT sample.
+    /// 10 ms, doubled `tlp_backoff` times and at most the RTO; none before
+    /// the first RTT sample.
     fn pto(&self) -> Option<Duration> {
-        self.rtt
-            .srtt()
-            .map(|srtt| (srtt * 2).max(Duration::from_millis(10)))
+        let srtt = self.rtt.srtt()?;
+        let base = (srtt * 2).max(Duration::from_millis(10));
+        Some(
+            base.saturating_mul(1 << self.tlp_backoff)
+                .min(self.rtt.rto()),
+        )
     }
 
     fn on_tail_loss_probe(&mut self, now: Instant) {
@@ -2585,7 +2625,7 @@ impl Connection {
 
     fn send_window(&self) -> usize {
         let mut cwnd = self.cc.window();
-        if self.rtt.min().is_some_and(|m| m < LOCAL_PATH_RTT) {
+        if self.rtt.recent_min().is_some_and(|m| m < LOCAL_PATH_RTT) {
             cwnd = cwnd.min(LOCAL_FLIGHT);
         }
         if self.peer_wnd_known {

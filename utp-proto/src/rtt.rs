@@ -1,6 +1,12 @@
 //! Smoothed RTT, variance and retransmission timeout (RFC 6298).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a sample stays the recent minimum ([`RttEstimator::recent_min`])
+/// before a larger one may replace it: long enough to outlast a queue that
+/// builds and drains, short enough that a path which got slower for good
+/// (a route change under the same addresses) is noticed within seconds.
+pub const RECENT_MIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// RTT estimator with the RFC 6298 rules and exponential backoff.
 #[derive(Debug, Clone)]
@@ -9,6 +15,8 @@ pub struct RttEstimator {
     rttvar: Duration,
     latest: Duration,
     min: Option<Duration>,
+    /// The recent minimum and when it was sampled.
+    recent_min: Option<(Duration, Instant)>,
     min_rto: Duration,
     max_rto: Duration,
     initial_rto: Duration,
@@ -23,6 +31,7 @@ impl RttEstimator {
             rttvar: Duration::ZERO,
             latest: Duration::ZERO,
             min: None,
+            recent_min: None,
             min_rto,
             max_rto,
             initial_rto,
@@ -30,10 +39,17 @@ impl RttEstimator {
         }
     }
 
-    /// Feeds one RTT sample (only from packets sent once: Karn's rule is the caller's).
-    pub fn on_sample(&mut self, rtt: Duration) {
+    /// Feeds one RTT sample taken at `now` (only from packets sent once:
+    /// Karn's rule is the caller's).
+    pub fn on_sample(&mut self, rtt: Duration, now: Instant) {
         self.latest = rtt;
         self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        let keep = self.recent_min.is_some_and(|(m, at)| {
+            m <= rtt && now.saturating_duration_since(at) < RECENT_MIN_WINDOW
+        });
+        if !keep {
+            self.recent_min = Some((rtt, now));
+        }
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -71,6 +87,14 @@ impl RttEstimator {
     /// its packet was sent.
     pub fn min(&self) -> Option<Duration> {
         self.min
+    }
+
+    /// Smallest sample of about the last [`RECENT_MIN_WINDOW`]: the path's
+    /// round trip now, where [`RttEstimator::min`] remembers the best the
+    /// connection ever saw. Once the window has passed, the next sample
+    /// takes over even if larger.
+    pub fn recent_min(&self) -> Option<Duration> {
+        self.recent_min.map(|(m, _)| m)
     }
 
     /// Most recent sample.
@@ -132,14 +156,14 @@ mod tests {
         e.back_off();
         assert_eq!(e.rto(), Duration::from_secs(6));
         // A sample rules from then on.
-        e.on_sample(Duration::from_millis(100));
+        e.on_sample(Duration::from_millis(100), Instant::now());
         assert_eq!(e.rto(), Duration::from_millis(500));
     }
 
     #[test]
     fn rto_has_a_500ms_floor_and_a_cap() {
         let mut e = est();
-        e.on_sample(Duration::from_millis(10));
+        e.on_sample(Duration::from_millis(10), Instant::now());
         assert_eq!(e.rto(), Duration::from_millis(500));
         for _ in 0..40 {
             e.back_off();
@@ -150,11 +174,33 @@ mod tests {
     #[test]
     fn rto_follows_rfc6298() {
         let mut e = est();
-        e.on_sample(Duration::from_millis(400));
+        e.on_sample(Duration::from_millis(400), Instant::now());
         // srtt 400, rttvar 200 -> 1200 ms
         assert_eq!(e.rto(), Duration::from_millis(1200));
-        e.on_sample(Duration::from_millis(400));
+        e.on_sample(Duration::from_millis(400), Instant::now());
         // rttvar = 150, srtt = 400 -> 1000
         assert_eq!(e.rto(), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn recent_min_forgets_a_faster_path_after_its_window() {
+        let mut e = est();
+        let t0 = Instant::now();
+        e.on_sample(Duration::from_micros(200), t0);
+        // Within the window a larger sample does not replace it.
+        e.on_sample(Duration::from_millis(50), t0 + Duration::from_secs(5));
+        assert_eq!(e.recent_min(), Some(Duration::from_micros(200)));
+        // After it, the path's round trip now takes over; the lifetime
+        // minimum stays.
+        e.on_sample(Duration::from_millis(50), t0 + RECENT_MIN_WINDOW);
+        e.on_sample(
+            Duration::from_millis(60),
+            t0 + RECENT_MIN_WINDOW * 2 - Duration::from_millis(1),
+        );
+        assert_eq!(e.recent_min(), Some(Duration::from_millis(50)));
+        assert_eq!(e.min(), Some(Duration::from_micros(200)));
+        // A smaller sample always takes over at once.
+        e.on_sample(Duration::from_millis(40), t0 + RECENT_MIN_WINDOW * 2);
+        assert_eq!(e.recent_min(), Some(Duration::from_millis(40)));
     }
 }

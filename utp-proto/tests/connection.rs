@@ -1698,29 +1698,34 @@ fn data_after_a_closed_window_gets_its_own_retransmission_timeout() {
     );
 }
 
-/// The most bytes in flight when every round trip takes `rtt` and the
-/// window keeps growing (the peer offers far more than it can fill).
-fn peak_flight(rtt: Duration) -> usize {
+/// The most bytes in flight in each phase of a path whose round trip is
+/// `rtt` for `rounds` round trips, phase after phase, while the window
+/// keeps growing (the peer offers far more than it can fill).
+fn peak_flights(phases: &[(Duration, usize)]) -> Vec<usize> {
     let mut hs = initiator_with(cfg0().recv_buffer(16 << 20), 30_000, MIB).0;
     let data = vec![1u8; 4 << 20];
     hs.write(&data);
     let mut sent = data_seqs(&hs.out());
-    let mut peak = 0;
-    for _ in 0..200 {
-        // The application keeps the send buffer full.
-        hs.write(&data);
-        sent.extend(data_seqs(&hs.out()));
-        // What the pacer lets go within this round trip.
-        let end = hs.now + rtt;
-        while hs.ep.poll_timeout().is_some_and(|t| t < end) {
-            sent.extend(data_seqs(&hs.fire()));
+    let mut peaks = Vec::new();
+    for &(rtt, rounds) in phases {
+        let mut peak = 0;
+        for _ in 0..rounds {
+            // The application keeps the send buffer full.
+            hs.write(&data);
+            sent.extend(data_seqs(&hs.out()));
+            // What the pacer lets go within this round trip.
+            let end = hs.now + rtt;
+            while hs.ep.poll_timeout().is_some_and(|t| t < end) {
+                sent.extend(data_seqs(&hs.fire()));
+            }
+            peak = peak.max(hs.conn().stats().bytes_in_flight);
+            hs.now = end;
+            let Some(&last) = sent.last() else { break };
+            sent = data_seqs(&hs.feed(PacketType::State, hs.py(0), last, 16 << 20, &[]));
         }
-        peak = peak.max(hs.conn().stats().bytes_in_flight);
-        hs.now = end;
-        let Some(&last) = sent.last() else { break };
-        sent = data_seqs(&hs.feed(PacketType::State, hs.py(0), last, 16 << 20, &[]));
+        peaks.push(peak);
     }
-    peak
+    peaks
 }
 
 /// A path whose round trip is under a millisecond (this host, a LAN) has
@@ -1728,11 +1733,67 @@ fn peak_flight(rtt: Duration) -> usize {
 /// a longer one gets what the window allows.
 #[test]
 fn flight_on_a_sub_millisecond_path_stays_within_512_kib() {
-    let local = peak_flight(Duration::from_micros(200));
+    let local = peak_flights(&[(Duration::from_micros(200), 200)])[0];
     assert!(local <= 512 * 1024, "{local} bytes in flight");
     assert!(local > 400 * 1024, "the cap is reached: {local}");
-    let far = peak_flight(ms(20));
+    let far = peak_flights(&[(ms(20), 200)])[0];
     assert!(far > 1000 * 1024, "{far} bytes in flight at 20 ms");
+}
+
+/// A connection whose path gets slower for good under the same addresses
+/// (a route change) loses the sub-millisecond cap once its recent round
+/// trips are all longer, rather than keeping 512 KiB per 20 ms round trip
+/// for the rest of its life.
+#[test]
+fn the_flight_cap_ends_when_the_path_stops_being_local() {
+    let rounds = 20 * 60; // 24 s at 20 ms
+    let peaks = peak_flights(&[(Duration::from_micros(200), 200), (ms(20), rounds)]);
+    assert!(peaks[0] <= 512 * 1024, "{} bytes in flight", peaks[0]);
+    assert!(
+        peaks[1] > 1000 * 1024,
+        "{} bytes in flight at 20 ms",
+        peaks[1]
+    );
+}
+
+/// Request/response traffic (one packet per round trip) on a path whose
+/// round trip jumps from 1 ms to 40 ms, past the probe timeout: each
+/// message is probed before its ack comes, so every ack is for a
+/// retransmitted packet (Karn: no sample). The smoothed RTT must still
+/// follow the path, and the probes stop once it has.
+#[test]
+fn request_response_follows_a_round_trip_that_jumps_past_the_probe_timeout() {
+    let mut hs = initiator();
+    let round = |hs: &mut Harness, rtt: Duration| {
+        hs.write(&[7u8; 100]);
+        let mut sent = data_seqs(&hs.out());
+        let end = hs.now + rtt;
+        while hs.ep.poll_timeout().is_some_and(|t| t < end) {
+            sent.extend(data_seqs(&hs.fire()));
+        }
+        hs.now = end;
+        let last = *sent.last().expect("the message went out");
+        hs.ack(last);
+    };
+    for _ in 0..20 {
+        round(&mut hs, ms(1));
+    }
+    assert!(hs.conn().stats().rtt.unwrap() < ms(2));
+    for _ in 0..100 {
+        round(&mut hs, ms(40));
+    }
+    let before = hs.conn().stats();
+    for _ in 0..20 {
+        round(&mut hs, ms(40));
+    }
+    let after = hs.conn().stats();
+    let srtt = after.rtt.unwrap();
+    assert!(srtt > ms(30), "smoothed RTT {srtt:?} on a 40 ms path");
+    assert_eq!(
+        after.tail_loss_probes, before.tail_loss_probes,
+        "probes still sent for every message"
+    );
+    assert_eq!(after.timeouts, 0);
 }
 
 // ---------------------------------------------------------------- misc
