@@ -398,6 +398,12 @@ pub struct Connection {
     /// the RTO (RFC 6298), the longer timeout stays until a packet sent
     /// once is acked.
     tlp_backoff: u32,
+    /// A retransmission timeout fired since a packet sent once was last
+    /// acked: its backoff stays until one is (Karn, RFC 6298), since an ack
+    /// of a resent packet may answer the original, and a timeout that was
+    /// too short would be too short again. (A zero-window probe's backoff
+    /// is flow control and ends with any progress.)
+    karn_hold: bool,
     consecutive_timeouts: u32,
     dup_acks: u32,
     last_ack_seen: u16,
@@ -566,6 +572,7 @@ impl Connection {
             tlp_fired: false,
             tlp_credit: false,
             tlp_backoff: 0,
+            karn_hold: false,
             consecutive_timeouts: 0,
             dup_acks: 0,
             last_ack_seen: 0,
@@ -1472,35 +1479,39 @@ impl Connection {
         // at most a real round trip, whichever copy arrived, so when even
         // that exceeds the smoothed RTT the path got slower. With one packet
         // per round trip (request/response traffic) and a round trip that
-        // jumped past the probe timeout, every packet was probed before its
-        // ack came and every ack was a retransmission's: the smoothed RTT
-        // kept its old value for good and each message went twice. This
-        // moves it up (to a third of the new round trip alone), and
-        // `tlp_backoff` lets the probes wait for the rest.
+        // jumped past the probe or retransmission timeout, every packet was
+        // resent before its ack came and every ack was a resent packet's:
+        // the smoothed RTT kept its old value for good, each message went
+        // twice, and past the RTO each one also cut the window to a packet.
+        // The bound moves the estimate up (alone, to a third of the new
+        // round trip); the timers' backoffs, kept until a packet sent once
+        // is acked, let them wait for the rest. The bound is no sample for
+        // the congestion controller: it takes a sample as the most the
+        // queueing delay can be.
         let rtt_sample = match newest {
             Some((sent, true)) => Some(now.saturating_duration_since(sent)),
-            Some((sent, false)) => {
-                let lower_bound = now.saturating_duration_since(sent);
-                self.rtt
-                    .srtt()
-                    .is_some_and(|s| lower_bound > s)
-                    .then_some(lower_bound)
-            }
-            None => None,
+            _ => None,
         };
         match newest {
-            Some((_, true)) => self.tlp_backoff = 0,
-            Some((_, false)) if self.tlp_fired => {
-                self.tlp_backoff = (self.tlp_backoff + 1).min(MAX_TLP_BACKOFF);
+            Some((sent, true)) => {
+                self.rtt.on_sample(now.saturating_duration_since(sent), now);
+                self.tlp_backoff = 0;
+                self.karn_hold = false;
             }
-            _ => {}
-        }
-        if let Some(sample) = rtt_sample {
-            self.rtt.on_sample(sample, now);
+            Some((sent, false)) => {
+                self.rtt
+                    .on_sample_at_least(now.saturating_duration_since(sent));
+                if self.tlp_fired {
+                    self.tlp_backoff = (self.tlp_backoff + 1).min(MAX_TLP_BACKOFF);
+                }
+            }
+            None => {}
         }
         if progressed || sacked_any {
             self.consecutive_timeouts = 0;
-            self.rtt.reset_backoff();
+            if !self.karn_hold {
+                self.rtt.reset_backoff();
+            }
             self.dup_acks = 0;
             // Restart the timers: the path delivers.
             self.tlp_fired = false;
@@ -2585,6 +2596,15 @@ impl Connection {
             return;
         }
         // A shrunk path drops every full-size packet: check for that.
+        // A lost path MTU probe is explained by its size, not by a timeout
+        // too short: its backoff ends with any progress, as before, or
+        // probes lost one after another (one packet in flight) stretched
+        // the timeout to seconds.
+        self.karn_hold = self
+            .outstanding
+            .iter()
+            .find(|p| !p.sacked)
+            .is_none_or(|p| p.pad == 0);
         self.start_black_hole_check(now);
         self.rtt.back_off();
         self.cc.on_timeout(now);

@@ -78,6 +78,20 @@ impl RttEstimator {
         }
     }
 
+    /// The ack of a retransmitted packet came `rtt` after its last
+    /// transmission: the round trip was at least that, whichever copy
+    /// arrived, but no more is known (Karn). Taken as a sample only when
+    /// it exceeds the smoothed RTT (the path got slower); the minimum and
+    /// the backoff stay as they are.
+    pub fn on_sample_at_least(&mut self, rtt: Duration) {
+        let Some(srtt) = self.srtt else { return };
+        if rtt > srtt {
+            let err = rtt - srtt;
+            self.rttvar = (self.rttvar * 3 + err) / 4;
+            self.srtt = Some((srtt * 7 + rtt) / 8);
+        }
+    }
+
     /// Smoothed RTT, if any sample was taken.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
@@ -202,5 +216,23 @@ mod tests {
         // A smaller sample always takes over at once.
         e.on_sample(Duration::from_millis(40), t0 + RECENT_MIN_WINDOW * 2);
         assert_eq!(e.recent_min(), Some(Duration::from_millis(40)));
+    }
+
+    #[test]
+    fn a_retransmission_bound_only_moves_the_estimate_up_and_keeps_the_backoff() {
+        let mut e = est();
+        e.on_sample_at_least(Duration::from_millis(300));
+        assert_eq!(e.srtt(), None, "no estimate from a bound alone");
+        e.on_sample(Duration::from_millis(100), Instant::now());
+        e.back_off();
+        let rto = e.rto();
+        e.on_sample_at_least(Duration::from_millis(50));
+        assert_eq!(e.srtt(), Some(Duration::from_millis(100)));
+        assert_eq!(e.rto(), rto);
+        e.on_sample_at_least(Duration::from_millis(900));
+        assert_eq!(e.srtt(), Some(Duration::from_millis(200)));
+        assert_eq!(e.min(), Some(Duration::from_millis(100)));
+        assert_eq!(e.recent_min(), Some(Duration::from_millis(100)));
+        assert!(e.rto() > rto, "backed off and larger: {:?}", e.rto());
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::{datagram, drain, hdr, me, peer, sack_of, Out};
 use utp_proto::packet::{Header, PacketType};
 use utp_proto::{
-    AimdFactory, Config, ConnHandle, Connection, ConnectionError, Endpoint, State, WriteError,
-    SPLIT_MIN, SYN_RECV_HOLD,
+    AimdFactory, Config, ConnHandle, Connection, ConnectionError, ConnectionStats, Endpoint, State,
+    WriteError, SPLIT_MIN, SYN_RECV_HOLD,
 };
 
 const MSS: usize = 1400;
@@ -1756,13 +1756,10 @@ fn the_flight_cap_ends_when_the_path_stops_being_local() {
     );
 }
 
-/// Request/response traffic (one packet per round trip) on a path whose
-/// round trip jumps from 1 ms to 40 ms, past the probe timeout: each
-/// message is probed before its ack comes, so every ack is for a
-/// retransmitted packet (Karn: no sample). The smoothed RTT must still
-/// follow the path, and the probes stop once it has.
-#[test]
-fn request_response_follows_a_round_trip_that_jumps_past_the_probe_timeout() {
+/// Request/response traffic (one packet per round trip): 20 messages on
+/// a 1 ms path, then `jumped` round trips of `rtt` and `settled` more;
+/// the connection's stats after the jump and at the end.
+fn request_response_jump(rtt: Duration, jumped: usize, settled: usize) -> [ConnectionStats; 2] {
     let mut hs = initiator();
     let round = |hs: &mut Harness, rtt: Duration| {
         hs.write(&[7u8; 100]);
@@ -1779,14 +1776,23 @@ fn request_response_follows_a_round_trip_that_jumps_past_the_probe_timeout() {
         round(&mut hs, ms(1));
     }
     assert!(hs.conn().stats().rtt.unwrap() < ms(2));
-    for _ in 0..100 {
-        round(&mut hs, ms(40));
+    for _ in 0..jumped {
+        round(&mut hs, rtt);
     }
     let before = hs.conn().stats();
-    for _ in 0..20 {
-        round(&mut hs, ms(40));
+    for _ in 0..settled {
+        round(&mut hs, rtt);
     }
-    let after = hs.conn().stats();
+    [before, hs.conn().stats()]
+}
+
+/// A round trip that jumps past the probe timeout (1 -> 40 ms): each
+/// message is probed before its ack comes, so every ack is for a
+/// retransmitted packet (Karn: no sample). The smoothed RTT must still
+/// follow the path, and the probes stop once it has.
+#[test]
+fn request_response_follows_a_round_trip_that_jumps_past_the_probe_timeout() {
+    let [before, after] = request_response_jump(ms(40), 100, 20);
     let srtt = after.rtt.unwrap();
     assert!(srtt > ms(30), "smoothed RTT {srtt:?} on a 40 ms path");
     assert_eq!(
@@ -1794,6 +1800,21 @@ fn request_response_follows_a_round_trip_that_jumps_past_the_probe_timeout() {
         "probes still sent for every message"
     );
     assert_eq!(after.timeouts, 0);
+}
+
+/// A round trip that jumps past the retransmission timeout (1 ms -> 2 s,
+/// a bloated uplink): the first message times out, and its backoff (kept
+/// until a packet sent once is acked) keeps the next ones from doing so.
+/// Before, every message timed out and cut the window to one packet.
+#[test]
+fn request_response_follows_a_round_trip_that_jumps_past_the_rto() {
+    let [before, after] = request_response_jump(secs(2), 40, 20);
+    let srtt = after.rtt.unwrap();
+    assert!(srtt > ms(1500), "smoothed RTT {srtt:?} on a 2 s path");
+    assert!(after.timeouts <= 2, "{} timeouts", after.timeouts);
+    assert_eq!(after.timeouts, before.timeouts);
+    assert_eq!(after.tail_loss_probes, before.tail_loss_probes);
+    assert_eq!(after.packets_retransmitted, before.packets_retransmitted);
 }
 
 // ---------------------------------------------------------------- misc
