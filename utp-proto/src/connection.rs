@@ -2595,7 +2595,6 @@ impl Connection {
             self.fail(ConnectionError::TimedOut);
             return;
         }
-        // A shrunk path drops every full-size packet: check for that.
         // A lost path MTU probe is explained by its size, not by a timeout
         // too short: its backoff ends with any progress, as before, or
         // probes lost one after another (one packet in flight) stretched
@@ -2605,6 +2604,7 @@ impl Connection {
             .iter()
             .find(|p| !p.sacked)
             .is_none_or(|p| p.pad == 0);
+        // A shrunk path drops every full-size packet: check for that.
         self.start_black_hole_check(now);
         self.rtt.back_off();
         self.cc.on_timeout(now);
