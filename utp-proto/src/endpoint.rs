@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -63,6 +63,9 @@ pub struct EndpointStats {
     pub resets_sent: u64,
     /// RESET replies suppressed by the rate limit.
     pub resets_suppressed: u64,
+    /// RESET replies not sent because the same connection (address and
+    /// id) got a RESET less than [`RESET_QUIET`] before.
+    pub resets_repeated: u64,
     /// SYNs dropped because the accept backlog was full.
     pub syn_backlog_full: u64,
     /// SYNs that found [`Config::max_half_open`] connections still waiting
@@ -199,6 +202,12 @@ pub struct Endpoint {
     /// id). An entry whose record is gone or ends later (its TIME_WAIT
     /// started over) is stale.
     time_wait_order: VecDeque<(Instant, SocketAddr, u16)>,
+    /// Connections (address, the id their packets carry) we sent a RESET
+    /// to within [`RESET_QUIET`], and when; at most [`MAX_RECENT_RESETS`].
+    recent_resets: NetMap<(SocketAddr, u16), Instant>,
+    /// The same, oldest first (an entry whose time differs from the map's
+    /// is stale).
+    recent_reset_order: VecDeque<(Instant, SocketAddr, u16)>,
     /// Drop counters of connections already freed.
     retired_drops: DropStats,
     /// Data in flight per peer address (see [`Config::max_peer_flight`]),
@@ -355,6 +364,17 @@ pub(crate) struct TimeWait {
 /// Most RESET replies queued at once; more are dropped (and counted).
 const MAX_QUEUED_RESETS: usize = 64;
 
+/// One RESET per connection this long: the packets the peer had in flight
+/// when it went get no RESET each. libutp leaves a socket it is closing
+/// after a RESET in the "reset" state again on a second one, never frees
+/// it, and never reports the close (utp-native's stream hung for good,
+/// about one abort in fifteen on loopback). A peer still sending after
+/// this long missed the first RESET and gets another.
+pub const RESET_QUIET: Duration = Duration::from_secs(1);
+
+/// Most connections remembered for [`RESET_QUIET`]; the oldest goes first.
+const MAX_RECENT_RESETS: usize = 1024;
+
 /// Most stateless replies queued at once, SYN cookies included: a flood's
 /// SYNs are answered as fast as they come, a burst beyond this dropped.
 const MAX_QUEUED_REPLIES: usize = 1024;
@@ -418,6 +438,8 @@ impl Endpoint {
             connecting: 0,
             time_wait: NetMap::default(),
             time_wait_order: VecDeque::new(),
+            recent_resets: NetMap::default(),
+            recent_reset_order: VecDeque::new(),
             retired_drops: DropStats::default(),
             flights: Slab::new(),
             flight_ids: NetMap::default(),
@@ -689,12 +711,15 @@ impl Endpoint {
         let _span = conn_span(&e.conn, e.addr).entered();
         tracing::debug!("aborted by the application");
         e.conn.observe(now);
-        if let Some(reset) = e.conn.abort(now) {
+        let reset = e.conn.abort(now);
+        e.touched = false;
+        let (addr, id) = (e.addr, e.conn.recv_id());
+        if let Some(reset) = reset {
             // Not subject to the reply limits: one per connection the
             // application holds, so bounded by them.
-            self.resets.push_back((e.addr, reset));
+            self.resets.push_back((addr, reset));
+            self.note_reset(now, addr, id);
         }
-        e.touched = false;
         self.stats.connections_aborted += 1;
         self.after_change(h.0, now);
     }
@@ -1535,11 +1560,16 @@ impl Endpoint {
         self.reset_refill = now;
         let cap = self.cfg.reset_rate as f64;
         self.reset_tokens = (self.reset_tokens + elapsed * cap).min(cap);
+        if self.reset_recently(now, to, probe.conn_id) {
+            self.stats.resets_repeated += 1;
+            return;
+        }
         if self.reset_tokens < 1.0 || self.resets.len() >= MAX_QUEUED_RESETS {
             self.stats.resets_suppressed += 1;
             return;
         }
         self.reset_tokens -= 1.0;
+        self.note_reset(now, to, probe.conn_id);
         // Same shape as libutp's: the probe's id echoed, its seq acked, and
         // never larger than the packet that caused it (20 bytes).
         let h = Header {
@@ -1552,6 +1582,36 @@ impl Endpoint {
             ack_nr: probe.seq_nr,
         };
         self.resets.push_back((to, h));
+    }
+
+    /// Whether the connection `id` at `to` got a RESET within
+    /// [`RESET_QUIET`]; forgets those that got theirs longer ago.
+    fn reset_recently(&mut self, now: Instant, to: SocketAddr, id: u16) -> bool {
+        while let Some(&(t, a, i)) = self.recent_reset_order.front() {
+            if now.saturating_duration_since(t) < RESET_QUIET {
+                break;
+            }
+            self.recent_reset_order.pop_front();
+            if self.recent_resets.get(&(a, i)) == Some(&t) {
+                self.recent_resets.remove(&(a, i));
+            }
+        }
+        self.recent_resets.contains_key(&(to, id))
+    }
+
+    /// Remembers a RESET to the connection `id` at `to` (see
+    /// [`RESET_QUIET`]).
+    fn note_reset(&mut self, now: Instant, to: SocketAddr, id: u16) {
+        while self.recent_resets.len() >= MAX_RECENT_RESETS {
+            let Some((t, a, i)) = self.recent_reset_order.pop_front() else {
+                break;
+            };
+            if self.recent_resets.get(&(a, i)) == Some(&t) {
+                self.recent_resets.remove(&(a, i));
+            }
+        }
+        self.recent_resets.insert((to, id), now);
+        self.recent_reset_order.push_back((now, to, id));
     }
 
     /// Writes the next datagram into `buf` (at least `max_payload + 64`

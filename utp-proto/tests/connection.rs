@@ -1401,15 +1401,27 @@ fn abort_sends_one_reset_frees_the_connection_and_answers_later_packets_as_unkno
         (st.connections_aborted, st.connections_reset, st.resets_sent),
         (1, 0, 1)
     );
+    // What the peer had in flight finds no connection, and no RESET for
+    // each packet: one per connection and second (libutp wedges a socket
+    // it is closing on a second RESET).
+    assert!(hs.ack(hs.sy(1)).is_empty());
+    assert!(hs
+        .feed(PacketType::Data, hs.py(2), hs.sy(0), MIB, b"late")
+        .is_empty());
+    let st = hs.ep.stats();
+    assert_eq!((st.unknown_connection, st.resets_repeated), (2, 2));
     // Nothing is retransmitted, no FIN follows: any timer left fires empty.
     while hs.ep.poll_timeout().is_some() {
         assert!(hs.fire().is_empty());
     }
-    // The peer's next packet finds no connection: a RESET like any
-    // unknown connection's.
+    // A peer still sending a second later missed the RESET: its next
+    // packet gets a RESET like any unknown connection's.
+    hs.now = hs.now.max(now + utp_proto::endpoint::RESET_QUIET);
     let r = only(hs.ack(hs.sy(1)));
     assert_eq!(r.h.ty, PacketType::Reset);
-    assert_eq!(hs.ep.stats().unknown_connection, 1);
+    assert_eq!(hs.ep.stats().unknown_connection, 3);
+    // And then not again at once.
+    assert!(hs.ack(hs.sy(1)).is_empty());
 }
 
 #[test]
@@ -1520,6 +1532,28 @@ fn reset_for_unknown_connection_is_never_answered() {
     assert!(drain(&mut ep, t0).is_empty());
     assert_eq!(ep.stats().resets_sent, 0);
     assert_eq!(ep.stats().unknown_connection, 10);
+}
+
+/// Packets for one unknown connection get one RESET per second, however
+/// many arrive (a peer's whole flight after we forgot the connection);
+/// another connection gets its own.
+#[test]
+fn an_unknown_connection_gets_one_reset_per_second() {
+    let (mut ep, t0) = endpoint(cfg0(), 12);
+    let probe = |ep: &mut Endpoint, now: Instant, id: u16, seq: u16| -> usize {
+        let p = hdr(PacketType::Data, id, seq, 0);
+        ep.handle_datagram(now, peer(), &datagram(&p, &[], b"x"))
+            .unwrap();
+        drain(ep, now).len()
+    };
+    let burst: usize = (0..20)
+        .map(|i| probe(&mut ep, t0 + ms(i), 7, i as u16))
+        .sum();
+    assert_eq!(burst, 1);
+    assert_eq!(probe(&mut ep, t0 + ms(30), 8, 0), 1, "another connection");
+    assert_eq!(ep.stats().resets_repeated, 19);
+    assert_eq!(probe(&mut ep, t0 + ms(999), 7, 50), 0);
+    assert_eq!(probe(&mut ep, t0 + ms(1000), 7, 51), 1, "a second later");
 }
 
 #[test]
