@@ -368,7 +368,7 @@ const MAX_QUEUED_RESETS: usize = 64;
 /// when it went get no RESET each. libutp leaves a socket it is closing
 /// after a RESET in the "reset" state again on a second one, never frees
 /// it, and never reports the close (utp-native's stream hung for good,
-/// about one abort in fifteen on loopback). A peer still sending after
+/// about one abort in twenty on loopback). A peer still sending after
 /// this long missed the first RESET and gets another.
 pub const RESET_QUIET: Duration = Duration::from_secs(1);
 
@@ -1585,10 +1585,30 @@ impl Endpoint {
     }
 
     /// Whether the connection `id` at `to` got a RESET within
-    /// [`RESET_QUIET`]; forgets those that got theirs longer ago.
+    /// [`RESET_QUIET`].
     fn reset_recently(&mut self, now: Instant, to: SocketAddr, id: u16) -> bool {
+        self.forget_resets(now, usize::MAX);
+        self.recent_resets.contains_key(&(to, id))
+    }
+
+    /// Remembers a RESET to the connection `id` at `to` (see
+    /// [`RESET_QUIET`]).
+    fn note_reset(&mut self, now: Instant, to: SocketAddr, id: u16) {
+        self.forget_resets(now, MAX_RECENT_RESETS - 1);
+        self.recent_resets.insert((to, id), now);
+        self.recent_reset_order.push_back((now, to, id));
+    }
+
+    /// Forgets the RESETs older than [`RESET_QUIET`], and the oldest ones
+    /// beyond `keep`.
+    fn forget_resets(&mut self, now: Instant, keep: usize) {
         while let Some(&(t, a, i)) = self.recent_reset_order.front() {
-            if now.saturating_duration_since(t) < RESET_QUIET {
+            let expired = now.saturating_duration_since(t) >= RESET_QUIET;
+            // Entries replaced later are stale: count them against the
+            // bound too, so the queue stays within twice it.
+            let over = self.recent_resets.len() > keep
+                || self.recent_reset_order.len() > keep.saturating_mul(2);
+            if !expired && !over {
                 break;
             }
             self.recent_reset_order.pop_front();
@@ -1596,22 +1616,6 @@ impl Endpoint {
                 self.recent_resets.remove(&(a, i));
             }
         }
-        self.recent_resets.contains_key(&(to, id))
-    }
-
-    /// Remembers a RESET to the connection `id` at `to` (see
-    /// [`RESET_QUIET`]).
-    fn note_reset(&mut self, now: Instant, to: SocketAddr, id: u16) {
-        while self.recent_resets.len() >= MAX_RECENT_RESETS {
-            let Some((t, a, i)) = self.recent_reset_order.pop_front() else {
-                break;
-            };
-            if self.recent_resets.get(&(a, i)) == Some(&t) {
-                self.recent_resets.remove(&(a, i));
-            }
-        }
-        self.recent_resets.insert((to, id), now);
-        self.recent_reset_order.push_back((now, to, id));
     }
 
     /// Writes the next datagram into `buf` (at least `max_payload + 64`

@@ -1556,6 +1556,23 @@ fn an_unknown_connection_gets_one_reset_per_second() {
     assert_eq!(probe(&mut ep, t0 + ms(1000), 7, 51), 1, "a second later");
 }
 
+/// What the endpoint remembers of the RESETs it sent is bounded: past
+/// 1,024 connections the oldest are forgotten (and would get another).
+#[test]
+fn remembered_resets_are_bounded() {
+    let (mut ep, t0) = endpoint(cfg0().reset_rate(1_000_000), 13);
+    let probe = |ep: &mut Endpoint, id: u16| -> usize {
+        let p = hdr(PacketType::Data, id, 1, 0);
+        ep.handle_datagram(t0, peer(), &datagram(&p, &[], b"x"))
+            .unwrap();
+        drain(ep, t0).len()
+    };
+    let first: usize = (0..3000).map(|id| probe(&mut ep, id)).sum();
+    assert_eq!(first, 3000);
+    assert_eq!(probe(&mut ep, 2999), 0, "remembered");
+    assert_eq!(probe(&mut ep, 0), 1, "forgotten: past the bound");
+}
+
 #[test]
 fn reset_replies_are_rate_limited() {
     let (mut ep, t0) = endpoint(cfg0().reset_rate(10), 11);
