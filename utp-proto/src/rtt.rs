@@ -55,12 +55,7 @@ impl RttEstimator {
                 self.srtt = Some(rtt);
                 self.rttvar = rtt / 2;
             }
-            Some(srtt) => {
-                // Duration::abs_diff needs Rust 1.81; the MSRV is 1.80.
-                let err = srtt.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + err) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
-            }
+            Some(srtt) => self.smooth(srtt, rtt),
         }
         // A fresh sample proves the path works again.
         self.backoff = 0;
@@ -84,12 +79,17 @@ impl RttEstimator {
     /// it exceeds the smoothed RTT (the path got slower); the minimum and
     /// the backoff stay as they are.
     pub fn on_sample_at_least(&mut self, rtt: Duration) {
-        let Some(srtt) = self.srtt else { return };
-        if rtt > srtt {
-            let err = rtt - srtt;
-            self.rttvar = (self.rttvar * 3 + err) / 4;
-            self.srtt = Some((srtt * 7 + rtt) / 8);
+        if let Some(srtt) = self.srtt.filter(|&s| rtt > s) {
+            self.smooth(srtt, rtt);
         }
+    }
+
+    /// RFC 6298 (2.3): folds `rtt` into the variance and the smoothed RTT.
+    fn smooth(&mut self, srtt: Duration, rtt: Duration) {
+        // Duration::abs_diff needs Rust 1.81; the MSRV is 1.80.
+        let err = srtt.abs_diff(rtt);
+        self.rttvar = (self.rttvar * 3 + err) / 4;
+        self.srtt = Some((srtt * 7 + rtt) / 8);
     }
 
     /// Smoothed RTT, if any sample was taken.
