@@ -1488,24 +1488,20 @@ impl Connection {
         // is acked, let them wait for the rest. The bound is no sample for
         // the congestion controller: it takes a sample as the most the
         // queueing delay can be.
-        let rtt_sample = match newest {
-            Some((sent, true)) => Some(now.saturating_duration_since(sent)),
-            _ => None,
-        };
-        match newest {
-            Some((sent, true)) => {
-                self.rtt.on_sample(now.saturating_duration_since(sent), now);
+        let mut rtt_sample = None;
+        if let Some((sent, once)) = newest {
+            let age = now.saturating_duration_since(sent);
+            if once {
+                rtt_sample = Some(age);
+                self.rtt.on_sample(age, now);
                 self.tlp_backoff = 0;
                 self.karn_hold = false;
-            }
-            Some((sent, false)) => {
-                self.rtt
-                    .on_sample_at_least(now.saturating_duration_since(sent));
+            } else {
+                self.rtt.on_sample_at_least(age);
                 if self.tlp_fired {
                     self.tlp_backoff = (self.tlp_backoff + 1).min(MAX_TLP_BACKOFF);
                 }
             }
-            None => {}
         }
         if progressed || sacked_any {
             self.consecutive_timeouts = 0;
