@@ -70,6 +70,18 @@ impl Harness {
         self.now += d;
     }
 
+    /// Runs the timers due within `d` (the pacer's, probes, the RTO), then
+    /// moves to its end; returns the DATA packets they sent.
+    fn data_sent_within(&mut self, d: Duration) -> Vec<u16> {
+        let end = self.now + d;
+        let mut sent = Vec::new();
+        while self.ep.poll_timeout().is_some_and(|t| t < end) {
+            sent.extend(data_seqs(&self.fire()));
+        }
+        self.now = end;
+        sent
+    }
+
     /// The peer sends a packet; returns what we send in reply at once.
     fn feed_full(&mut self, mut h: Header, sack: &[u8], payload: &[u8]) -> Vec<Out> {
         if h.ty != PacketType::Syn {
@@ -1765,12 +1777,8 @@ fn peak_flights(phases: &[(Duration, usize)]) -> Vec<usize> {
             hs.write(&data);
             sent.extend(data_seqs(&hs.out()));
             // What the pacer lets go within this round trip.
-            let end = hs.now + rtt;
-            while hs.ep.poll_timeout().is_some_and(|t| t < end) {
-                sent.extend(data_seqs(&hs.fire()));
-            }
+            sent.extend(hs.data_sent_within(rtt));
             peak = peak.max(hs.conn().stats().bytes_in_flight);
-            hs.now = end;
             let Some(&last) = sent.last() else { break };
             sent = data_seqs(&hs.feed(PacketType::State, hs.py(0), last, 16 << 20, &[]));
         }
@@ -1815,11 +1823,7 @@ fn request_response_jump(rtt: Duration, jumped: usize, settled: usize) -> [Conne
     let round = |hs: &mut Harness, rtt: Duration| {
         hs.write(&[7u8; 100]);
         let mut sent = data_seqs(&hs.out());
-        let end = hs.now + rtt;
-        while hs.ep.poll_timeout().is_some_and(|t| t < end) {
-            sent.extend(data_seqs(&hs.fire()));
-        }
-        hs.now = end;
+        sent.extend(hs.data_sent_within(rtt));
         let last = *sent.last().expect("the message went out");
         hs.ack(last);
     };
