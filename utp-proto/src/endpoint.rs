@@ -1140,9 +1140,10 @@ impl Endpoint {
     }
 
     /// Drops the heap's stale entries once they outnumber the live
-    /// connections: a request/response connection leaves one behind per
-    /// message (its retransmission timer, moved later by the ack), and
-    /// they would otherwise wait in the heap until their time came.
+    /// connections. Ended connections leave theirs behind, and a timer
+    /// moved earlier leaves its later entry; `next_timer` drops stale
+    /// entries only as they reach the top. Checked where the heap grows,
+    /// so it stays bounded however seldom a timer fires.
     fn prune_timers(&mut self) {
         if self.timers.len() > 2 * self.conns.len() + TRIM_MIN {
             let conns = &self.conns;
@@ -1773,4 +1774,58 @@ impl Endpoint {
 /// debug logging is off (the level is checked before anything is built).
 fn conn_span(conn: &Connection, peer: SocketAddr) -> tracing::Span {
     tracing::debug_span!("utp", id = conn.recv_id(), %peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Delivers everything `from` has to send to `to`, arriving at `now`.
+    fn pump(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint, now: Instant) -> usize {
+        let mut buf = vec![0u8; 70_000];
+        let mut n = 0;
+        while let Some(t) = from.poll_transmit(now, &mut buf) {
+            let _ = to.handle_datagram(now, from_addr, &buf[..t.len]);
+            n += 1;
+        }
+        n
+    }
+
+    /// A request/response connection arms and moves its timers with every
+    /// message; the heap holds a few entries for it, not one per message,
+    /// even while no timer ever fires (tables are trimmed only after one).
+    #[test]
+    fn stale_timer_entries_stay_bounded_while_no_timer_fires() {
+        let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+        let cfg = Arc::new(Config::default());
+        let mut now = Instant::now();
+        let mut a = Endpoint::with_seed(cfg.clone(), now, 1);
+        let mut b = Endpoint::with_seed(cfg, now, 2);
+        b.set_listening(true);
+        let ha = a.connect(now, b_addr).unwrap();
+        while pump(&mut a, a_addr, &mut b, now) + pump(&mut b, b_addr, &mut a, now) > 0 {}
+        let hb = b.accept().expect("accepted");
+        let mut buf = [0u8; 64];
+        let mut peak = 0;
+        for i in 0..4 * TRIM_MIN {
+            // Far below any retransmission or keep-alive timeout.
+            now += Duration::from_micros(50);
+            let msg = [i as u8; 64];
+            assert_eq!(a.with_conn(ha, now, |c| c.write(&msg)), Ok(64));
+            pump(&mut a, a_addr, &mut b, now);
+            assert_eq!(b.with_conn(hb, now, |c| c.read(&mut buf)), Ok(64));
+            assert_eq!(buf, msg);
+            assert_eq!(b.with_conn(hb, now, |c| c.write(&buf)), Ok(64));
+            pump(&mut b, b_addr, &mut a, now);
+            assert_eq!(a.with_conn(ha, now, |c| c.read(&mut buf)), Ok(64));
+            for ep in [&mut a, &mut b] {
+                ep.handle_timeout(now);
+                peak = peak.max(ep.timers.len());
+            }
+        }
+        assert_eq!(a.conn(ha).stats().timeouts, 0, "no timer fired");
+        assert!(peak <= 8, "{peak} timer entries for one connection");
+    }
 }
