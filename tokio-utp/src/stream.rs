@@ -289,7 +289,8 @@ impl StreamInner {
         if let Some(kind) = inner.driver_gone {
             return Poll::Ready(Err(driver_gone(kind)));
         }
-        match inner.endpoint.with_conn(h, Instant::now(), write) {
+        // Sent right below, or by the driver it wakes.
+        match inner.endpoint.with_conn_sending(h, Instant::now(), write) {
             Ok(0) => {
                 register(&mut inner, h, cx, false);
                 Poll::Pending

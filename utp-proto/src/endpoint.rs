@@ -680,6 +680,36 @@ impl Endpoint {
         r
     }
 
+    /// [`Endpoint::with_conn`] for a write that the caller has sent at once
+    /// ([`Endpoint::poll_transmit`] right after, or its I/O driver soon).
+    /// If the connection then has something to send, it is only queued:
+    /// the bookkeeping after a change runs once the datagram is made, as it
+    /// would anyway, instead of twice per message. Anything else (nothing
+    /// written, nothing sendable) is handled as by `with_conn`.
+    pub fn with_conn_sending<R>(
+        &mut self,
+        h: ConnHandle,
+        now: Instant,
+        f: impl FnOnce(&mut Connection) -> R,
+    ) -> R {
+        let e = &mut self.conns[h.0];
+        let _span = conn_span(&e.conn, e.addr).entered();
+        e.conn.observe(now);
+        let r = f(&mut e.conn);
+        // What a write changes (queued bytes and the timers they arm) is
+        // what `next_transmit` brings up to date before and after sending.
+        if e.dirty {
+            return r;
+        }
+        if e.conn.wants_transmit() {
+            e.dirty = true;
+            self.dirty.push_back(h.0);
+            return r;
+        }
+        self.after_change(h.0, now);
+        r
+    }
+
     /// The application is done with `h`: the connection finishes gracefully
     /// in the background and is freed afterwards. The handle is invalid after.
     pub fn release(&mut self, h: ConnHandle, now: Instant) {
@@ -1690,7 +1720,9 @@ impl Endpoint {
                 e.conn.poll_transmit(now, buf).map(|n| (n, None))
             };
             let Some((len, payload)) = sent else {
-                // Nothing sent, but a timer may have been armed (persist).
+                // Nothing sent, but a timer may be due (persist, after a
+                // write `with_conn_sending` left to this).
+                e.conn.refresh(now);
                 self.schedule(idx);
                 continue;
             };
