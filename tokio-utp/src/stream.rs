@@ -227,7 +227,7 @@ impl StreamInner {
             register(&mut inner, h, cx, true);
             return Poll::Pending;
         }
-        let r = inner.endpoint.with_conn(h, Instant::now(), |c| {
+        let r = inner.endpoint.with_conn_reading(h, Instant::now(), |c| {
             let (n, taken) = take(c)?;
             Ok((n, taken, c.is_eof()))
         });

@@ -680,6 +680,37 @@ impl Endpoint {
         r
     }
 
+    /// [`Endpoint::with_conn`] for `f` that only reads (`Connection::read`,
+    /// `read_pieces`, queries). A read changes the receive window (an update
+    /// may be due) and what follows from it for the timers (the drained
+    /// receive buffer's release, a download limit's retry); the rest of the
+    /// bookkeeping after a change (flight, reordering, state, path) stays
+    /// as it was, and is skipped: it ran four times per request/response
+    /// message.
+    pub fn with_conn_reading<R>(
+        &mut self,
+        h: ConnHandle,
+        now: Instant,
+        f: impl FnOnce(&mut Connection) -> R,
+    ) -> R {
+        let e = &mut self.conns[h.0];
+        let _span = conn_span(&e.conn, e.addr).entered();
+        e.conn.observe(now);
+        #[cfg(debug_assertions)]
+        let before = (e.conn.state(), e.conn.in_flight(), e.conn.reorder_held());
+        let r = f(&mut e.conn);
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            before,
+            (e.conn.state(), e.conn.in_flight(), e.conn.reorder_held()),
+            "with_conn_reading ran more than a read"
+        );
+        e.conn.refresh(now);
+        self.queue_if_sending(h.0);
+        self.schedule(h.0);
+        r
+    }
+
     /// [`Endpoint::with_conn`] for a write that the caller has sent at once
     /// ([`Endpoint::poll_transmit`] right after, or its I/O driver soon).
     /// If the connection then has something to send, it is only queued:
