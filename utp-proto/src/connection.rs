@@ -2140,39 +2140,39 @@ impl Connection {
 
     /// The earliest moment [`Connection::handle_timeout`] needs to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        // Runs after every change to every connection: a plain loop, which
-        // compiles to far fewer instructions than `flatten().min()`.
-        let timers = [
-            self.syn_retx_at,
-            self.connect_deadline,
-            self.rto_deadline,
-            self.tlp_deadline,
-            // Only a hold with something held needs waking for.
+        // Runs after every change to every connection: each timer is taken
+        // as it is read, with no array of them built first and no
+        // `flatten().min()`, which compile to far more instructions.
+        let mut first: Option<Instant> = None;
+        let mut take = |t: Option<Instant>| {
+            if let Some(t) = t {
+                if first.is_none_or(|f| t < f) {
+                    first = Some(t);
+                }
+            }
+        };
+        take(self.syn_retx_at);
+        take(self.connect_deadline);
+        take(self.rto_deadline);
+        take(self.tlp_deadline);
+        // Only a hold with something held needs waking for.
+        take(
             self.hold_until
                 .filter(|_| !self.pending.is_empty() || self.fin == FinState::Queued),
-            self.time_wait_until,
-            self.linger_until,
-            self.paced_until,
-            self.read_limited_until,
-            self.spare_release_at,
-            self.ack_held_until,
-            self.keepalive_at(),
-            self.idle_deadline(),
-            (self.state == State::Connected)
-                .then(|| self.pmtud.poll_timeout())
-                .flatten(),
-            match self.bh_check {
-                BlackHoleCheck::Answered { decide_at, .. } => Some(decide_at),
-                _ => None,
-            },
-        ];
-        let mut first: Option<Instant> = None;
-        for t in timers {
-            first = match (first, t) {
-                (Some(f), Some(t)) if t < f => Some(t),
-                (None, t) => t,
-                (f, _) => f,
-            };
+        );
+        take(self.time_wait_until);
+        take(self.linger_until);
+        take(self.paced_until);
+        take(self.read_limited_until);
+        take(self.spare_release_at);
+        take(self.ack_held_until);
+        take(self.keepalive_at());
+        take(self.idle_deadline());
+        if self.state == State::Connected {
+            take(self.pmtud.poll_timeout());
+        }
+        if let BlackHoleCheck::Answered { decide_at, .. } = self.bh_check {
+            take(Some(decide_at));
         }
         first
     }
