@@ -62,11 +62,23 @@ fuzz_target!(|data: &[u8]| {
     for op in data.chunks_exact(8) {
         now += Duration::from_millis(u64::from(op[0] % 64) * 8);
         match op[1] % 8 {
+            // Either entry the async layer uses, or the general one.
             0 => {
-                let _ = ep.with_conn(h, now, |c| c.write(&[0xab; 1500]));
+                let write = |c: &mut utp_proto::Connection| c.write(&[0xab; 1500]);
+                let _ = if op[2] & 1 == 0 {
+                    ep.with_conn(h, now, write)
+                } else {
+                    ep.with_conn_sending(h, now, write)
+                };
             }
             1 => {
-                if let Ok(n) = ep.with_conn(h, now, |c| c.read(&mut rd)) {
+                let read = |c: &mut utp_proto::Connection| c.read(&mut rd);
+                let r = if op[2] & 1 == 0 {
+                    ep.with_conn(h, now, read)
+                } else {
+                    ep.with_conn_reading(h, now, read)
+                };
+                if let Ok(n) = r {
                     delivered.extend_from_slice(&rd[..n]);
                 }
             }
