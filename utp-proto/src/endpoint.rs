@@ -672,11 +672,23 @@ impl Endpoint {
         now: Instant,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> R {
+        self.run_on(h, now, f, Self::after_change)
+    }
+
+    /// Runs `f` on the connection behind `h` within its tracing span, then
+    /// `after` (the bookkeeping that fits what `f` changes).
+    fn run_on<R>(
+        &mut self,
+        h: ConnHandle,
+        now: Instant,
+        f: impl FnOnce(&mut Connection) -> R,
+        after: impl FnOnce(&mut Self, usize, Instant),
+    ) -> R {
         let e = &mut self.conns[h.0];
         let _span = conn_span(&e.conn, e.addr).entered();
         e.conn.observe(now);
         let r = f(&mut e.conn);
-        self.after_change(h.0, now);
+        after(self, h.0, now);
         r
     }
 
@@ -693,22 +705,23 @@ impl Endpoint {
         now: Instant,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> R {
-        let e = &mut self.conns[h.0];
-        let _span = conn_span(&e.conn, e.addr).entered();
-        e.conn.observe(now);
-        #[cfg(debug_assertions)]
-        let before = (e.conn.state(), e.conn.in_flight(), e.conn.reorder_held());
-        let r = f(&mut e.conn);
-        #[cfg(debug_assertions)]
-        debug_assert_eq!(
-            before,
-            (e.conn.state(), e.conn.in_flight(), e.conn.reorder_held()),
-            "with_conn_reading ran more than a read"
-        );
-        e.conn.refresh(now);
-        self.queue_if_sending(h.0);
-        self.schedule(h.0);
-        r
+        let read = |c: &mut Connection| {
+            #[cfg(debug_assertions)]
+            let before = (c.state(), c.in_flight(), c.reorder_held());
+            let r = f(c);
+            #[cfg(debug_assertions)]
+            debug_assert_eq!(
+                before,
+                (c.state(), c.in_flight(), c.reorder_held()),
+                "with_conn_reading ran more than a read"
+            );
+            r
+        };
+        self.run_on(h, now, read, |ep, idx, now| {
+            ep.conns[idx].conn.refresh(now);
+            ep.queue_if_sending(idx);
+            ep.schedule(idx);
+        })
     }
 
     /// [`Endpoint::with_conn`] for a write that the caller has sent at once
@@ -723,22 +736,21 @@ impl Endpoint {
         now: Instant,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> R {
-        let e = &mut self.conns[h.0];
-        let _span = conn_span(&e.conn, e.addr).entered();
-        e.conn.observe(now);
-        let r = f(&mut e.conn);
-        // What a write changes (queued bytes and the timers they arm) is
-        // what `next_transmit` brings up to date before and after sending.
-        if e.dirty {
-            return r;
-        }
-        if e.conn.wants_transmit() {
-            e.dirty = true;
-            self.dirty.push_back(h.0);
-            return r;
-        }
-        self.after_change(h.0, now);
-        r
+        self.run_on(h, now, f, |ep, idx, now| {
+            // What a write changes (queued bytes and the timers they arm)
+            // is what `next_transmit` brings up to date before and after
+            // sending.
+            let e = &mut ep.conns[idx];
+            if e.dirty {
+                return;
+            }
+            if e.conn.wants_transmit() {
+                e.dirty = true;
+                ep.dirty.push_back(idx);
+                return;
+            }
+            ep.after_change(idx, now);
+        })
     }
 
     /// The application is done with `h`: the connection finishes gracefully
