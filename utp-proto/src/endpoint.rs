@@ -740,16 +740,9 @@ impl Endpoint {
             // What a write changes (queued bytes and the timers they arm)
             // is what `next_transmit` brings up to date before and after
             // sending.
-            let e = &mut ep.conns[idx];
-            if e.dirty {
-                return;
+            if !ep.queue_if_sending(idx) {
+                ep.after_change(idx, now);
             }
-            if e.conn.wants_transmit() {
-                e.dirty = true;
-                ep.dirty.push_back(idx);
-                return;
-            }
-            ep.after_change(idx, now);
         })
     }
 
@@ -905,13 +898,14 @@ impl Endpoint {
     }
 
     /// Queues connection `idx` for `poll_transmit` if it has something to
-    /// send and is not queued yet.
-    fn queue_if_sending(&mut self, idx: usize) {
+    /// send and is not queued yet; returns whether it is queued now.
+    fn queue_if_sending(&mut self, idx: usize) -> bool {
         let e = &mut self.conns[idx];
         if !e.dirty && e.conn.wants_transmit() {
             e.dirty = true;
             self.dirty.push_back(idx);
         }
+        e.dirty
     }
 
     /// Keeps a released connection's TIME_WAIT as a record; beyond
@@ -1854,7 +1848,6 @@ fn conn_span(conn: &Connection, peer: SocketAddr) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// Delivers everything `from` has to send to `to`, arriving at `now`.
     fn pump(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint, now: Instant) -> usize {
@@ -1870,6 +1863,8 @@ mod tests {
     /// A request/response connection arms and moves its timers with every
     /// message; the heap holds a few entries for it, not one per message,
     /// even while no timer ever fires (tables are trimmed only after one).
+    /// One side writes and reads as the async layer does, the other
+    /// through `with_conn`.
     #[test]
     fn stale_timer_entries_stay_bounded_while_no_timer_fires() {
         let (a_addr, b_addr): (SocketAddr, SocketAddr) =
@@ -1888,13 +1883,13 @@ mod tests {
             // Far below any retransmission or keep-alive timeout.
             now += Duration::from_micros(50);
             let msg = [i as u8; 64];
-            assert_eq!(a.with_conn(ha, now, |c| c.write(&msg)), Ok(64));
+            assert_eq!(a.with_conn_sending(ha, now, |c| c.write(&msg)), Ok(64));
             pump(&mut a, a_addr, &mut b, now);
             assert_eq!(b.with_conn(hb, now, |c| c.read(&mut buf)), Ok(64));
             assert_eq!(buf, msg);
             assert_eq!(b.with_conn(hb, now, |c| c.write(&buf)), Ok(64));
             pump(&mut b, b_addr, &mut a, now);
-            assert_eq!(a.with_conn(ha, now, |c| c.read(&mut buf)), Ok(64));
+            assert_eq!(a.with_conn_reading(ha, now, |c| c.read(&mut buf)), Ok(64));
             for ep in [&mut a, &mut b] {
                 ep.handle_timeout(now);
                 peak = peak.max(ep.timers.len());
