@@ -199,9 +199,25 @@ impl UdpIo {
         }
     }
 
-    /// Sends one datagram, waiting while the send buffer is full.
+    /// Sends one datagram of the application's (`UtpSocket::send_to`),
+    /// waiting while the send buffer is full. The wait has a registration
+    /// of its own: the driver's (`write`) wakes only the task that polled
+    /// it last and is dropped when the driver's send goes through, so a
+    /// task sharing it took the driver's wakeup, or was never woken once
+    /// the driver dropped it.
     pub(crate) async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_send_io(cx, |s| s.send_to(buf, target))).await
+        let send = |s: &std::net::UdpSocket| s.send_to(buf, target);
+        match send(self.socket()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        let fd = register(self.socket().try_clone()?, Interest::WRITABLE)?;
+        loop {
+            let mut guard = fd.writable().await?;
+            if let Ok(r) = guard.try_io(|fd| send(fd.get_ref())) {
+                return r;
+            }
+        }
     }
 }
 
@@ -1516,6 +1532,7 @@ fn send_gather(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[tokio::test]
     async fn a_send_that_finds_the_buffer_full_waits_for_writability_then_unregisters() {
@@ -1549,6 +1566,61 @@ mod tests {
             (&b"hello"[..], io.socket().local_addr().unwrap())
         );
         assert!(io.write.lock().unwrap().is_none());
+    }
+
+    /// An application's datagram sent while the driver waits for the socket
+    /// to drain goes out at once, and leaves the driver's wait alone: the
+    /// driver is woken when the socket reports writable (here after that
+    /// very send). Sharing the driver's registration, the send waited for
+    /// an edge it took from the driver, and dropped the registration the
+    /// driver waited on once through.
+    #[tokio::test]
+    async fn an_application_send_leaves_the_drivers_wait_for_writability_alone() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let io = UdpIo::new(sock).unwrap();
+        let woken = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        // The driver's send finds the buffer full every time, for now.
+        let full = || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock));
+        assert!(io.poll_send_io(&mut cx, |_| full()).is_pending());
+        assert!(io.poll_send_io(&mut cx, |_| full()).is_pending());
+        assert!(io.write_registered.load(Ordering::Acquire));
+        let before = woken.0.load(Ordering::SeqCst);
+
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = peer.local_addr().unwrap();
+        let sent = tokio::time::timeout(Duration::from_secs(5), io.send_to(b"dht", to)).await;
+        assert_eq!(sent.expect("not held behind the driver's wait").unwrap(), 3);
+        let mut buf = [0u8; 8];
+        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        assert!(
+            io.write.lock().unwrap().is_some(),
+            "the driver's registration is still there"
+        );
+        // The send's completion made the socket report writable: the
+        // driver's waker, not the application's, hears of it.
+        let t = Instant::now();
+        while woken.0.load(Ordering::SeqCst) == before && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            woken.0.load(Ordering::SeqCst) > before,
+            "the driver was woken"
+        );
+        let r = io.poll_send_io(&mut cx, |_| Ok(7));
+        assert!(
+            matches!(r, Poll::Ready(Ok(7))),
+            "the driver's send goes through"
+        );
+        assert!(!io.write_registered.load(Ordering::Acquire));
     }
 
     /// A batch that filled fewer buffers than offered emptied the socket: the
