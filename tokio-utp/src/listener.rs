@@ -74,7 +74,7 @@ impl UtpListener {
         if let Some(kind) = inner.driver_gone {
             return Poll::Ready(Err(io::Error::new(kind, "uTP socket driver stopped")));
         }
-        inner.accept_waker = Some(cx.waker().clone());
+        inner.accept_waiters.register(cx.waker());
         Poll::Pending
     }
 
@@ -89,7 +89,7 @@ impl Drop for UtpListener {
         let mut inner = self.socket.shared.lock();
         inner.listening = false;
         inner.endpoint.set_listening(false);
-        inner.accept_waker = None;
+        inner.accept_waiters.wake_all();
         // Connections nobody will accept are closed gracefully.
         let now = Instant::now();
         while let Some(h) = inner.endpoint.accept() {

@@ -59,7 +59,8 @@ pub(crate) struct Inner {
     pub(crate) endpoint: Endpoint,
     pub(crate) wakers: rustc_hash::FxHashMap<ConnHandle, ConnWakers>,
     driver_waker: Option<Waker>,
-    pub(crate) accept_waker: Option<Waker>,
+    /// Tasks waiting in `UtpListener::accept`.
+    pub(crate) accept_waiters: WaitList,
     pub(crate) listening: bool,
     /// Set when the driver stopped; handles fail instead of waiting forever.
     pub(crate) driver_gone: Option<io::ErrorKind>,
@@ -101,7 +102,34 @@ pub(crate) struct OtherQueue {
     bytes: usize,
     enabled: bool,
     dropped: u64,
-    waker: Option<Waker>,
+    waiters: WaitList,
+}
+
+/// Tasks waiting for the same thing (an incoming connection, a datagram
+/// that is not uTP). Any number may wait at once, as on tokio's own
+/// sockets (`&self` methods, so several tasks can share a listener): all
+/// are woken, and those that find nothing register again. A single slot
+/// kept only the last task's waker, and the others waited forever.
+#[derive(Default)]
+pub(crate) struct WaitList(Vec<Waker>);
+
+impl WaitList {
+    /// Adds `w` unless its task is already waiting.
+    pub(crate) fn register(&mut self, w: &Waker) {
+        if !self.0.iter().any(|x| x.will_wake(w)) {
+            self.0.push(w.clone());
+        }
+    }
+
+    /// Takes every waiting task's waker.
+    pub(crate) fn take(&mut self) -> impl Iterator<Item = Waker> + '_ {
+        self.0.drain(..)
+    }
+
+    /// Wakes every waiting task.
+    pub(crate) fn wake_all(&mut self) {
+        self.take().for_each(Waker::wake);
+    }
 }
 
 impl OtherQueue {
@@ -115,9 +143,7 @@ impl OtherQueue {
         }
         self.bytes += data.len();
         self.queue.push_back((from, data.to_vec()));
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.waiters.wake_all();
     }
 }
 
@@ -564,7 +590,7 @@ impl UtpSocket {
                 endpoint,
                 wakers: rustc_hash::FxHashMap::default(),
                 driver_waker: None,
-                accept_waker: None,
+                accept_waiters: WaitList::default(),
                 listening: false,
                 driver_gone: None,
                 driver_sleep: None,
@@ -753,7 +779,7 @@ impl UtpSocket {
         if let Some(kind) = inner.driver_gone {
             return Poll::Ready(Err(io::Error::new(kind, "uTP socket driver stopped")));
         }
-        inner.other.waker = Some(cx.waker().clone());
+        inner.other.waiters.register(cx.waker());
         Poll::Pending
     }
 
@@ -1051,9 +1077,7 @@ impl Driver {
             }
         }
         if inner.endpoint.accept_queue_len() > 0 {
-            if let Some(w) = inner.accept_waker.take() {
-                self.wake.push(w);
-            }
+            self.wake.extend(inner.accept_waiters.take());
         }
     }
 
@@ -1228,12 +1252,8 @@ impl Driver {
         for w in inner.wakers.values_mut() {
             w.wake();
         }
-        if let Some(w) = inner.accept_waker.take() {
-            w.wake();
-        }
-        if let Some(w) = inner.other.waker.take() {
-            w.wake();
-        }
+        inner.accept_waiters.wake_all();
+        inner.other.waiters.wake_all();
     }
 }
 

@@ -92,3 +92,58 @@ async fn non_utp_datagrams_nobody_asked_for_are_dropped_and_counted() {
     }
     assert_eq!(sock.stats().invalid_datagrams, 3);
 }
+
+/// Several tasks waiting at once on one socket, as tokio's own sockets
+/// allow (`accept` and `recv_other` take `&self`): each is woken for what
+/// comes. With one waker slot the last task to wait took every wakeup and
+/// the others waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tasks_can_wait_to_accept_and_to_receive_at_once() {
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let listener = std::sync::Arc::new(sock.listen().unwrap());
+    let acceptors: Vec<_> = (0..3)
+        .map(|_| {
+            let listener = listener.clone();
+            tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) })
+        })
+        .collect();
+    let receivers: Vec<_> = (0..3)
+        .map(|_| {
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let (n, _) = sock.recv_other(&mut buf).await.unwrap();
+                buf[..n].to_vec()
+            })
+        })
+        .collect();
+    // All of them are waiting before anything arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let client = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(client.connect(addr).await.unwrap());
+    }
+    for a in acceptors {
+        let accepted = timeout(Duration::from_secs(5), a).await;
+        accepted
+            .expect("every waiting task accepts")
+            .unwrap()
+            .unwrap();
+    }
+
+    let dht = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..3u8 {
+        // Version nibble 4 ('d'): not uTP.
+        dht.send_to(&[b'd', b'0' + i], addr).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for r in receivers {
+        let received = timeout(Duration::from_secs(5), r).await;
+        got.push(received.expect("every waiting task receives").unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [b"d0".to_vec(), b"d1".to_vec(), b"d2".to_vec()]);
+}
