@@ -64,6 +64,11 @@ pub(crate) struct Inner {
     pub(crate) listening: bool,
     /// Set when the driver stopped; handles fail instead of waiting forever.
     pub(crate) driver_gone: Option<io::ErrorKind>,
+    /// The driver was dropped unfinished (see `Drop for Driver`): waits
+    /// fail, but the socket still works, so a dropped stream's FIN or
+    /// RESET still goes out from the task that drops it (at a runtime's
+    /// shutdown the driver's task may go before a task holding a stream).
+    driver_dropped: bool,
     /// The driver's timer. It lives here, not in the driver, so that a task
     /// arming an earlier connection timer (the first message after a pause
     /// arms a tail-loss probe) moves it under the lock it holds instead of
@@ -381,8 +386,8 @@ impl Shared {
                 return;
             }
         }
-        if let (None, Net::Udp(udp_socket), false) = (inner.driver_gone, &self.net, driver_sending)
-        {
+        let may_send = inner.driver_gone.is_none() || inner.driver_dropped;
+        if let (true, Net::Udp(udp_socket), false) = (may_send, &self.net, driver_sending) {
             let now = Instant::now();
             let Inner {
                 endpoint,
@@ -593,6 +598,7 @@ impl UtpSocket {
                 accept_waiters: WaitList::default(),
                 listening: false,
                 driver_gone: None,
+                driver_dropped: false,
                 driver_sleep: None,
                 driver_sleep_armed: false,
                 other: OtherQueue::default(),
@@ -1254,6 +1260,22 @@ impl Driver {
         }
         inner.accept_waiters.wake_all();
         inner.other.waiters.wake_all();
+    }
+}
+
+/// A driver dropped before it finished (its task aborted, its runtime shut
+/// down, or never spawned after `UtpStream::connect`) moves nothing any
+/// more: every handle fails from then on instead of waiting forever.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let shared = self.shared.clone();
+        let mut inner = shared.lock();
+        if inner.driver_gone.is_none() {
+            self.fail_all(&mut inner, io::ErrorKind::ConnectionAborted);
+            inner.driver_dropped = true;
+            // Its collected datagrams are gone with it: tasks send again.
+            shared.driver_tx.store(false, Ordering::SeqCst);
+        }
     }
 }
 
