@@ -194,3 +194,47 @@ async fn data_sent_before_the_accept_waits_for_it_then_flows() {
     writer.await.unwrap();
     drop(sender);
 }
+
+/// Settings at the edge of their range still move data: no room for
+/// packets out of order (in-order packets were refused too), a backlog of
+/// 0 (every SYN was dropped), and an RTO cap of 0 (below the floor: every
+/// timer was due at once and connections gave up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_settings_still_move_data() {
+    let cases = [
+        (
+            "max_reorder_packets 0",
+            Config::default().max_reorder_packets(0),
+        ),
+        ("accept_backlog 0", Config::default().accept_backlog(0)),
+        ("max_rto 0", Config::default().max_rto(Duration::ZERO)),
+    ];
+    for (name, cfg) in cases {
+        let listener = UtpListener::bind_with_config("127.0.0.1:0", cfg.clone())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg)
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let client = async move {
+            let mut c = sock.connect(addr).await?;
+            c.write_all(&sent).await?;
+            c.shutdown().await
+        };
+        let done = timeout(Duration::from_secs(20), async {
+            client.await.unwrap();
+            server.await.unwrap()
+        })
+        .await;
+        assert!(done.expect(name) == data, "{name}: the data arrives whole");
+    }
+}

@@ -82,7 +82,7 @@ pub struct Config {
     pub initial_rto: Duration,
     /// Lower bound of the RTO. Default 500 ms.
     pub min_rto: Duration,
-    /// Upper bound of the RTO after backoff. Default 30 s.
+    /// Upper bound of the RTO after backoff (at least `min_rto`). Default 30 s.
     pub max_rto: Duration,
     /// Consecutive retransmission timeouts, with no packet from the peer in
     /// between, after which the connection fails with a timeout. Default 6
@@ -103,13 +103,15 @@ pub struct Config {
     /// After the application dropped a connection and our FIN is acked, how
     /// long to wait for the peer's FIN while the peer is silent. Default 10 s.
     pub linger: Duration,
-    /// Highest number of out-of-order packets held past a hole. Default 1024.
+    /// Highest number of out-of-order packets held past a hole (0 holds
+    /// none; packets in order are always taken). Default 1024.
     pub max_reorder_packets: usize,
     /// Connections accepted by the endpoint but not yet taken by the
-    /// application; SYNs beyond it are dropped (and retried by the peer a
-    /// second later). Default 1024, as tokio's `TcpListener`: a burst of
-    /// connects completes its handshakes before the accepting task runs,
-    /// and 128 lost SYNs to bursts of 64 parallel connects.
+    /// application (at least 1, as with `listen(2)`); SYNs beyond it are
+    /// dropped (and retried by the peer a second later). Default 1024, as
+    /// tokio's `TcpListener`: a burst of connects completes its handshakes
+    /// before the accepting task runs, and 128 lost SYNs to bursts of 64
+    /// parallel connects.
     pub accept_backlog: usize,
     /// Receive buffer of a connection waiting in the accept queue (its
     /// window is no larger); it gets [`Config::recv_buffer`] once the

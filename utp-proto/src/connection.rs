@@ -1891,8 +1891,11 @@ impl Connection {
                 return;
             }
         }
+        // The next packet in order is always taken, even with no room for
+        // packets out of order (0 held every packet back for good).
+        let max_reorder = self.cfg.max_reorder_packets.max(1);
         if seq::le(s, self.ack_nr) {
-            if seq::ahead(self.ack_nr, s) as usize >= self.cfg.max_reorder_packets {
+            if seq::ahead(self.ack_nr, s) as usize >= max_reorder {
                 // Far behind: no packet of this connection's window, but a
                 // duplicate from long ago is harmless, so only counted.
                 self.stats.drops.seq_out_of_window += 1;
@@ -1902,7 +1905,7 @@ impl Connection {
             return;
         }
         let offset = seq::ahead(s, self.ack_nr) as usize - 1;
-        if offset >= self.cfg.max_reorder_packets {
+        if offset >= max_reorder {
             self.stats.dropped_out_of_window += 1;
             self.stats.drops.seq_out_of_window += 1;
             return;

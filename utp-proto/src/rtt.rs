@@ -33,7 +33,9 @@ impl RttEstimator {
             min: None,
             recent_min: None,
             min_rto,
-            max_rto,
+            // A cap below the floor is taken as the floor: a cap of 0 made
+            // every timer due at once, and connections gave up at once.
+            max_rto: max_rto.max(min_rto),
             initial_rto,
             backoff: 0,
         }
@@ -183,6 +185,19 @@ mod tests {
             e.back_off();
         }
         assert_eq!(e.rto(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_cap_below_the_floor_is_the_floor() {
+        let mut e = RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            Duration::ZERO,
+        );
+        assert_eq!(e.rto(), Duration::from_millis(500), "before a sample");
+        e.on_sample(Duration::from_millis(10), Instant::now());
+        e.back_off();
+        assert_eq!(e.rto(), Duration::from_millis(500), "after a backoff");
     }
 
     #[test]
