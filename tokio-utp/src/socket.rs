@@ -503,6 +503,22 @@ async fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing"))
 }
 
+/// Refuses peers no uTP connection can have: port 0, and multicast or
+/// broadcast addresses. A SYN there waited out the whole connect timeout
+/// (the OS drops a datagram to port 0 and refuses a broadcast), or went to
+/// every host of a group at once.
+fn check_peer(target: SocketAddr) -> io::Result<()> {
+    let ip = target.ip().to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if target.port() == 0 || ip.is_multicast() || broadcast {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no uTP peer can be at {target}"),
+        ));
+    }
+    Ok(())
+}
+
 impl UtpSocket {
     /// Binds a UDP socket with the default [`Config`] and spawns its driver.
     /// Must be called inside a tokio runtime.
@@ -648,6 +664,7 @@ impl UtpSocket {
         config: Option<Arc<Config>>,
     ) -> io::Result<UtpStream> {
         let target = udp::map_target(self.shared.local_addr, resolve(addr).await?)?;
+        check_peer(target)?;
         let h = {
             let mut inner = self.shared.lock();
             if let Some(kind) = inner.driver_gone {

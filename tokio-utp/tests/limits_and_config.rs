@@ -238,3 +238,23 @@ async fn edge_settings_still_move_data() {
         assert!(done.expect(name) == data, "{name}: the data arrives whole");
     }
 }
+
+/// A peer no uTP connection can have is refused at once, from a shared
+/// socket and from `UtpStream::connect`: port 0 (the OS drops datagrams
+/// to it) and the broadcast address (the OS refuses to send there without
+/// `SO_BROADCAST`). Both waited out the whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_to_port_zero_or_broadcast_fail_at_once() {
+    let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
+    for target in ["127.0.0.1:0", "255.255.255.255:6881"] {
+        let t = Instant::now();
+        let e = sock.connect(target).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{target}: {e}");
+        let e = tokio_utp::UtpStream::connect(target)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{target}: {e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{target}: at once");
+    }
+}
