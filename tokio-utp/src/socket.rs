@@ -423,6 +423,11 @@ impl Shared {
                             .unwrap_or(t.len.saturating_sub(1));
                         endpoint.on_datagram_too_big(now, t.destination, max);
                     }
+                    Err(e) if udp::is_unreachable_from_here(&e) => {
+                        tracing::debug!(to = %t.destination, error = %e, "datagram not sent");
+                        // Our SYN among them: the connect fails now.
+                        endpoint.handle_syn_not_sent(now, t.destination, &direct_buf[..t.len]);
+                    }
                     Err(e) => {
                         tracing::debug!(to = %t.destination, error = %e, "datagram not sent");
                     }
@@ -640,8 +645,11 @@ impl UtpSocket {
     }
 
     /// Opens a connection to `addr` over this socket and completes the
-    /// handshake. Fails with `TimedOut` after [`Config::connect_timeout`] and
-    /// `ConnectionRefused` when the peer answers with a RESET.
+    /// handshake. Fails with `TimedOut` after [`Config::connect_timeout`],
+    /// `ConnectionRefused` when the peer answers with a RESET (or its host
+    /// reports the port closed), `HostUnreachable` when the OS will not
+    /// send to it at all, and `InvalidInput` for port 0, multicast and
+    /// broadcast addresses.
     pub async fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<UtpStream> {
         self.connect_inner(addr, None).await
     }
@@ -1073,6 +1081,9 @@ impl Driver {
         // the interface's is below the search's ceiling): the connections
         // to that peer lower their size; the packets are resent by the
         // protocol like any loss.
+        for (to, head) in self.tx.not_sent.drain(..) {
+            inner.endpoint.handle_syn_not_sent(now, to, &head);
+        }
         for (to, len) in self.tx.too_big.drain(..) {
             let max = self
                 .shared

@@ -48,6 +48,7 @@ pub(crate) fn io_error(e: ConnectionError) -> io::Error {
         ConnectionError::Refused => io::ErrorKind::ConnectionRefused,
         ConnectionError::Reset => io::ErrorKind::ConnectionReset,
         ConnectionError::TimedOut => io::ErrorKind::TimedOut,
+        ConnectionError::Unreachable => io::ErrorKind::HostUnreachable,
     };
     io::Error::new(kind, e)
 }

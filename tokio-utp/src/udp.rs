@@ -833,6 +833,14 @@ impl BatchIo {
                     // endpoint, whose connections to this peer shrink.
                     tracing::debug!(to = %g.destination, len = g.segment, "datagram too big");
                     tx.too_big.push((g.destination, g.segment));
+                } else if is_unreachable_from_here(&e) {
+                    tracing::debug!(to = %g.destination, error = %e, "datagrams not sent");
+                    // A SYN among them fails its connect (the driver tells
+                    // the endpoint); the rest is resent like any loss.
+                    let head = parts.first().map_or(&[][..], |p| p.bytes(&tx.buf));
+                    if let Ok(head) = head.get(..HEADER_BYTES).unwrap_or_default().try_into() {
+                        tx.not_sent.push((g.destination, head));
+                    }
                 } else if is_transient(&e) || is_peer_error(&e) {
                     tracing::debug!(to = %g.destination, error = %e, "datagrams not sent");
                 } else {
@@ -853,6 +861,23 @@ pub(crate) fn is_transient(e: &io::Error) -> bool {
         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory
     ) || e.raw_os_error() == Some(105) // ENOBUFS: the kernel dropped it, like the network would
         || e.raw_os_error() == Some(5) // EIO: GSO unsupported by the device; quinn-udp turns it off
+}
+
+/// Errors of a send the OS refused for its destination itself, without
+/// sending anything: no route to its network or host, an address it cannot
+/// reach from here (EINVAL: an IPv6 link-local address without its
+/// interface), a firewall's reject. A SYN that meets one fails its connect
+/// at once, as TCP's connect does. (Refused and reset are not among them:
+/// they are ICMP reports about an earlier datagram.)
+pub(crate) fn is_unreachable_from_here(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::InvalidInput
+    )
 }
 
 /// Errors about one destination (unreachable, refused, too big): drop the
@@ -1216,7 +1241,14 @@ pub(crate) struct TxBatch {
     /// Sends refused as too big since the driver last looked:
     /// (destination, datagram size).
     pub(crate) too_big: Vec<(SocketAddr, usize)>,
+    /// Sends the OS refused for their destination (see
+    /// [`is_unreachable_from_here`]) since the driver last looked:
+    /// (destination, the datagram's uTP header).
+    pub(crate) not_sent: Vec<(SocketAddr, [u8; HEADER_BYTES])>,
 }
+
+/// A uTP header's size: what `TxBatch::not_sent` keeps of a datagram.
+pub(crate) const HEADER_BYTES: usize = 20;
 
 impl TxBatch {
     pub(crate) fn new(io: &BatchIo) -> Self {
@@ -1239,6 +1271,7 @@ impl TxBatch {
             bytes: 0,
             max_segments: max_segments.clamp(1, MAX_SEGMENTS),
             too_big: Vec::new(),
+            not_sent: Vec::new(),
         }
     }
 

@@ -258,3 +258,20 @@ async fn connects_to_port_zero_or_broadcast_fail_at_once() {
         assert!(t.elapsed() < Duration::from_secs(5), "{target}: at once");
     }
 }
+
+/// A SYN the OS will not send fails the connect at once, as TCP's connect
+/// does, instead of being resent into the same error until the connect
+/// timeout: here to an IPv4 peer from a socket bound to IPv6's loopback
+/// address, which the OS refuses ("network unreachable"; nothing is
+/// sent). Skipped where the host has no IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_the_os_cannot_send_fails_at_once() {
+    let Ok(sock) = UtpSocket::bind("[::1]:0").await else {
+        return;
+    };
+    let t = Instant::now();
+    let e = sock.connect("127.0.0.1:9").await.map(|_| ()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::HostUnreachable, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "at once");
+    assert_eq!(sock.stats().connections_unreachable, 1);
+}

@@ -118,6 +118,10 @@ pub enum ConnectionError {
     /// The handshake or a retransmission gave up.
     #[error("connection timed out")]
     TimedOut,
+    /// The OS could not send our SYN towards the peer at all (no route to
+    /// its network or host, an address it cannot reach from here).
+    #[error("peer unreachable from this host")]
+    Unreachable,
 }
 
 /// Which side opened the connection.
@@ -2031,10 +2035,22 @@ impl Connection {
     /// authenticated and an answered peer is not refused by one of them.
     /// Returns whether the connection failed.
     pub fn handle_syn_unreachable(&mut self, syn_seq: u16) -> bool {
+        self.fail_connect(syn_seq, ConnectionError::Refused)
+    }
+
+    /// Our SYN `syn_seq` could not be sent at all (see
+    /// [`ConnectionError::Unreachable`]): the connect fails now, as TCP's
+    /// does, instead of resending into the same error until its timeout.
+    /// Returns whether it was this connection's pending SYN.
+    pub fn handle_syn_not_sent(&mut self, syn_seq: u16) -> bool {
+        self.fail_connect(syn_seq, ConnectionError::Unreachable)
+    }
+
+    fn fail_connect(&mut self, syn_seq: u16, e: ConnectionError) -> bool {
         if self.state != State::SynSent || syn_seq != self.syn_seq {
             return false;
         }
-        self.fail(ConnectionError::Refused);
+        self.fail(e);
         true
     }
 

@@ -101,6 +101,9 @@ pub struct EndpointStats {
     /// Our connection attempts the peer refused (RESET in reply to the SYN,
     /// or an ICMP port unreachable for it).
     pub connections_refused: u64,
+    /// Our connection attempts whose SYN the OS could not send (see
+    /// [`Endpoint::handle_syn_not_sent`]).
+    pub connections_unreachable: u64,
     /// Reports that a datagram of ours found no socket at its destination
     /// (ICMP port unreachable, see [`Endpoint::handle_unreachable`]),
     /// whether or not they ended a connection attempt.
@@ -840,6 +843,7 @@ impl Endpoint {
                     ConnectionError::TimedOut => self.stats.connections_timed_out += 1,
                     ConnectionError::Reset => self.stats.connections_reset += 1,
                     ConnectionError::Refused => self.stats.connections_refused += 1,
+                    ConnectionError::Unreachable => self.stats.connections_unreachable += 1,
                 }
             }
         }
@@ -1309,6 +1313,27 @@ impl Endpoint {
     /// sequence number) must match the attempt, so a forger must know both.
     pub fn handle_unreachable(&mut self, now: Instant, peer: SocketAddr, quoted: &[u8]) -> bool {
         self.stats.unreachable_reports += 1;
+        self.fail_syn(now, peer, quoted, Connection::handle_syn_unreachable)
+    }
+
+    /// The OS refused to send a datagram of ours to `peer` (no route to its
+    /// network or host, an address unreachable from here; not a full
+    /// buffer or an ICMP error it reported late), `datagram` being what was
+    /// not sent. If it was a connect's SYN, that connect fails now with
+    /// [`ConnectionError::Unreachable`], as TCP's does; anything else is
+    /// left to retransmission. Returns whether a connect took it.
+    pub fn handle_syn_not_sent(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> bool {
+        self.fail_syn(now, peer, datagram, Connection::handle_syn_not_sent)
+    }
+
+    /// Fails the connect whose SYN `quoted` starts with, through `fail`.
+    fn fail_syn(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        quoted: &[u8],
+        fail: fn(&mut Connection, u16) -> bool,
+    ) -> bool {
         let Ok(h) = Header::parse_fixed(quoted) else {
             return false;
         };
@@ -1319,7 +1344,7 @@ impl Endpoint {
         let Some(&idx) = self.by_key.get(&(peer, h.conn_id)) else {
             return false;
         };
-        if !self.conns[idx].conn.handle_syn_unreachable(h.seq_nr) {
+        if !fail(&mut self.conns[idx].conn, h.seq_nr) {
             return false;
         }
         self.touch(idx);

@@ -214,6 +214,46 @@ fn a_port_unreachable_quoting_our_syn_refuses_only_that_connect() {
     assert!(!ep.handle_unreachable(now, peer, &quoted));
 }
 
+/// A SYN the OS would not send at all (no route, an unreachable address)
+/// fails its connect at once with `Unreachable`; what is not that pending
+/// SYN (another connection's id, an older SYN, a data packet) is left to
+/// retransmission.
+#[test]
+fn a_syn_the_os_would_not_send_fails_its_connect_at_once() {
+    let now = Instant::now();
+    let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 8);
+    let peer = addr(2000);
+    let h = ep.connect(now, peer).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let t = ep.poll_transmit(now, &mut buf).expect("SYN");
+    let syn_bytes = buf[..t.len].to_vec();
+    let syn = Header::parse_fixed(&syn_bytes).unwrap();
+    let mut other = syn_bytes.clone();
+    other[2..4].copy_from_slice(&syn.conn_id.wrapping_add(9).to_be_bytes());
+    let mut stale = syn_bytes.clone();
+    stale[16..18].copy_from_slice(&syn.seq_nr.wrapping_sub(1).to_be_bytes());
+    let mut data = syn_bytes.clone();
+    data[0] = (PacketType::Data as u8) << 4 | 1;
+    for (what, d) in [
+        ("another connection id", &other[..]),
+        ("an older SYN", &stale[..]),
+        ("not a SYN", &data[..]),
+        ("cut short", &syn_bytes[..10]),
+    ] {
+        assert!(!ep.handle_syn_not_sent(now, peer, d), "{what}");
+        assert!(ep.conn(h).error().is_none(), "{what}");
+    }
+    assert!(!ep.handle_syn_not_sent(now, addr(2001), &syn_bytes));
+    assert!(ep.handle_syn_not_sent(now, peer, &syn_bytes));
+    assert_eq!(
+        ep.conn(h).error(),
+        Some(utp_proto::ConnectionError::Unreachable)
+    );
+    assert!(!ep.is_connecting());
+    assert_eq!(ep.stats().connections_unreachable, 1);
+    assert_eq!(ep.stats().connections_refused, 0);
+}
+
 /// An established connection ignores port unreachable reports, even ones
 /// quoting the SYN that opened it.
 #[test]
