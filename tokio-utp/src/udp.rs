@@ -883,16 +883,12 @@ pub(crate) fn is_unreachable_from_here(e: &io::Error) -> bool {
 /// Errors about one destination (unreachable, refused, too big): drop the
 /// datagram, the protocol's retransmission and timeouts handle the rest.
 pub(crate) fn is_peer_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            | io::ErrorKind::AddrNotAvailable
-            | io::ErrorKind::PermissionDenied
-            | io::ErrorKind::InvalidInput
-    ) || e.raw_os_error() == Some(90) // EMSGSIZE
+    is_unreachable_from_here(e)
+        || matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+        )
+        || e.raw_os_error() == Some(90) // EMSGSIZE
 }
 
 /// The CPU the calling thread runs on (`-1` where unknown). glibc reads it

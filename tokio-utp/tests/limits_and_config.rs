@@ -13,6 +13,16 @@ use tokio_utp::{Config, UtpListener, UtpSocket};
 const SIZE: usize = 2_000_000;
 const LIMIT: u64 = 1_000_000;
 
+/// Accepts one connection and reads it to its end.
+fn receive_one(listener: UtpListener) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    })
+}
+
 /// Sends SIZE bytes from a client socket to a listener; `setup` may limit
 /// either side. Returns the receiving duration and the bytes received.
 async fn transfer(
@@ -102,12 +112,7 @@ async fn marked_socket_still_transfers() {
     // The marking must not disturb the batched send path.
     let listener = UtpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).await.unwrap();
-        got
-    });
+    let server = receive_one(listener);
     let sock = UtpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.set_traffic_class(UtpSocket::DSCP_CS1).unwrap();
     let mut c = sock.connect(addr).await.unwrap();
@@ -214,12 +219,7 @@ async fn edge_settings_still_move_data() {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).await.unwrap();
-            got
-        });
+        let server = receive_one(listener);
         let sock = UtpSocket::bind_with_config("127.0.0.1:0", cfg)
             .await
             .unwrap();

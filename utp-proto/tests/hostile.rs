@@ -163,6 +163,31 @@ fn reset_replies_are_rate_limited_and_never_larger_than_the_probe() {
     assert_eq!(ep.stats().resets_suppressed, 990);
 }
 
+/// The SYN `ep` sends for its one connect, and datagrams that look like it
+/// but are not it: another connection id, an older sequence number, cut
+/// short, not a SYN.
+fn syn_and_lookalikes(ep: &mut Endpoint, now: Instant) -> (Vec<u8>, Vec<(&'static str, Vec<u8>)>) {
+    let mut buf = vec![0u8; 2048];
+    let t = ep.poll_transmit(now, &mut buf).expect("SYN");
+    let syn_bytes = buf[..t.len].to_vec();
+    let syn = Header::parse_fixed(&syn_bytes).unwrap();
+    assert_eq!(syn.ty, PacketType::Syn);
+    let mut other = syn_bytes.clone();
+    other[2..4].copy_from_slice(&syn.conn_id.wrapping_add(9).to_be_bytes());
+    let mut stale = syn_bytes.clone();
+    stale[16..18].copy_from_slice(&syn.seq_nr.wrapping_sub(1).to_be_bytes());
+    let mut state = syn_bytes.clone();
+    state[0] = (PacketType::State as u8) << 4 | 1;
+    let short = syn_bytes[..12].to_vec();
+    let lookalikes = vec![
+        ("another connection id", other),
+        ("another sequence number", stale),
+        ("cut short", short),
+        ("not a SYN", state),
+    ];
+    (syn_bytes, lookalikes)
+}
+
 /// An ICMP port unreachable quoting our SYN ends that connect at once, as
 /// refused; a report that does not quote the very SYN (another id, another
 /// sequence number, cut short, not a SYN) or comes for an established
@@ -175,24 +200,8 @@ fn a_port_unreachable_quoting_our_syn_refuses_only_that_connect() {
     assert!(!ep.is_connecting());
     let h = ep.connect(now, peer).unwrap();
     assert!(ep.is_connecting());
-    let mut buf = vec![0u8; 2048];
-    let t = ep.poll_transmit(now, &mut buf).expect("SYN");
-    let syn = Header::parse_fixed(&buf[..t.len]).unwrap();
-    assert_eq!(syn.ty, PacketType::Syn);
-    let quoted = buf[..t.len].to_vec();
-
-    let mut other = quoted.clone();
-    other[2..4].copy_from_slice(&syn.conn_id.wrapping_add(9).to_be_bytes());
-    let mut stale = quoted.clone();
-    stale[16..18].copy_from_slice(&syn.seq_nr.wrapping_sub(1).to_be_bytes());
-    let mut state = quoted.clone();
-    state[0] = (PacketType::State as u8) << 4 | 1;
-    for (what, q) in [
-        ("another connection id", &other[..]),
-        ("another sequence number", &stale[..]),
-        ("a quote cut short", &quoted[..12]),
-        ("not a SYN", &state[..]),
-    ] {
+    let (quoted, lookalikes) = syn_and_lookalikes(&mut ep, now);
+    for (what, q) in &lookalikes {
         assert!(!ep.handle_unreachable(now, peer, q), "{what}");
         assert!(ep.conn(h).error().is_none(), "{what}");
     }
@@ -224,22 +233,8 @@ fn a_syn_the_os_would_not_send_fails_its_connect_at_once() {
     let mut ep = Endpoint::with_seed(Arc::new(Config::default()), now, 8);
     let peer = addr(2000);
     let h = ep.connect(now, peer).unwrap();
-    let mut buf = vec![0u8; 2048];
-    let t = ep.poll_transmit(now, &mut buf).expect("SYN");
-    let syn_bytes = buf[..t.len].to_vec();
-    let syn = Header::parse_fixed(&syn_bytes).unwrap();
-    let mut other = syn_bytes.clone();
-    other[2..4].copy_from_slice(&syn.conn_id.wrapping_add(9).to_be_bytes());
-    let mut stale = syn_bytes.clone();
-    stale[16..18].copy_from_slice(&syn.seq_nr.wrapping_sub(1).to_be_bytes());
-    let mut data = syn_bytes.clone();
-    data[0] = (PacketType::Data as u8) << 4 | 1;
-    for (what, d) in [
-        ("another connection id", &other[..]),
-        ("an older SYN", &stale[..]),
-        ("not a SYN", &data[..]),
-        ("cut short", &syn_bytes[..10]),
-    ] {
+    let (syn_bytes, lookalikes) = syn_and_lookalikes(&mut ep, now);
+    for (what, d) in &lookalikes {
         assert!(!ep.handle_syn_not_sent(now, peer, d), "{what}");
         assert!(ep.conn(h).error().is_none(), "{what}");
     }
