@@ -864,11 +864,12 @@ pub(crate) fn is_transient(e: &io::Error) -> bool {
 }
 
 /// Errors of a send the OS refused for its destination itself, without
-/// sending anything: no route to its network or host, an address it cannot
-/// reach from here (EINVAL: an IPv6 link-local address without its
-/// interface), a firewall's reject. A SYN that meets one fails its connect
-/// at once, as TCP's connect does. (Refused and reset are not among them:
-/// they are ICMP reports about an earlier datagram.)
+/// sending anything: no route to its network or host (an IPv4 peer from a
+/// socket bound to `::1` is one), an address the socket cannot send to
+/// (EINVAL, EADDRNOTAVAIL), a firewall's reject (EPERM). A SYN that meets
+/// one fails its connect at once, as TCP's connect does. (Refused and
+/// reset are not among them: they are ICMP reports about an earlier
+/// datagram.)
 pub(crate) fn is_unreachable_from_here(e: &io::Error) -> bool {
     matches!(
         e.kind(),
