@@ -289,6 +289,19 @@ impl Config {
         self.max_payload.clamp(64, MAX_PAYLOAD)
     }
 
+    /// `max_reorder_packets` as used: the next packet in order is always
+    /// taken, even with no room for packets out of order (0 held every
+    /// packet back for good).
+    pub fn reorder_limit(&self) -> usize {
+        self.max_reorder_packets.max(1)
+    }
+
+    /// `accept_backlog` as used: at least 1, as with `listen(2)` (0 refused
+    /// every SYN).
+    pub fn backlog_limit(&self) -> usize {
+        self.accept_backlog.max(1)
+    }
+
     /// The starting (and, without discovery, fixed) payload size.
     pub fn base_payload_size(&self) -> usize {
         self.base_payload.clamp(64, self.payload_size())

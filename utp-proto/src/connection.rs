@@ -1895,9 +1895,7 @@ impl Connection {
                 return;
             }
         }
-        // The next packet in order is always taken, even with no room for
-        // packets out of order (0 held every packet back for good).
-        let max_reorder = self.cfg.max_reorder_packets.max(1);
+        let max_reorder = self.cfg.reorder_limit();
         if seq::le(s, self.ack_nr) {
             if seq::ahead(self.ack_nr, s) as usize >= max_reorder {
                 // Far behind: no packet of this connection's window, but a

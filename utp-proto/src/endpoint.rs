@@ -912,12 +912,6 @@ impl Endpoint {
         e.dirty
     }
 
-    /// [`Config::accept_backlog`], at least 1: as with `listen(2)`, a
-    /// backlog of 0 still takes one connection (0 refused every SYN).
-    fn accept_backlog(&self) -> usize {
-        self.cfg.accept_backlog.max(1)
-    }
-
     /// Keeps a released connection's TIME_WAIT as a record; beyond
     /// [`Config::max_time_wait`] the oldest record ends early.
     fn add_time_wait(&mut self, key: (SocketAddr, u16), record: TimeWait) {
@@ -1563,7 +1557,7 @@ impl Endpoint {
             self.queue_reset(now, from, syn);
             return;
         }
-        if self.accept_queue.len() >= self.accept_backlog() {
+        if self.accept_queue.len() >= self.cfg.backlog_limit() {
             self.purge_accept_queue();
         }
         if self.half_open >= self.cfg.max_half_open {
@@ -1571,7 +1565,7 @@ impl Endpoint {
             self.send_syn_cookie(now, from, syn);
             return;
         }
-        if self.accept_queue.len() >= self.accept_backlog() {
+        if self.accept_queue.len() >= self.cfg.backlog_limit() {
             self.stats.syn_backlog_full += 1;
             tracing::debug!(peer = %from, "accept backlog full, SYN dropped");
             return;
@@ -1631,7 +1625,7 @@ impl Endpoint {
         if !matches!(h.ty, PacketType::Data | PacketType::State | PacketType::Fin)
             || !self.listening
             || self.cookies_until.is_none_or(|t| now >= t)
-            || self.accept_queue.len() >= self.accept_backlog()
+            || self.accept_queue.len() >= self.cfg.backlog_limit()
         {
             return None;
         }
